@@ -1,0 +1,100 @@
+"""params.yaml: presets, axes, arm names, and one-line errors for bad input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import PRESETS, ConfigError, load_params, parse_params, read_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_are_the_default_study():
+    p = load_params(REPO / "params.yaml")
+    assert p.preset == "simple_cnn"
+    assert [a.name for a in p.arms] == ["aug=none", "aug=standard"]
+    assert len(p.seeds) >= 2, "the default study must run several seeds"
+    assert {a.train.model for a in p.arms} == {"simple_cnn"}
+    assert p.baseline.name == "aug=none"
+
+
+def test_scalar_override_of_a_preset_axis_keeps_the_arm_name():
+    # `dvc exp run -S aug=none` writes aug: none into params.yaml
+    p = parse_params({"preset": "simple_cnn", "aug": "none", "seeds": [0]})
+    assert [a.name for a in p.arms] == ["aug=none"]
+    assert p.arms[0].train.aug == "none"
+
+
+def test_every_list_key_is_an_axis_of_the_grid():
+    p = parse_params({"aug": ["none", "standard"], "lr": [0.001, 0.01], "seeds": [1, 2]})
+    assert [a.name for a in p.arms] == [
+        "aug=none,lr=0.001", "aug=none,lr=0.01", "aug=standard,lr=0.001", "aug=standard,lr=0.01"]
+    assert len(p.runs()) == 8
+    assert p.arms[1].train.lr == 0.01 and p.arms[1].train.aug == "none"
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_resolves(preset):
+    p = parse_params({"preset": preset})
+    for arm in p.arms:
+        assert arm.train.model == PRESETS[preset]["model"]
+    if not any(isinstance(v, list) for v in PRESETS[preset].values()):
+        assert [a.name for a in p.arms] == [preset]
+
+
+def test_resnet18_preset_matches_its_recipe():
+    t = parse_params({"preset": "resnet18"}).arms[0].train
+    assert (t.optimizer, t.lr, t.weight_decay, t.schedule, t.max_lr) == ("adamw", 1e-3, 1e-4, "onecycle", 0.01)
+    assert (t.grad_clip, t.epochs, t.batch_size, t.compile, t.aug) == (1.0, 25, 128, True, "strong")
+
+
+def test_yaml_1_2_floats(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("lr: 1e-3\nweight_decay: 5E-4\n")
+    assert read_yaml(f) == {"lr": 0.001, "weight_decay": 0.0005}
+    assert load_params(f).arms[0].train.lr == 0.001
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"modle": "cnn4"}, "modle: unknown key (did you mean 'model'?)"),
+    ({"data": {"trian_limit": 5}}, "data.trian_limit: unknown key (did you mean 'train_limit'?)"),
+    ({"model": "resnet81"}, "model = 'resnet81': expected one of"),
+    ({"aug": "standrad"}, "did you mean 'standard'?"),
+    ({"optimizer": "rmsprop"}, "optimizer = 'rmsprop': expected one of adam, adamw, sgd"),
+    ({"lr": "fast"}, "lr = 'fast': expected a number > 0"),
+    ({"lr": -1}, "lr = -1: expected a number > 0"),
+    ({"epochs": 0}, "epochs = 0: expected an integer in [1, 10000]"),
+    ({"epochs": 2.5}, "epochs = 2.5"),
+    ({"batch_size": True}, "batch_size = True"),
+    ({"compile": "yes"}, "compile = 'yes': expected true or false"),
+    ({"momentum": 1.0}, "momentum = 1.0"),
+    ({"seeds": []}, "seeds = []"),
+    ({"seeds": [1, 1]}, "distinct seeds"),
+    ({"aug": []}, "aug = []: expected a non-empty list"),
+    ({"device": "tpu"}, "device = 'tpu': expected auto, cpu, cuda or cuda:N"),
+    ({"device": ["cpu", "auto"]}, "not an ablation axis"),
+    ({"nesterov": True, "optimizer": "adam"}, "only sgd has Nesterov momentum"),
+    ({"max_lr": 0.1}, "only the onecycle schedule uses it"),
+    ({"data": {"sha256": "abc"}}, "data.sha256 = 'abc': expected 64 hexadecimal digits"),
+    ({"data": {"train_limit": 3}}, "data.train_limit = 3"),
+    ({"report": {"baseline": "aug=cutout"}}, "report.baseline = 'aug=cutout': expected one of the arms"),
+    ({"preset": "vgg"}, "preset = 'vgg'"),
+    ([1, 2], "expected a mapping"),
+])
+def test_bad_input_is_one_clear_line(raw, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_params(raw)
+    msg = str(e.value)
+    assert needle in msg
+    assert "\n" not in msg
+
+
+def test_errors_name_the_file(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("epochs: [\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: not valid YAML at line"):
+        load_params(f)
+    f.write_text("epochs: -3\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: epochs = -3"):
+        load_params(f)
