@@ -68,6 +68,12 @@ class Diagnostics:
                                      "counts": counts.cpu().long().tolist()})
         self._start = []
 
+    def load(self, saved: dict) -> None:
+        """Continue from `as_dict()` output (resuming an interrupted run)."""
+        self.grad = list(saved["gradients"])
+        self.update_ratio = list(saved["update_ratio"])
+        self.weights = list(saved["weights"])
+
     def as_dict(self) -> dict:
-        return {"layers": [n for n, _ in self.layers], "gradients": self.grad,
-                "update_ratio": self.update_ratio, "weights": self.weights}
+        return {"layers": [n for n, _ in self.layers], "gradients": list(self.grad),
+                "update_ratio": list(self.update_ratio), "weights": list(self.weights)}

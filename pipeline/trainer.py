@@ -8,6 +8,7 @@ and read once per epoch, so the loop does not wait on the GPU at every step.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -130,16 +131,23 @@ def evaluate(model: nn.Module, data: Tensors, cfg: TrainConfig, device: torch.de
 
 
 EpochHook = Callable[[int, dict, nn.Module], None]
+StateHook = Callable[[dict], None]
 
 
 def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed: int,
         *, progress: bool = True, on_epoch: EpochHook | None = None, desc: str = "",
-        diagnostics: bool = True) -> Result:
+        diagnostics: bool = True, on_state: StateHook | None = None,
+        resume: dict | None = None) -> Result:
     """Train `model` on `train` per `cfg`, evaluating on `test` after every epoch.
 
     The model must already be on the training device (and seeded: call
     `seed_everything` before building it). Data order and augmentation draw from
     their own generator seeded with `seed`, so runs are reproducible.
+
+    After every epoch `on_state` gets everything needed to go on (weights,
+    optimizer, schedule, every RNG state, history); passing that dict back as
+    `resume` continues the run so that it ends bitwise equal to one that was
+    never interrupted (on the CPU; on CUDA with `deterministic`).
     """
     device = train.x.device
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -153,9 +161,24 @@ def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed:
     diag = Diagnostics(model, cfg.epochs, steps) if diagnostics else None
     result = Result()
     best_acc = -1.0
+    first_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(resume["schedule"])
+        if scaler is not None:
+            scaler.load_state_dict(resume["scaler"])
+        _set_rng(resume["rng"], gen, device)
+        result.history = list(resume["history"])
+        result.best_epoch, best_acc = resume["best_epoch"], resume["best_acc"]
+        result.best_state = resume["best_state"]
+        if diag is not None and resume["diagnostics"] is not None:
+            diag.load(resume["diagnostics"])
+        first_epoch = resume["epoch"] + 1
     started = time.perf_counter()
 
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -227,9 +250,34 @@ def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed:
             result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if on_epoch is not None:
             on_epoch(epoch, row, model)
+        if on_state is not None:
+            on_state({
+                "epoch": epoch,
+                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "optimizer": copy.deepcopy(opt.state_dict()),  # else it aliases live buffers
+                "schedule": sched.state_dict() if sched is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": _get_rng(gen, device),
+                "history": list(result.history),
+                "best_epoch": result.best_epoch, "best_acc": best_acc,
+                "best_state": result.best_state,
+                "diagnostics": diag.as_dict() if diag is not None else None,
+            })
     result.seconds = time.perf_counter() - started
     result.diagnostics = diag.as_dict() if diag is not None else None
     return result
+
+
+def _get_rng(gen: torch.Generator, device: torch.device) -> dict:
+    return {"data": gen.get_state(), "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng(state: dict, gen: torch.Generator, device: torch.device) -> None:
+    gen.set_state(state["data"])
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _bar(enabled: bool, total: int, desc: str):
