@@ -125,7 +125,8 @@ class Params:
     data: DataConfig
     arms: tuple[Arm, ...]
     report: ReportConfig
-    raw: dict = field(repr=False, compare=False)
+    parallel: int | str = "auto"  # arm x seed jobs trained at once; auto: 1 on CPU, more on a GPU
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def baseline(self) -> Arm:
@@ -327,7 +328,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-TOP_KEYS = ("study", "preset", "seeds", "data", "report") + TRAIN_KEYS
+TOP_KEYS = ("study", "preset", "seeds", "parallel", "data", "report") + TRAIN_KEYS
 
 
 def parse_params(raw: Any) -> Params:
@@ -352,6 +353,9 @@ def parse_params(raw: Any) -> Params:
     if len(set(seeds)) != len(seeds):
         raise _bad("seeds", seeds, "distinct seeds")
 
+    parallel = raw.get("parallel", "auto")
+    if parallel != "auto":
+        parallel = _int("parallel", parallel, lo=1, hi=64)
     data = _parse_data(raw.get("data"))
     report = _parse_report(raw.get("report"))
 
@@ -390,7 +394,7 @@ def parse_params(raw: Any) -> Params:
         raise _bad("report.baseline", report.baseline, f"one of the arms: {_known(a.name for a in arms)}")
 
     return Params(study=study, preset=preset, seeds=tuple(seeds), data=data,
-                  arms=tuple(arms), report=report, raw=raw)
+                  arms=tuple(arms), report=report, parallel=parallel, raw=raw)
 
 
 def _check_combination(c: dict) -> None:

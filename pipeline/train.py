@@ -12,8 +12,10 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
 import signal
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +202,77 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@dataclass
+class Context:
+    """What every arm x seed job of one train stage shares (one per worker process)."""
+
+    train: Tensors
+    test: Tensors
+    store: ArmStore
+    provenance: dict
+    tracker: object | None
+    parent: str | None
+    progress: bool
+    retrain: bool
+
+
+@dataclass(frozen=True)
+class Job:
+    arm: Arm
+    seed: int
+    out: Path
+    fp: str
+
+
+def run_job(job: Job, ctx: Context) -> tuple[str, int, dict, str | None]:
+    common = dict(tracker=ctx.tracker, parent=ctx.parent, provenance=ctx.provenance, fp=job.fp)
+    with ctx.store.lock(job.fp):  # a parallel experiment training the same arm finishes it first
+        done = ctx.store.done(job.fp)
+        if done is not None and not ctx.retrain:
+            m, run_id = restore_one(job.arm, job.seed, done, job.out, **common)
+            print(f"{job.arm.name} seed={job.seed}: restored from the arm cache ({job.fp[:12]})", flush=True)
+        else:
+            m, run_id = train_one(job.arm, job.seed, ctx.train, ctx.test, job.out, store=ctx.store,
+                                  progress=ctx.progress, **common)
+    print(f"{job.arm.name} seed={job.seed}: test acc {m['test_acc']:.4f}, train acc {m['train_acc']:.4f}, "
+          f"gap {m['gap']:+.4f} ({m['train_seconds']:.1f} s)", flush=True)
+    return job.arm.name, job.seed, m, run_id
+
+
+def workers_for(parallel: int | str, n_jobs: int, device: torch.device) -> int:
+    """How many arm x seed jobs train at once. auto: one on the CPU (it has no idle
+    capacity to share); on a GPU, enough to fill it with small models: one per
+    6 GiB of GPU memory and per two CPU cores, at most 8."""
+    if parallel != "auto":
+        return max(1, min(int(parallel), n_jobs))
+    if device.type != "cuda":
+        return 1
+    mem_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+    return max(1, min(n_jobs, 8, int(mem_gib // 6), (os.cpu_count() or 2) // 2))
+
+
+_CTX: Context | None = None  # the worker process's context, set once by _init_worker
+
+
+def _init_worker(params_path: str, data: str, device: str, provenance: dict, parent: str | None,
+                 mlflow: bool, retrain: bool) -> None:
+    global _CTX
+    signal.signal(signal.SIGTERM, _sigterm)
+    params = load_params(params_path)
+    dev = torch.device(device)
+    train, test = load_tensors(Path(data), params, dev)
+    tracker = None
+    if mlflow:
+        from pipeline.tracking import Tracker
+
+        tracker = Tracker(params.study)
+    _CTX = Context(train, test, ArmStore(repo_root()), provenance, tracker, parent, False, retrain)
+
+
+def _run_in_worker(job: Job):
+    return run_job(job, _CTX)
+
+
 @cli
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -216,24 +289,29 @@ def main(argv=None) -> None:
 
     params = load_params(args.params)  # every arm is validated before anything trains
     manifest = datamod.load_manifest(args.data)
-    devices = {a.train.device for a in params.arms}
-    device = resolve_device(devices.pop())
-    train, test = load_tensors(Path(args.data), params, device)
+    device = resolve_device(params.arms[0].train.device)
     provenance = {
         "code_version": code_version(),
         "dvc_experiment": dvc_experiment(),
         "data_sha256": manifest["data_sha256"],
         "data_params": {f"data.{k}": v for k, v in dataclasses.asdict(params.data).items()},
     }
+    code = code_digest(Path(__file__).resolve().parents[1])  # the code that runs, wherever the cwd is
+    data_id = {"data_sha256": manifest["data_sha256"], "train_limit": params.data.train_limit,
+               "test_limit": params.data.test_limit, "subset_seed": params.data.subset_seed}
+    runs = Path(args.runs)
+    jobs = [Job(arm, seed, run_dir(runs, arm, seed), fingerprint(arm.train, seed, data_id, code))
+            for arm, seed in params.runs()]
+    workers = workers_for(params.parallel, len(jobs), device)
     print(f"study {params.study}: {len(params.arms)} arm(s) x {len(params.seeds)} seed(s) on {device}, "
-          f"{len(train)} train / {len(test)} test images", flush=True)
+          f"{workers} at a time", flush=True)
 
     signal.signal(signal.SIGTERM, _sigterm)
     tracker = parent = None
     if not args.no_mlflow:
         from pipeline.tracking import Tracker
 
-        tracker = Tracker(params.study)
+        tracker = Tracker(params.study)  # creates the store once, before any parallel writer
         parent = tracker.start(f"{params.study} {provenance['dvc_experiment']}", tags={
             "git_commit": provenance["code_version"], "dvc_experiment": provenance["dvc_experiment"],
             "data_sha256": provenance["data_sha256"], "preset": params.preset,
@@ -241,30 +319,28 @@ def main(argv=None) -> None:
         tracker.log_params(parent, {"preset": params.preset, "seeds": list(params.seeds),
                                     **provenance["data_params"]})
 
-    runs = Path(args.runs)
-    root = repo_root()
-    store = ArmStore(root)
-    code = code_digest(Path.cwd())
-    data_id = {"data_sha256": manifest["data_sha256"], "train_limit": params.data.train_limit,
-               "test_limit": params.data.test_limit, "subset_seed": params.data.subset_seed}
     per_run, run_ids = {}, {}
     try:
-        for arm, seed in params.runs():
-            out = run_dir(runs, arm, seed)
-            fp = fingerprint(arm.train, seed, data_id, code)
-            common = dict(tracker=tracker, parent=parent, provenance=provenance)
-            with store.lock(fp):  # a parallel experiment training the same arm finishes it first
-                done = store.done(fp)
-                if done is not None and not args.retrain:
-                    m, run_id = restore_one(arm, seed, done, out, fp=fp, **common)
-                    print(f"{arm.name} seed={seed}: restored from the arm cache ({fp[:12]})", flush=True)
-                else:
-                    m, run_id = train_one(arm, seed, train, test, out, store=store, fp=fp,
-                                          progress=not args.no_progress, **common)
-            run_ids[f"{arm.name}/seed={seed}"] = run_id
-            per_run[(arm.name, seed)] = m
-            print(f"{arm.name} seed={seed}: test acc {m['test_acc']:.4f}, train acc {m['train_acc']:.4f}, "
-                  f"gap {m['gap']:+.4f} ({m['train_seconds']:.1f} s)", flush=True)
+        if workers == 1:
+            train, test = load_tensors(Path(args.data), params, device)
+            print(f"{len(train)} train / {len(test)} test images", flush=True)
+            ctx = Context(train, test, ArmStore(repo_root()), provenance, tracker, parent,
+                          not args.no_progress, args.retrain)
+            results = (run_job(job, ctx) for job in jobs)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(
+                workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                initargs=(args.params, args.data, str(device), provenance, parent,
+                          not args.no_mlflow, args.retrain))
+            results = pool.map(_run_in_worker, jobs)
+        for name, seed, m, run_id in results:
+            per_run[(name, seed)] = m
+            run_ids[f"{name}/seed={seed}"] = run_id
+        if workers > 1:
+            pool.shutdown()
     except BaseException as exc:
         if tracker is not None:
             tracker.end(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
