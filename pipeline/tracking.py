@@ -43,11 +43,12 @@ class Tracker:
         root = root or repo_root()
         self.uri = tracking_uri(root)
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
-        # The first client to open an empty SQLite store runs its migrations;
-        # parallel experiments must not race on that, nor on creating the experiment.
+        # The first client to open an empty SQLite store (MlflowClient() does) runs
+        # its migrations; parallel experiments must not race on that, nor on
+        # creating the experiment.
         lock = FileLock(str(root / ".mlflow.lock")) if _is_embedded(self.uri) else _nolock()
         with lock:
+            self.client = MlflowClient(self.uri)
             exp = self.client.get_experiment_by_name(study)
             if exp is None:
                 location = (root / ARTIFACTS / study).as_uri() if _is_embedded(self.uri) else None

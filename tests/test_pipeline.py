@@ -195,3 +195,26 @@ def test_parallel_workers_give_the_sequential_results(tmp_path, monkeypatch):
     assert {k: drop(v) for k, v in results[1].items()} == {k: drop(v) for k, v in results[2].items()}
     runs = mlflow_runs(tmp_path)
     assert sum(r["parent"] is not None and r["status"] == "FINISHED" for r in runs) == 8
+
+
+def test_queued_experiments_in_parallel_share_one_mlflow_store(tmp_path):
+    proj = make_project(tmp_path, seeds=[0], epochs=1)
+    run("dvc repro untar && git add -A && git commit -qm data", proj)
+    for overrides in ("-S aug=none", "-S aug=standard", "-S aug=none -S lr=0.01", "-S aug=standard -S lr=0.01"):
+        run(f"dvc exp run --queue {overrides}", proj)
+    run("dvc queue start -j 2", proj)
+    deadline = time.monotonic() + 600
+    while True:
+        status = run("dvc queue status", proj).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    run("dvc queue stop", proj, check=False)
+    assert status.count("Success") == 4, status
+    runs = mlflow_runs(proj)  # the store at the repository root, not in the experiments' copies
+    children = [r for r in runs if r["parent"] is not None]
+    parents = [r for r in runs if r["parent"] is None]
+    assert len(parents) == 4 and len(children) == 4
+    assert all(r["status"] == "FINISHED" for r in runs)
+    assert not list((proj / ".dvc/tmp/exps").rglob("mlflow.db"))
