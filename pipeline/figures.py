@@ -1,0 +1,295 @@
+"""The report's figures: matplotlib (Agg), one function per figure.
+
+Every function takes plain data (lists, numpy arrays, dicts) and returns the
+figure as PNG bytes; nothing here reads or writes files, and every figure is
+closed before returning. Accuracies come in as fractions and are drawn in %.
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+
+DPI = 100
+GOOD, BAD = "#1a7f37", "#cf222e"
+
+
+def arm_colours(arms) -> dict[str, str]:
+    """One fixed colour per arm, the same in every figure."""
+    cycle = plt.get_cmap("tab10").colors
+    return {arm: matplotlib.colors.to_hex(cycle[i % len(cycle)]) for i, arm in enumerate(arms)}
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=DPI)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def _epoch_colours(epochs):
+    cmap = plt.get_cmap("viridis")
+    lo, hi = min(epochs), max(epochs)
+    return {e: cmap(0.0 if hi == lo else (e - lo) / (hi - lo)) for e in epochs}
+
+
+def _epoch_colourbar(fig, axes, epochs):
+    if len(epochs) < 2:
+        return
+    sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(min(epochs), max(epochs)))
+    cb = fig.colorbar(sm, ax=axes, label="epoch", fraction=0.04, pad=0.02)
+    cb.ax.yaxis.get_major_locator().set_params(integer=True)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def learning_curves(curves: dict[str, dict[int, list[dict]]], colours: dict[str, str]) -> bytes:
+    """Test accuracy and train loss vs epoch: mean over seeds, min-max band, one colour per arm."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = (("test_acc", "test accuracy (%)", 100.0), ("train_loss", "train loss (running)", 1.0))
+    for ax, (key, label, scale) in zip(axes, panels):
+        for arm, seeds in curves.items():
+            n_epochs = min(len(rows) for rows in seeds.values())
+            if n_epochs == 0:
+                continue
+            epochs = [int(r["epoch"]) for r in next(iter(seeds.values()))[:n_epochs]]
+            vals = np.array([[float(r[key]) * scale for r in rows[:n_epochs]] for rows in seeds.values()])
+            ax.plot(epochs, vals.mean(0), color=colours[arm], marker="o", ms=3,
+                    label=f"{arm} (mean of {len(vals)} seed{'s' if len(vals) > 1 else ''})")
+            if len(vals) > 1:
+                ax.fill_between(epochs, vals.min(0), vals.max(0), color=colours[arm], alpha=0.2, lw=0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].set_title("test accuracy (band: min-max over seeds)")
+    axes[1].set_title("train loss (band: min-max over seeds)")
+    fig.tight_layout()
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- per class
+
+
+def per_class_bars(classes, per_arm: dict[str, list[float]], colours: dict[str, str]) -> bytes:
+    """Grouped bars: per-class test accuracy (mean over seeds) per arm."""
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    n = len(per_arm)
+    width = 0.8 / max(n, 1)
+    x = np.arange(len(classes))
+    for i, (arm, acc) in enumerate(per_arm.items()):
+        ax.bar(x + (i - (n - 1) / 2) * width, np.asarray(acc) * 100, width, label=arm, color=colours[arm])
+    ax.set_xticks(x, classes, rotation=30, ha="right")
+    ax.set_ylabel("test accuracy (%)")
+    lo = min(min(a) for a in per_arm.values()) * 100
+    ax.set_ylim(max(0, math.floor(lo / 10) * 10 - 5), 100.5)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(n, 4), loc="lower left", bbox_to_anchor=(0, 1.01), frameon=False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def delta_heatmap(classes, deltas: dict[str, list[dict | None]], confidence: float) -> bytes:
+    """Per-class accuracy difference arm - baseline (points), rows = arms; '*' where the
+    bootstrap CI excludes 0. `deltas[arm][k]` is {"diff", "low", "high"} or None."""
+    arms = list(deltas)
+    m = np.full((len(arms), len(classes)), np.nan)
+    for i, arm in enumerate(arms):
+        for k, d in enumerate(deltas[arm]):
+            if d is not None:
+                m[i, k] = d["diff"] * 100
+    top = np.nanmax(np.abs(m)) if np.isfinite(m).any() else 0.0
+    top = max(top, 0.5)
+    fig, ax = plt.subplots(figsize=(11, 0.6 * len(arms) + 1.8), layout="constrained")
+    im = ax.imshow(m, cmap="RdBu", norm=TwoSlopeNorm(0.0, -top, top), aspect="auto")
+    for i, arm in enumerate(arms):
+        for k, d in enumerate(deltas[arm]):
+            if d is None:
+                ax.text(k, i, "n/a", ha="center", va="center", fontsize=8)
+                continue
+            sig = d["low"] is not None and (d["low"] > 0 or d["high"] < 0)
+            ax.text(k, i, f"{d['diff'] * 100:+.1f}{'*' if sig else ''}", ha="center", va="center",
+                    fontsize=9, fontweight="bold" if sig else "normal",
+                    color="white" if abs(m[i, k]) > 0.6 * top else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(arms)), [f"{a} - baseline" for a in arms])
+    fig.colorbar(im, ax=ax, label="points", fraction=0.03, pad=0.02)
+    ax.set_title(f"per-class accuracy difference (points); * = {confidence * 100:g}% bootstrap CI excludes 0",
+                 fontsize=10)
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- confusion
+
+
+def confusion_matrices(classes, matrices: dict[str, list[list[int]]]) -> bytes:
+    """Row-normalised confusion matrices (summed over seeds), side by side."""
+    n = len(matrices)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.9 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (arm, cm) in zip(axes.flat, matrices.items()):
+        cm = np.asarray(cm, dtype=float)
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for t in range(len(classes)):
+            for p in range(len(classes)):
+                if norm[t, p] >= 0.005:
+                    ax.text(p, t, f"{norm[t, p] * 100:.0f}", ha="center", va="center", fontsize=6.5,
+                            color="white" if norm[t, p] > 0.5 else "black")
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{arm} (% of true class)", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def gradient_flow(layers, rows: list[dict], arm: str) -> bytes:
+    """Mean and max |grad| per layer, one line per epoch (log scale)."""
+    epochs = sorted({r["epoch"] for r in rows})
+    col = _epoch_colours(epochs)
+    idx = {name: i for i, name in enumerate(layers)}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for ax, key, title in ((axes[0], "mean_abs", "mean |grad|"), (axes[1], "max_abs", "max |grad|")):
+        for e in epochs:
+            pts = sorted((idx[r["layer"]], r[key]) for r in rows if r["epoch"] == e and r["layer"] in idx)
+            vals = [v if v is not None and v > 0 else np.nan for _, v in pts]
+            ax.plot([i for i, _ in pts], vals, color=col[e], marker="o", ms=3, lw=1, label=f"epoch {e}")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=7)
+        ax.set_xlabel("layer (input to output)")
+        ax.set_title(f"{arm}: {title}", fontsize=10)
+        ax.grid(alpha=0.3)
+    if len(epochs) <= 8:
+        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        fig.tight_layout()
+    else:
+        fig.tight_layout()
+        _epoch_colourbar(fig, list(axes), epochs)
+    return _png(fig)
+
+
+def update_ratio(layers, rows: list[dict], arm: str) -> bytes:
+    """||W_end - W_start|| / ||W_start|| per layer per epoch (log scale)."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    cmap = plt.get_cmap("viridis")
+    for i, name in enumerate(layers):
+        pts = sorted((r["epoch"], r["ratio"]) for r in rows if r["layer"] == name)
+        vals = [v if v is not None and v > 0 else np.nan for _, v in pts]
+        ax.plot([e for e, _ in pts], vals, marker="o", ms=3, lw=1,
+                color=cmap(i / max(len(layers) - 1, 1)), label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("update / weight norm")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{arm}: update-to-weight ratio per layer (colour: input to output)", fontsize=10)
+    if len(layers) <= 16:
+        ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5), title="layer")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def weight_histograms(layers, rows: list[dict], arm: str) -> bytes:
+    """Small multiples: one panel per layer, the recorded epochs' histograms overlaid."""
+    epochs = sorted({r["epoch"] for r in rows})
+    col = _epoch_colours(epochs)
+    cols = min(len(layers), 4)
+    nrows = math.ceil(len(layers) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.0 * cols, 2.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(layers):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, layers):
+        for r in sorted((r for r in rows if r["layer"] == name), key=lambda r: r["epoch"]):
+            counts = np.asarray(r["counts"], dtype=float)
+            hi = r["max"] if r["max"] > r["min"] else r["min"] + 1e-8
+            edges = np.linspace(r["min"], hi, len(counts) + 1)
+            ax.stairs(counts / max(counts.sum(), 1), edges, color=col[r["epoch"]], lw=1.1,
+                      label=f"epoch {r['epoch']}")
+        ax.set_title(f"layer {name}", fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.set_yticks([])
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle(f"{arm}: weight distributions per layer (fraction of weights)", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- galleries
+
+
+def _mosaic(tiles: np.ndarray, cols: int, pad: int, fill, borders=None, border: int = 0) -> np.ndarray:
+    """(n, h, w, 3) float tiles in [0, 1] as one image: `pad` pixels of `fill` between tiles,
+    and optionally a `border`-pixel frame of colour borders[i] round tile i."""
+    n, h, w, _ = tiles.shape
+    rows = max(math.ceil(n / cols), 1)
+    th, tw = h + 2 * border, w + 2 * border
+    out = np.empty((rows * th + (rows + 1) * pad, cols * tw + (cols + 1) * pad, 3), dtype=np.float32)
+    out[:] = fill
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (th + pad), pad + c * (tw + pad)
+        if borders is not None:
+            out[y:y + th, x:x + tw] = borders[i]
+        out[y + border:y + border + h, x + border:x + border + w] = tile
+    return out
+
+
+def prediction_grid(images: np.ndarray, true: list[str], pred: list[str], confidence: list[float],
+                    title: str, cols: int = 8) -> bytes:
+    """Test images with true / predicted class and confidence: green frame right, red wrong."""
+    imgs = np.transpose(np.asarray(images), (0, 2, 3, 1)).astype(np.float32) / 255.0
+    n = len(imgs)
+    cols = min(cols, max(n, 1))
+    rows = max(math.ceil(n / cols), 1)
+    ok = [t == p for t, p in zip(true, pred)]
+    frame = [matplotlib.colors.to_rgb(GOOD if o else BAD) for o in ok]
+    pad, border, size = 22, 2, imgs.shape[1] + 4
+    mosaic = _mosaic(imgs, cols, pad, 1.0, frame, border)
+    fig = plt.figure(figsize=(mosaic.shape[1] / 40, mosaic.shape[0] / 40 + 0.3))
+    ax = fig.add_axes([0, 0, 1, 0.95 if rows > 1 else 0.9])
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    for i, (t, p, c) in enumerate(zip(true, pred, confidence)):
+        r, col = divmod(i, cols)
+        x = pad + col * (size + pad) + size / 2
+        y = pad + r * (size + pad) - 1
+        ax.text(x, y, f"{t}\n{'=' if ok[i] else '->'} {p} {c * 100:.0f}%", ha="center", va="bottom",
+                fontsize=6.5, color=GOOD if ok[i] else BAD, linespacing=1.0)
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def conv_filters(weight: np.ndarray, title: str) -> bytes:
+    """First-layer filters (out, in, k, k) as tiles, each scaled to its own min-max; RGB for 3 inputs."""
+    w = np.asarray(weight, dtype=np.float32)
+    lo = w.min(axis=(1, 2, 3), keepdims=True)
+    hi = w.max(axis=(1, 2, 3), keepdims=True)
+    w = np.where(hi > lo, (w - lo) / np.where(hi > lo, hi - lo, 1), 0.5)
+    tiles = np.transpose(w, (0, 2, 3, 1)) if w.shape[1] == 3 else np.repeat(w.mean(1)[..., None], 3, axis=-1)
+    cols = min(len(tiles), 16)
+    mosaic = _mosaic(tiles, cols, 1, 1.0)
+    scale = 0.6 / tiles.shape[1]  # inches per filter pixel: 0.6 in per filter
+    fig = plt.figure(figsize=(max(mosaic.shape[1] * scale, 3), mosaic.shape[0] * scale + 0.35))
+    ax = fig.add_axes([0, 0, 1, 1 - 0.35 / (mosaic.shape[0] * scale + 0.35)])
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)

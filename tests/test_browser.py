@@ -1,0 +1,188 @@
+"""The report and the MLflow UI in a real (headless) Chromium.
+
+One small study is made by the real stages with MLflow on (a SQLite store in a
+temporary folder). Then: report.html opens without console or page errors, all
+its images decode, and it requests nothing beyond its own file; and an MLflow
+server on that store lists the study's experiment and its parent and child runs
+as FINISHED through the REST API, and its UI page renders.
+
+Needs Chromium at /usr/bin/chromium (`apt-get install -y chromium`; `make test`
+installs it) and the `playwright` Python package (its own browsers are not
+used). Missing either is a failure, not a skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline import report
+from tests.test_report import make_project, run_study
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SERVER_START_S = 75
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser-study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        make_project(root)
+        paths = run_study(root, seeds=(0, 1), mlflow=True)
+    paths["root"] = root
+    paths["db"] = root / "mlflow.db"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """A persistent Chromium context on a fresh profile folder."""
+    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+        pytest.fail(f"Chromium not found at {CHROMIUM}: run `apt-get install -y chromium` "
+                    "(`make test` installs it)", pytrace=False)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the `playwright` package is missing: pip install playwright "
+                    "(it drives the system Chromium; no browser download needed)", pytrace=False)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    pw = sync_playwright().start()
+    try:
+        ctx = pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True,
+                                                    args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900})
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+    finally:
+        pw.stop()
+
+
+def test_report_html_renders_self_contained(study, browser):
+    page = browser.new_page()
+    errors, requests = [], []
+    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        url = (study["reports"] / "report.html").resolve().as_uri()
+        page.goto(url, wait_until="load")
+        imgs = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+        headings = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+        tables = page.evaluate("document.querySelectorAll('table').length")
+    finally:
+        page.close()
+    assert errors == []
+    assert len(imgs) >= 10
+    assert all(complete and width > 0 for complete, width, _ in imgs), [alt for c, w, alt in imgs if not (c and w)]
+    assert headings == [f"{i}. {t}" for i, t in enumerate(report.SECTIONS, 1)]
+    assert tables >= 5
+    assert requests and all(u.startswith(("file://", "data:")) for u in requests), \
+        [u for u in requests if not u.startswith(("file://", "data:"))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(base: str, path: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method="GET" if body is None else "POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _wait_up(base: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"mlflow server did not answer within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End the server and its workers: the process group this test started it in."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def test_mlflow_server_lists_the_study_and_its_ui_renders(study, browser, tmp_path):
+    ids = json.loads((study["runs"] / "mlflow.json").read_text())
+    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "mlflow-server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{study['db']}",
+                                 "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=study["root"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        _wait_up(base, proc, log)
+
+        experiments = _api(base, "/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
+        exp = next((e for e in experiments if e["name"] == "report-test"), None)
+        assert exp is not None, [e["name"] for e in experiments]
+        assert exp["experiment_id"] == str(ids["experiment_id"]) and exp["lifecycle_stage"] == "active"
+
+        found = _api(base, "/api/2.0/mlflow/runs/search",
+                     {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+        runs = {r["info"]["run_id"]: r for r in found}
+        tags = {rid: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for rid, r in runs.items()}
+        parent = ids["parent_run_id"]
+        assert parent in runs and runs[parent]["info"]["status"] == "FINISHED"
+        assert "mlflow.parentRunId" not in tags[parent]
+        children = ids["runs"]
+        assert sorted(children) == ["aug=none/seed=0", "aug=none/seed=1",
+                                    "aug=standard/seed=0", "aug=standard/seed=1"]
+        for name, rid in children.items():
+            assert rid in runs, name
+            assert runs[rid]["info"]["status"] == "FINISHED", name
+            assert tags[rid]["mlflow.parentRunId"] == parent, name
+        assert set(runs) == {parent, *children.values()}
+
+        # the report stage logged its output onto the parent run
+        listed = _api(base, f"/api/2.0/mlflow/artifacts/list?run_id={parent}&path=report")
+        assert {"report/report.md", "report/report.html"} <= {f["path"] for f in listed.get("files", [])}
+
+        page = browser.new_page()
+        try:
+            page.goto(base + "/", wait_until="domcontentloaded", timeout=30_000)
+            page.wait_for_selector("#root > *", state="attached", timeout=30_000)
+            assert "MLflow" in page.title()
+        finally:
+            page.close()
+    finally:
+        _stop(proc)
