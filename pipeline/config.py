@@ -60,6 +60,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max global L2 norm of the gradients
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a GradScaler)
     compile: bool = False  # torch.compile the model
+    compile_mode: str = "default"  # torch.compile mode; reduce-overhead adds CUDA graphs
     keep_best: bool = True  # also keep the checkpoint with the best test accuracy
     device: str = "auto"  # auto = cuda when present, else cpu
     deterministic: bool = False  # deterministic CUDA kernels (the CPU always is)
@@ -74,6 +75,7 @@ TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "onecycle", "cosine")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 DEVICES_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 # The reference recipes (../RECIPES in the docs): the values every training key
@@ -258,6 +260,7 @@ def _train_checkers():
         "grad_clip": lambda k, v: _float(k, v, lo=0, lo_open=True, nullable=True),
         "precision": lambda k, v: _choice(k, v, PRECISIONS),
         "compile": _bool,
+        "compile_mode": lambda k, v: _choice(k, v, COMPILE_MODES),
         "keep_best": _bool,
         "device": _device,
         "deterministic": _bool,

@@ -157,7 +157,7 @@ def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed:
     steps = math.ceil(len(train) / cfg.batch_size)  # the last, partial batch is kept
     sched = build_schedule(cfg, opt, steps)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
     diag = Diagnostics(model, cfg.epochs, steps) if diagnostics else None
     result = Result()
     best_acc = -1.0
