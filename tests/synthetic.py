@@ -12,9 +12,9 @@ def images(n_per_class: int, seed: int = 0, classes: int = 10) -> tuple[np.ndarr
     xs, ys = [], []
     for k in range(classes):
         base = np.broadcast_to(colours[k][:, None, None], (n_per_class, 3, 32, 32)).astype(np.int16)
-        noise = rng.integers(-40, 41, size=(n_per_class, 3, 32, 32))
+        noise = rng.integers(-110, 111, size=(n_per_class, 3, 32, 32))
         img = base + noise
-        img[:, :, :, (3 * k) % 32:(3 * k) % 32 + 3] = 255 - colours[k][:, None, None]  # a stripe per class
+        img[:, :, :, (3 * k) % 32:(3 * k) % 32 + 3] += 40  # a faint stripe per class
         xs.append(np.clip(img, 0, 255).astype(np.uint8))
         ys.append(np.full(n_per_class, k, dtype=np.int64))
     return np.concatenate(xs), np.concatenate(ys)

@@ -1,0 +1,36 @@
+# Set-up is part of every target: a fresh clone needs nothing but `make repro`
+# or `make test` (Python 3.10+ with venv and pip).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: repro test setup mlflow-ui
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# The main job: the default study in params.yaml, end to end.
+repro: $(STAMP)
+	dvc repro
+
+# The browser tests open the HTML report and the MLflow UI in headless Chromium.
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+# The test suite (the slow end-to-end tests included).
+test: $(STAMP) $(CHROMIUM)
+	$(PY) -m pytest -q
+
+# Browse every run: http://127.0.0.1:5000
+mlflow-ui: $(STAMP)
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
