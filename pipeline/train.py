@@ -189,13 +189,16 @@ def train_one(arm: Arm, seed: int, train: Tensors, test: Tensors, out: Path, *, 
     return metrics, run_id
 
 
-def write_curves(folder: Path, params: Params, runs: Path) -> None:
-    """One CSV per arm x seed, named for the legend of `dvc plots`."""
-    with atomic_path(folder) as tmp:
-        tmp.mkdir()
+def write_curves(path: Path, params: Params, runs: Path) -> None:
+    """Every arm x seed's history in one long CSV, a `run` column naming the curve
+    (drawn one colour per run by the `runs` template of `dvc plots`)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=("run", "arm", "seed") + HISTORY_FIELDS)
+        w.writeheader()
         for arm, seed in params.runs():
-            src = run_dir(runs, arm, seed) / "history.csv"
-            (tmp / f"{arm.name} seed={seed}.csv").write_bytes(src.read_bytes())
+            with open(run_dir(runs, arm, seed) / "history.csv") as h:
+                for row in csv.DictReader(h):
+                    w.writerow({"run": f"{arm.name} seed={seed}", "arm": arm.name, "seed": seed, **row})
 
 
 def _sigterm(signum, frame):
@@ -280,7 +283,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data", default="data/prepared", help="output of the untar stage")
     ap.add_argument("--runs", default="runs", help="per arm x seed outputs")
     ap.add_argument("--metrics", default="metrics/train.json")
-    ap.add_argument("--curves", default="plots/curves")
+    ap.add_argument("--curves", default="plots/curves.csv")
     ap.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--retrain", action="store_true",

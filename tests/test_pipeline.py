@@ -107,6 +107,10 @@ def test_repro_then_single_arm_experiment(tmp_path):
     assert "up to date" in run("dvc status", proj).stdout
     shown = run("dvc metrics show --json", proj).stdout
     assert "aug=standard" in shown and "test_acc" in shown
+    plots = json.loads(run("dvc plots show --json", proj).stdout)
+    assert not plots.get("errors"), plots.get("errors")
+    curve = plots["data"]["test accuracy"][0]["content"]["data"]["values"]
+    assert {p["run"] for p in curve} == {f"aug={a} seed={s}" for a in ("none", "standard") for s in (0, 1)}
 
     # one arm, exactly as users type it: restored from the arm cache, not retrained
     t0 = time.monotonic()
@@ -123,7 +127,7 @@ def test_repro_then_single_arm_experiment(tmp_path):
 
     # the same arm and seed trained again from scratch gives identical metrics (CPU)
     run("python -m pipeline.train --retrain --no-mlflow --no-progress --runs /tmp/retrain-check "
-        f"--metrics {tmp_path}/m.json --curves {tmp_path}/curves", proj)
+        f"--metrics {tmp_path}/m.json --curves {tmp_path}/curves.csv", proj)
     again = json.loads((Path("/tmp/retrain-check") / "aug=none/seed=0/metrics.json").read_text())
     first = json.loads((proj / "runs/aug=none/seed=0/metrics.json").read_text())
     shutil.rmtree("/tmp/retrain-check", ignore_errors=True)
@@ -164,7 +168,7 @@ def test_sigkill_during_training_resumes_bitwise(tmp_path):
 
     # an uninterrupted run of the same arm
     run("python -m pipeline.train --retrain --no-mlflow --no-progress --runs fresh "
-        "--metrics fresh.json --curves fresh-curves", proj)
+        "--metrics fresh.json --curves fresh-curves.csv", proj)
     fresh = torch.load(proj / "fresh/aug=standard/seed=0/model.pt", weights_only=True)
     fresh_metrics = json.loads((proj / "fresh/aug=standard/seed=0/metrics.json").read_text())
     for k, v in fresh["model"].items():
@@ -186,7 +190,7 @@ def test_parallel_workers_give_the_sequential_results(tmp_path, monkeypatch):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(
             {"seeds": [0, 1], "epochs": 1, "batch_size": 32, "parallel": parallel}))
         train.main(["--data", "prepared", "--runs", f"runs{parallel}", "--metrics", f"m{parallel}.json",
-                    "--curves", f"curves{parallel}", "--no-progress", "--retrain"])
+                    "--curves", f"curves{parallel}.csv", "--no-progress", "--retrain"])
         results[parallel] = {
             d.parent.name + d.name: json.loads((d / "metrics.json").read_text())
             for d in (tmp_path / f"runs{parallel}").glob("*/seed=*")}

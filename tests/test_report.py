@@ -70,7 +70,7 @@ def run_study(root: Path, seeds=(0, 1), tag: str = "", mlflow: bool = False) -> 
     write_params(paths["params"], seeds)
     data = str(root / "data" / "prepared")
     train.main(["--params", str(paths["params"]), "--data", data, "--runs", str(paths["runs"]),
-                "--metrics", str(paths["metrics"] / "train.json"), "--curves", str(paths["curves"]),
+                "--metrics", str(paths["metrics"] / "train.json"), "--curves", str(paths["curves"]) + ".csv",
                 "--no-progress"] + ([] if mlflow else ["--no-mlflow"]))
     evaluate.main(["--params", str(paths["params"]), "--data", data, "--runs", str(paths["runs"]),
                    "--out", str(paths["evaluation"]), "--metrics", str(paths["metrics"] / "evaluate.json")])
