@@ -222,3 +222,24 @@ def test_queued_experiments_in_parallel_share_one_mlflow_store(tmp_path):
     assert len(parents) == 4 and len(children) == 4
     assert all(r["status"] == "FINISHED" for r in runs)
     assert not list((proj / ".dvc/tmp/exps").rglob("mlflow.db"))
+
+
+REAL_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+REAL_SHA256 = "2ca76c958b9e50d95e55a63e11fddfedcef00332cb5172550a6380cb2c0eaab4"
+
+
+@pytest.mark.skipif(not REAL_ARCHIVE.exists(), reason="the real CIFAR-10 JPEG mirror is not beside the repository")
+def test_dvc_repro_untar_on_the_real_archive(tmp_path):
+    proj = make_project(tmp_path)
+    p = yaml.safe_load((proj / "params.yaml").read_text())
+    p["data"].update({"url": str(REAL_ARCHIVE), "sha256": REAL_SHA256, "verify_counts": True})
+    (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    t0 = time.monotonic()
+    run("dvc repro untar", proj)
+    seconds = time.monotonic() - t0
+    manifest = json.loads((proj / "data/prepared/manifest.json").read_text())
+    assert manifest["splits"]["train"]["count"] == 50_000 and manifest["splits"]["test"]["count"] == 10_000
+    assert set(manifest["splits"]["train"]["per_class"].values()) == {5000}
+    assert set(manifest["splits"]["test"]["per_class"].values()) == {1000}
+    assert manifest["source"]["sha256"] == REAL_SHA256
+    assert seconds < 60, f"dvc repro untar took {seconds:.1f} s"
