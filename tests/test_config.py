@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.config import PRESETS, ConfigError, load_params, parse_params, read_yaml
 
@@ -98,3 +99,19 @@ def test_errors_name_the_file(tmp_path):
     f.write_text("epochs: -3\n")
     with pytest.raises(ConfigError, match=r"params.yaml: epochs = -3"):
         load_params(f)
+
+
+def test_dvc_yaml_reruns_training_for_every_training_key_and_only_those():
+    from pipeline.config import TRAIN_KEYS
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    train = set(stages["train"]["params"])
+    assert set(TRAIN_KEYS) | {"study", "preset", "seeds", "parallel"} <= train
+    assert {"data.train_limit", "data.test_limit", "data.subset_seed"} <= train
+    assert not any(k.startswith("report.") for k in train)  # a report setting never retrains
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key in train:  # DVC needs every tracked key present in params.yaml
+        node = params
+        for part in key.split("."):
+            assert part in node, key
+            node = node[part]
