@@ -17,9 +17,15 @@ HIST_BINS = 40
 
 
 def tracked_layers(model: nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    """The weights of conv and linear layers, in forward-definition order."""
-    return [(name[:-len(".weight")], p) for name, p in model.named_parameters()
-            if name.endswith("weight") and p.dim() > 1]
+    """The weights of conv and linear layers, in definition order, named for
+    reading ("conv2 (features.4)"): counted per kind, with the module's path."""
+    out, counts = [], {"conv": 0, "linear": 0}
+    for name, p in model.named_parameters():
+        if name.endswith("weight") and p.dim() > 1:
+            kind = "conv" if p.dim() == 4 else "linear"
+            counts[kind] += 1
+            out.append((f"{kind}{counts[kind]} ({name[:-len('.weight')]})", p))
+    return out
 
 
 def histogram_epochs(epochs: int) -> list[int]:

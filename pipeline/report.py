@@ -295,10 +295,16 @@ def _headline(ctx, inp) -> list:
     params, last, base = ctx["params"], ctx["last"], ctx["baseline"]
     n = len(params.seeds)
     n_images = len(inp["predictions"][base]["label"])
+    n_train = inp["manifest"]["splits"]["train"]["count"]
+    if params.data.train_limit is not None:
+        n_train = min(n_train, params.data.train_limit)
+    epochs = sorted({arm.train.epochs for arm in params.arms})
+    budget = f"{'/'.join(map(str, epochs))} epoch{'s' if epochs != [1] else ''} on {count(n_train)} training images"
     blocks = [para("Study ", ("b", params.study), f" (preset {params.preset}): {plural(len(ctx['arms']), 'arm')} x "
                    f"{plural(n, 'seed')} ({', '.join(map(str, params.seeds))}), baseline ", ("b", base),
-                   f". Numbers are for the last checkpoint of each run, on {count(n_images)} test images, "
-                   f"with {ctx['clabel'].replace('CI', 'intervals')}.")]
+                   f", each trained {budget}. Numbers are for the last checkpoint of each run, on "
+                   f"{count(n_images)} test images, with {ctx['clabel'].replace('CI', 'intervals')}; "
+                   f"they hold for this training budget only.")]
     if n == 1:
         blocks.append(warning(SINGLE_SEED_WARNING))
     if not ctx["others"]:

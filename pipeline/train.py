@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,9 @@ def train_one(arm: Arm, seed: int, train: Tensors, test: Tensors, out: Path, *, 
     model = models.create_model(cfg.model).to(device)
 
     def on_epoch(epoch: int, row: dict, _model) -> None:
+        print(f"{arm.name} seed={seed} epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f} "
+              f"acc {row['train_acc']:.4f}, test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}, "
+              f"{row['images_per_second']:.0f} img/s", flush=True)
         if tracker is not None:
             tracker.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
 
@@ -328,7 +332,7 @@ def main(argv=None) -> None:
             train, test = load_tensors(Path(args.data), params, device)
             print(f"{len(train)} train / {len(test)} test images", flush=True)
             ctx = Context(train, test, ArmStore(repo_root()), provenance, tracker, parent,
-                          not args.no_progress, args.retrain)
+                          not args.no_progress and sys.stderr.isatty(), args.retrain)
             results = (run_job(job, ctx) for job in jobs)
         else:
             import multiprocessing as mp

@@ -110,8 +110,8 @@ def test_diagnostics_are_recorded_per_layer_per_epoch():
     hist = [w for w in d["weights"] if w["epoch"] == 2]
     assert len(hist) == len(d["layers"])
     n_weights = {n: p.numel() for n, p in model.named_parameters()}
-    for w in hist:
-        assert sum(w["counts"]) == n_weights[w["layer"] + ".weight"]
+    for w in hist:  # "conv2 (4)" is the weight "4.weight"
+        assert sum(w["counts"]) == n_weights[w["layer"].split("(")[1].rstrip(")") + ".weight"]
 
 
 def test_resume_from_any_epoch_state_is_bitwise_equal_to_an_uninterrupted_run():
