@@ -66,7 +66,7 @@ class Diagnostics:
                 self.grad.append({"epoch": epoch, "layer": name,
                                   "mean_abs": grads[i][0], "max_abs": grads[i][1]})
             if epoch in self.hist_epochs:
-                w = p.detach().float().flatten()
+                w = p.detach().float().flatten().cpu()  # histc has no deterministic CUDA kernel
                 lo, hi = w.min().item(), w.max().item()
                 counts = torch.histc(w, bins=HIST_BINS, min=lo, max=hi if hi > lo else lo + 1e-8)
                 self.weights.append({"epoch": epoch, "layer": name, "min": lo, "max": hi,

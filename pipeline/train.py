@@ -195,7 +195,7 @@ def train_one(arm: Arm, seed: int, train: Tensors, test: Tensors, out: Path, *, 
 
 def write_curves(path: Path, params: Params, runs: Path) -> None:
     """Every arm x seed's history in one long CSV, a `run` column naming the curve
-    (drawn one colour per run by the `runs` template of `dvc plots`)."""
+    (drawn one colour per run by the `curves_by_run` template of `dvc plots`)."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=("run", "arm", "seed") + HISTORY_FIELDS)
         w.writeheader()

@@ -71,7 +71,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
-    else:
+    else:  # arms of one study share the process: undo a previous arm's setting
+        torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True
 
 

@@ -58,7 +58,9 @@ def make_project(tmp: Path, **params) -> Path:
     p["data"].update({"url": str(archive), "sha256": sha256_file(archive), "md5": None, "verify_counts": False})
     p.update(params)
     (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    run("git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init", proj)
+    run("git init -q && dvc init -q && dvc config core.analytics false", proj)
+    shutil.copytree(REPO / ".dvc" / "plots", proj / ".dvc" / "plots")  # the plot templates
+    run("git add -A && git commit -qm init", proj)
     return proj
 
 

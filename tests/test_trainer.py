@@ -67,6 +67,7 @@ def test_another_seed_gives_other_weights():
     {"precision": "bf16"},
     {"model": "dilated_net", "aug": "ssr_cutout", "norm": "cifar10_legacy"},
     {"aug": "strong", "keep_best": False},
+    {"deterministic": True, "model": "resnet18", "batch_size": 8},
 ])
 def test_options_train(overrides):
     cfg = _cfg(epochs=1, **overrides)
