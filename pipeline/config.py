@@ -176,7 +176,8 @@ def _known(allowed) -> str:
 def _unknown_key(where: str, key: Any, allowed) -> ConfigError:
     hint = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
     did = f" (did you mean '{hint[0]}'?)" if hint else ""
-    return ConfigError(f"{where}{key}: unknown key{did}; known keys: {_known(allowed)}")
+    shown = key if isinstance(key, str) and key.isprintable() and key.strip() else repr(key)
+    return ConfigError(f"{where}{shown}: unknown key{did}; known keys: {_known(allowed)}")
 
 
 def _bad(key: str, value: Any, allowed: str) -> ConfigError:

@@ -59,6 +59,7 @@ def test_yaml_1_2_floats(tmp_path):
 
 @pytest.mark.parametrize("raw, needle", [
     ({"modle": "cnn4"}, "modle: unknown key (did you mean 'model'?)"),
+    ({"\n": 1}, "'\\n': unknown key"),
     ({"data": {"trian_limit": 5}}, "data.trian_limit: unknown key (did you mean 'train_limit'?)"),
     ({"model": "resnet81"}, "model = 'resnet81': expected one of"),
     ({"aug": "standrad"}, "did you mean 'standard'?"),

@@ -3,6 +3,7 @@ clear line (ConfigError / PipelineError); never a traceback."""
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 
 from hypothesis import HealthCheck, given, settings
@@ -31,7 +32,12 @@ def _one_line(exc: Exception) -> None:
     assert msg and "\n" not in msg and len(msg) < 1000
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI replays the same examples every run; FUZZ_EXAMPLES=20000 explores more by hand
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize="FUZZ_EXAMPLES" not in os.environ,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.dictionaries(keys, values, max_size=6), values), sections)
 def test_params_loader_never_raises_anything_but_a_config_error(raw, extra):
     if isinstance(raw, dict):
@@ -68,7 +74,8 @@ member = st.tuples(names, st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tar
                    st.binary(max_size=64))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=EXAMPLES // 2, deadline=None, derandomize="FUZZ_EXAMPLES" not in os.environ,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.one_of(st.binary(max_size=256), st.lists(member, max_size=5).map(_tar)))
 def test_archive_reader_never_raises_anything_but_a_pipeline_error(tmp_path_factory, blob):
     from pipeline.untar import prepare
