@@ -28,7 +28,6 @@ from pipeline import evaluate, report, stats, train
 from pipeline.io import sha256_file
 from tests.synthetic import images
 
-REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -56,9 +55,6 @@ def write_params(path: Path, seeds, **extra) -> None:
 
 
 def make_project(root: Path) -> None:
-    """The code the train stage fingerprints (it reads pipeline/ and models/ from the cwd) and data."""
-    for name in ("pipeline", "models"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     write_prepared(root / "data" / "prepared")
 
 
