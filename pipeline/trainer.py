@@ -130,6 +130,9 @@ def evaluate(model: nn.Module, data: Tensors, cfg: TrainConfig, device: torch.de
                       preds=preds_t, probs=torch.cat(probs).float().cpu())
 
 
+# torch.compile modes that replay CUDA graphs
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
 EpochHook = Callable[[int, dict, nn.Module], None]
 StateHook = Callable[[dict], None]
 
@@ -157,7 +160,11 @@ def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed:
     steps = math.ceil(len(train) / cfg.batch_size)  # the last, partial batch is kept
     sched = build_schedule(cfg, opt, steps)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
-    step_model = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
+    # Two static shapes (the full batch and the last, partial one) compile to two
+    # graphs; dynamic=False keeps both free of symbolic sizes, so CUDA graphs
+    # (reduce-overhead, max-autotune) can record each one.
+    step_model = torch.compile(model, mode=cfg.compile_mode, dynamic=False) if cfg.compile else model
+    graphs = cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and device.type == "cuda"
     diag = Diagnostics(model, cfg.epochs, steps) if diagnostics else None
     result = Result()
     best_acc = -1.0
@@ -192,6 +199,8 @@ def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed:
             x = augment.augment(cfg.aug, train.x[idx], cfg.norm, gen)
             y = train.y[idx]
             x = x.contiguous(memory_format=torch.channels_last)
+            if graphs:  # the previous step's graph outputs are consumed: their memory may be reused
+                torch.compiler.cudagraph_mark_step_begin()
             with autocast(cfg, device):
                 logits = step_model(x)
                 loss = F.cross_entropy(logits.float(), y)
