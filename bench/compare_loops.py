@@ -108,9 +108,7 @@ def classic_fit(model, x, y, cfg, seed, device, workers):
     return seconds
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="data/prepared")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--presets", default=",".join(PRESETS), help="comma-separated recipe names")
     ap.add_argument("--images", type=int, default=5000, help="training images (stratified subset)")
     ap.add_argument("--epochs", type=int, default=1)
@@ -118,13 +116,16 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the classic loop")
     ap.add_argument("--no-compile", action="store_true", help="turn off torch.compile in both loops")
-    args = ap.parse_args()
 
+
+def compare(args: argparse.Namespace, data: str | Path) -> list[dict]:
+    """Train every preset with both loops on `data` (an untar output); print a
+    row per preset and return the rows."""
     device = resolve_device(args.device)
-    x, y = datamod.load_split(args.data, "train")
+    x, y = datamod.load_split(data, "train")
     idx = datamod.stratified_subset(y, args.images, 0)
     x, y = np.array(x[idx]), np.array(y[idx])
-    xt, yt = datamod.load_split(args.data, "test")
+    xt, yt = datamod.load_split(data, "test")
     xt, yt = np.array(xt), np.array(yt)
     train = Tensors(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
     test = Tensors(torch.from_numpy(xt).to(device), torch.from_numpy(yt).to(device))
@@ -133,6 +134,7 @@ def main() -> None:
           f"{args.epochs} epoch(s), {args.seeds} seed(s)")
     print(f"{'preset':<14}{'classic img/s':>14}{'s/epoch':>9}{'trainer img/s':>15}{'s/epoch':>9}"
           f"{'speed-up':>10}{'classic acc':>13}{'trainer acc':>13}")
+    rows = []
     for name in args.presets.split(","):
         cfg = parse_params({"preset": name, "epochs": args.epochs, "device": args.device}).arms[-1].train
         if args.no_compile:
@@ -150,8 +152,19 @@ def main() -> None:
             t_acc.append(res.history[-1]["test_acc"])
         # the first epoch carries compilation and warm-up: report the median epoch
         c, t = statistics.median(c_sec), statistics.median(t_sec)
+        rows.append({"preset": name, "classic_s": c, "trainer_s": t, "speedup": c / t,
+                     "classic_acc": statistics.fmean(c_acc), "trainer_acc": statistics.fmean(t_acc)})
         print(f"{name:<14}{len(y) / c:>14.0f}{c:>9.2f}{len(y) / t:>15.0f}{t:>9.2f}{c / t:>9.2f}x"
               f"{100 * statistics.fmean(c_acc):>12.2f}%{100 * statistics.fmean(t_acc):>12.2f}%", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="data/prepared", help="output of the untar stage")
+    add_arguments(ap)
+    args = ap.parse_args()
+    compare(args, args.data)
 
 
 if __name__ == "__main__":

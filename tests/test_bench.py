@@ -1,0 +1,34 @@
+"""The speed benchmark runs end to end and prints every figure it promises
+(what the figures are is for its users to read, not for a test to time)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_pipeline import REPO, _env, make_project
+
+pytestmark = pytest.mark.slow
+
+
+def test_speed_benchmark_prints_stages_and_loop_ratios(tmp_path):
+    proj = make_project(tmp_path, seeds=[0], epochs=1)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "speed.py"), "--repo", str(proj),
+         "--presets", "simple_cnn,tutorial_cnn", "--images", "60", "--epochs", "2", "--no-compile",
+         "--workers", "0"],
+        cwd=tmp_path, env={**_env(tmp_path), "TMPDIR": str(scratch)}, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    for stage in ("download", "untar", "train", "evaluate", "report"):
+        assert re.search(rf"^  {stage}\s+\d+\.\d s$", text, re.M), (stage, text)
+    assert re.search(r"^  train stage: study \S+: 2 arm\(s\) x 1 seed\(s\) on cpu, 1 at a time$", text, re.M), text
+    assert re.search(r"dvc repro without download: \d+\.\d s", text), text
+    for preset in ("simple_cnn", "tutorial_cnn"):
+        assert re.search(rf"^{preset}\s+\d+\s+\d+\.\d\d\s+\d+\s+\d+\.\d\d\s+\d+\.\d\dx", text, re.M), text
+        assert re.search(rf"^{preset}\s+trainer \d+\.\d\dx the classic loop's images/s$", text, re.M), text
+    assert not list(scratch.glob("bench-*")), "the benchmark's clone was left behind"
