@@ -24,7 +24,7 @@ import torch
 
 import models
 from pipeline import data as datamod
-from pipeline.armstore import ArmStore, code_digest, fingerprint
+from pipeline.armstore import ArmStore, StateWriter, code_digest, fingerprint
 from pipeline.config import Arm, Params, TrainConfig, load_params
 from pipeline.errors import PipelineError, cli
 from pipeline.io import atomic_path, write_json
@@ -139,6 +139,10 @@ def train_one(arm: Arm, seed: int, train: Tensors, test: Tensors, out: Path, *, 
     cfg = arm.train
     device = train.x.device
     state = store.load_state(fp)
+    if state is not None and state.get("device") != device.type:
+        print(f"{arm.name} seed={seed}: the saved state was trained on {state.get('device')}, not "
+              f"{device.type}; training from the start", file=sys.stderr, flush=True)
+        state = None
     run_id = state.get("mlflow_run_id") if state is not None else None
     if tracker is not None:
         if run_id is not None and tracker.resume(run_id):
@@ -160,12 +164,12 @@ def train_one(arm: Arm, seed: int, train: Tensors, test: Tensors, out: Path, *, 
         if tracker is not None:
             tracker.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
 
-    def on_state(st: dict) -> None:
-        store.save_state(fp, {**st, "mlflow_run_id": run_id})
-
     try:
-        result = fit(model, train, test, cfg, seed, progress=progress, on_epoch=on_epoch,
-                     on_state=on_state, resume=state, desc=f"{arm.name} seed={seed}")
+        with StateWriter(store, fp) as writer:  # the last write lands before the state is dropped
+            result = fit(model, train, test, cfg, seed, progress=progress, on_epoch=on_epoch,
+                         on_state=lambda st: writer.save({**st, "mlflow_run_id": run_id,
+                                                          "device": device.type}),
+                         resume=state, desc=f"{arm.name} seed={seed}")
         metrics = final_metrics(result)
         with store.finish(fp) as tmp:
             tmp.mkdir()
