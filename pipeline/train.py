@@ -266,9 +266,13 @@ _CTX: Context | None = None  # the worker process's context, set once by _init_w
 
 
 def _init_worker(params_path: str, data: str, device: str, provenance: dict, parent: str | None,
-                 mlflow: bool, retrain: bool) -> None:
+                 mlflow: bool, retrain: bool, threads: int) -> None:
     global _CTX
     signal.signal(signal.SIGTERM, _sigterm)
+    if torch.device(device).type == "cuda":
+        # the workers share the cores for their host-side work. Not on the CPU: there
+        # the thread count changes the numerics, and parallel must not change results.
+        torch.set_num_threads(threads)
     params = load_params(params_path)
     dev = torch.device(device)
     train, test = load_tensors(Path(data), params, dev)
@@ -345,7 +349,7 @@ def main(argv=None) -> None:
             pool = ProcessPoolExecutor(
                 workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                 initargs=(args.params, args.data, str(device), provenance, parent,
-                          not args.no_mlflow, args.retrain))
+                          not args.no_mlflow, args.retrain, max(1, torch.get_num_threads() // workers)))
             results = pool.map(_run_in_worker, jobs)
         for name, seed, m, run_id in results:
             per_run[(name, seed)] = m

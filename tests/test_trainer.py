@@ -211,3 +211,24 @@ def test_compiled_step_keeps_two_static_graphs_with_a_partial_last_batch():
     assert all(math.isfinite(r["train_loss"]) for r in res.history)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(not torch.equal(a, b) for a, b in zip(start, model.parameters()))  # every layer trained
+
+
+@pytest.mark.parametrize("parallel, jobs, device, gib, cores, expected", [
+    ("auto", 6, "cpu", None, 2, 1),        # a CPU has no idle capacity to share
+    ("auto", 6, "cuda", 80, 16, 6),        # the default study on one H100: every job at once
+    ("auto", 20, "cuda", 80, 16, 8),       # at most 8
+    ("auto", 6, "cuda", 16, 16, 2),        # one per 6 GiB of GPU memory
+    ("auto", 6, "cuda", 80, 4, 2),         # one per two CPU cores
+    ("auto", 6, "cuda", 4, 2, 1),          # never fewer than one
+    (3, 6, "cpu", None, 2, 3),             # a number is taken as given...
+    (10, 4, "cuda", 80, 16, 4),            # ...but not beyond the jobs there are
+])
+def test_how_many_jobs_train_at_once(monkeypatch, parallel, jobs, device, gib, cores, expected):
+    import types
+
+    from pipeline import train
+
+    monkeypatch.setattr(train.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda dev: types.SimpleNamespace(total_memory=gib * 2**30))
+    assert train.workers_for(parallel, jobs, torch.device(device)) == expected
