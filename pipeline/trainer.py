@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -22,6 +23,11 @@ from pipeline import augment
 from pipeline.config import TrainConfig
 from pipeline.diagnostics import Diagnostics
 from pipeline.errors import PipelineError
+
+# cuBLAS reads this when it first runs, which may be before an arm with
+# deterministic: true starts (an earlier arm of the study, in the same process).
+# 8 x 4096 KiB is PyTorch's default workspace on Hopper GPUs anyway.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 @dataclass
@@ -64,11 +70,7 @@ def resolve_device(name: str) -> torch.device:
 
 def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)  # CPU and every CUDA device: weight init and dropout
-    if deterministic:
-        # cuBLAS needs this set before its first call to be deterministic.
-        import os
-
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if deterministic:  # CUBLAS_WORKSPACE_CONFIG is set at import, above
         torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
     else:  # arms of one study share the process: undo a previous arm's setting
