@@ -155,7 +155,8 @@ class _SyncCounter(torch.overrides.TorchFunctionMode):
     def __init__(self):
         super().__init__()
         self.sites: dict[tuple[str, int], int] = {}
-        self.root = str(Path(models.__file__).resolve().parents[1])
+        root = Path(models.__file__).resolve().parents[1]
+        self.ours = tuple(str(root / d) + "/" for d in ("pipeline", "models"))  # not a .venv in the repo
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
@@ -165,7 +166,7 @@ class _SyncCounter(torch.overrides.TorchFunctionMode):
             frame = sys._getframe(1)  # the direct caller: torch's own internals are not counted
             while frame.f_code.co_filename.endswith("torch/overrides.py"):
                 frame = frame.f_back
-            if frame.f_code.co_filename.startswith(self.root) and "/tests/" not in frame.f_code.co_filename:
+            if frame.f_code.co_filename.startswith(self.ours):
                 site = (Path(frame.f_code.co_filename).name, frame.f_lineno)
                 self.sites[site] = self.sites.get(site, 0) + 1
         return func(*args, **(kwargs or {}))
