@@ -35,6 +35,7 @@ import models  # noqa: E402
 from pipeline import augment  # noqa: E402
 from pipeline import data as datamod  # noqa: E402
 from pipeline.config import PRESETS, parse_params  # noqa: E402
+from pipeline.stats import welch  # noqa: E402
 from pipeline.trainer import (Tensors, autocast, build_optimizer, build_schedule, evaluate, fit,  # noqa: E402
                               resolve_device, seed_everything)
 
@@ -156,7 +157,19 @@ def compare(args: argparse.Namespace, data: str | Path) -> list[dict]:
                      "classic_acc": statistics.fmean(c_acc), "trainer_acc": statistics.fmean(t_acc)})
         print(f"{name:<14}{len(y) / c:>14.0f}{c:>9.2f}{len(y) / t:>15.0f}{t:>9.2f}{c / t:>9.2f}x"
               f"{100 * statistics.fmean(c_acc):>12.2f}%{100 * statistics.fmean(t_acc):>12.2f}%", flush=True)
+        if args.seeds > 1:
+            print(accuracy_line(c_acc, t_acc), flush=True)
     return rows
+
+
+def accuracy_line(classic: list[float], trainer: list[float]) -> str:
+    """Per-seed test accuracies and trainer - classic with its Welch 95% interval."""
+    w = welch(trainer, classic)
+    ci = (f"95% CI {100 * w.ci.low:+.2f} to {100 * w.ci.high:+.2f}" if w.ci.defined
+          else f"no interval: {w.reason}")
+    return (f"{'':<14}per seed: classic {', '.join(f'{100 * a:.2f}' for a in classic)}; "
+            f"trainer {', '.join(f'{100 * a:.2f}' for a in trainer)}; "
+            f"trainer - classic {100 * w.estimate:+.2f} points ({ci}, n = {len(trainer)} seeds each)")
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ def test_speed_benchmark_prints_stages_and_loop_ratios(tmp_path):
     scratch.mkdir()
     out = subprocess.run(
         [sys.executable, str(REPO / "bench" / "speed.py"), "--repo", str(proj),
-         "--presets", "simple_cnn,tutorial_cnn", "--images", "60", "--epochs", "2", "--no-compile",
-         "--workers", "0"],
+         "--presets", "simple_cnn,tutorial_cnn", "--images", "60", "--epochs", "2", "--seeds", "2",
+         "--no-compile", "--workers", "0"],
         cwd=tmp_path, env={**_env(tmp_path), "TMPDIR": str(scratch)}, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
@@ -28,7 +28,13 @@ def test_speed_benchmark_prints_stages_and_loop_ratios(tmp_path):
         assert re.search(rf"^  {stage}\s+\d+\.\d s$", text, re.M), (stage, text)
     assert re.search(r"^  train stage: study \S+: 2 arm\(s\) x 1 seed\(s\) on cpu, 1 at a time$", text, re.M), text
     assert re.search(r"dvc repro without download: \d+\.\d s", text), text
+    table = r"\s+\d+\s+\d+\.\d\d\s+\d+\s+\d+\.\d\d\s+\d+\.\d\dx\s+[\d.]+%\s+[\d.]+%$"
     for preset in ("simple_cnn", "tutorial_cnn"):
-        assert re.search(rf"^{preset}\s+\d+\s+\d+\.\d\d\s+\d+\s+\d+\.\d\d\s+\d+\.\d\dx", text, re.M), text
+        assert re.search(rf"^{preset}{table}", text, re.M), text
+    per_seed = re.findall(r"^\s+per seed: classic [\d.]+, [\d.]+; trainer [\d.]+, [\d.]+; trainer - classic "
+                          r"[-+][\d.]+ points \((95% CI [-+][\d.]+ to [-+][\d.]+|no interval: .+), n = 2 seeds each\)$",
+                          text, re.M)
+    assert len(per_seed) == 2, text
+    for preset in ("simple_cnn", "tutorial_cnn"):
         assert re.search(rf"^{preset}\s+trainer \d+\.\d\dx the classic loop's images/s$", text, re.M), text
     assert not list(scratch.glob("bench-*")), "the benchmark's clone was left behind"
