@@ -93,6 +93,21 @@ def test_onecycle_peaks_at_max_lr_over_all_steps():
     assert lrs[-1] < 0.001
 
 
+def test_evaluation_batches_fit_the_device_and_never_change_the_result():
+    from pipeline.trainer import eval_batch_size, evaluate
+
+    assert eval_batch_size(_cfg(), torch.device("cpu")) == 256
+    assert eval_batch_size(_cfg(), torch.device("cuda")) == 1024
+    assert eval_batch_size(_cfg(eval_batch_size=100), torch.device("cuda")) == 100
+    train, test = _data(4, 30)
+    seed_everything(0, False)
+    model = models.create_model("simple_cnn")
+    a = evaluate(model, test, _cfg(eval_batch_size=7), torch.device("cpu"))
+    b = evaluate(model, test, _cfg(), torch.device("cpu"))
+    assert torch.equal(a.preds, b.preds) and abs(a.loss - b.loss) < 1e-5
+    assert torch.allclose(a.probs, b.probs, atol=1e-5)
+
+
 def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
