@@ -269,12 +269,12 @@ def _init_worker(params_path: str, data: str, device: str, provenance: dict, par
                  mlflow: bool, retrain: bool, threads: int) -> None:
     global _CTX
     signal.signal(signal.SIGTERM, _sigterm)
-    if torch.device(device).type == "cuda":
+    dev = torch.device(device)
+    if dev.type == "cuda":
         # the workers share the cores for their host-side work. Not on the CPU: there
         # the thread count changes the numerics, and parallel must not change results.
         torch.set_num_threads(threads)
     params = load_params(params_path)
-    dev = torch.device(device)
     train, test = load_tensors(Path(data), params, dev)
     tracker = None
     if mlflow:

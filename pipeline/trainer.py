@@ -263,16 +263,17 @@ def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed:
         }
         result.history.append(row)
         result.last = ev
+        weights = None  # this epoch's weights on the host, copied once for both uses below
         if cfg.keep_best and ev.acc > best_acc:
             best_acc = ev.acc
             result.best_epoch = epoch
-            result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            result.best_state = weights = _host_copy(model)
         if on_epoch is not None:
             on_epoch(epoch, row, model)
         if on_state is not None:
             on_state({
                 "epoch": epoch,
-                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "model": weights if weights is not None else _host_copy(model),
                 "optimizer": copy.deepcopy(opt.state_dict()),  # else it aliases live buffers
                 "schedule": sched.state_dict() if sched is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
@@ -285,6 +286,10 @@ def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed:
     result.seconds = time.perf_counter() - started
     result.diagnostics = diag.as_dict() if diag is not None else None
     return result
+
+
+def _host_copy(model: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def _get_rng(gen: torch.Generator, device: torch.device) -> dict:
