@@ -16,7 +16,6 @@ prints images/s and seconds per epoch for each and their ratio, and with
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import statistics
 import sys
@@ -32,17 +31,27 @@ from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
 import models  # noqa: E402
-from pipeline import augment  # noqa: E402
-from pipeline import data as datamod  # noqa: E402
-from pipeline.config import PRESETS, parse_params  # noqa: E402
-from pipeline.stats import welch  # noqa: E402
-from pipeline.trainer import (Tensors, autocast, build_optimizer, build_schedule, evaluate, fit,  # noqa: E402
-                              resolve_device, seed_everything)
+from pipeline.core.config import parse_params, presets  # noqa: E402
+from pipeline.core.dataset import load_split  # noqa: E402
+from pipeline.core.stats import welch  # noqa: E402
+from pipeline.training import NORMS  # noqa: E402
+from pipeline.training.augment import Augmenter  # noqa: E402
+from pipeline.training.loop import (  # noqa: E402
+    Tensors,
+    autocast,
+    build_optimizer,
+    build_schedule,
+    evaluate,
+    fit,
+    resolve_device,
+    seed_everything,
+)
+from pipeline.training.subset import stratified_subset  # noqa: E402
 
 
 def classic_transforms(aug: str, norm: str):
     """The torchvision pipelines the recipes' notebooks used for each regime."""
-    mean, std = augment.NORMS[norm]
+    mean, std = NORMS[norm]
     tail = [T.ToTensor(), T.Normalize(mean, std)]
     if aug == "none":
         return T.Compose(tail)
@@ -93,7 +102,7 @@ def classic_fit(model, x, y, cfg, seed, device, workers):
         running = 0.0
         for xb, yb in loader:
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            with autocast(cfg, device):
+            with autocast(cfg.precision, device):
                 loss = F.cross_entropy(step_model(xb).float(), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -110,7 +119,7 @@ def classic_fit(model, x, y, cfg, seed, device, workers):
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--presets", default=",".join(PRESETS), help="comma-separated recipe names")
+    ap.add_argument("--presets", default=",".join(presets()), help="comma-separated recipe names")
     ap.add_argument("--images", type=int, default=5000, help="training images (stratified subset)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--seeds", type=int, default=1, help="seeds per loop (accuracy = mean over them)")
@@ -123,10 +132,10 @@ def compare(args: argparse.Namespace, data: str | Path) -> list[dict]:
     """Train every preset with both loops on `data` (an untar output); print a
     row per preset and return the rows."""
     device = resolve_device(args.device)
-    x, y = datamod.load_split(data, "train")
-    idx = datamod.stratified_subset(y, args.images, 0)
+    x, y = load_split(data, "train")
+    idx = stratified_subset(y, args.images, 0)
     x, y = np.array(x[idx]), np.array(y[idx])
-    xt, yt = datamod.load_split(data, "test")
+    xt, yt = load_split(data, "test")
     xt, yt = np.array(xt), np.array(yt)
     train = Tensors(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
     test = Tensors(torch.from_numpy(xt).to(device), torch.from_numpy(yt).to(device))
@@ -137,20 +146,21 @@ def compare(args: argparse.Namespace, data: str | Path) -> list[dict]:
           f"{'speed-up':>10}{'classic acc':>13}{'trainer acc':>13}")
     rows = []
     for name in args.presets.split(","):
-        cfg = parse_params({"preset": name, "epochs": args.epochs, "device": args.device}).arms[-1].train
+        cfg = parse_params({"preset": name, "epochs": args.epochs}).arms[-1].train
         if args.no_compile:
-            cfg = dataclasses.replace(cfg, compile=False)
+            cfg = cfg.model_copy(update={"compile": False})
+        eval_batch = 1024 if device.type == "cuda" else 256
         c_sec, t_sec, c_acc, t_acc = [], [], [], []
         for seed in range(args.seeds):
-            seed_everything(seed, False)
-            model = models.create_model(cfg.model).to(device)
+            seed_everything(seed)
+            model = models.create_model(cfg.model, **cfg.knobs).to(device)
             c_sec += classic_fit(model, x, y, cfg, seed, device, args.workers)
-            c_acc.append(evaluate(model, test, cfg, device).acc)
-            seed_everything(seed, False)
-            model = models.create_model(cfg.model).to(device)
-            res = fit(model, train, test, cfg, seed, progress=False, diagnostics=True)
-            t_sec += [r["epoch_seconds"] for r in res.history]
-            t_acc.append(res.history[-1]["test_acc"])
+            c_acc.append(evaluate(model, test, Augmenter("none", cfg.norm, device), cfg.precision, eval_batch).acc)
+            seed_everything(seed)
+            model = models.create_model(cfg.model, **cfg.knobs).to(device)
+            res = fit(model, train, test, cfg, seed, eval_batch=eval_batch, diagnostics=True)
+            t_sec += [r.epoch_seconds for r in res.history]
+            t_acc.append(res.history[-1].test_acc)
         # the first epoch carries compilation and warm-up: report the median epoch
         c, t = statistics.median(c_sec), statistics.median(t_sec)
         rows.append({"preset": name, "classic_s": c, "trainer_s": t, "speedup": c / t,
@@ -169,7 +179,7 @@ def accuracy_line(classic: list[float], trainer: list[float]) -> str:
           else f"no interval: {w.reason}")
     return (f"{'':<14}per seed: classic {', '.join(f'{100 * a:.2f}' for a in classic)}; "
             f"trainer {', '.join(f'{100 * a:.2f}' for a in trainer)}; "
-            f"trainer - classic {100 * w.estimate:+.2f} points ({ci}, n = {len(trainer)} seeds each)")
+            f"trainer - classic {100 * w.diff:+.2f} points ({ci}, n = {len(trainer)} seeds each)")
 
 
 def main() -> None:

@@ -1,12 +1,21 @@
 """CIFAR-10 architectures, built by name.
 
-Importing this package registers every architecture. To add one, write a
-module with an ``@register_model`` builder and import it below.
+Importing this package registers every architecture: each module of the
+package is imported here, and its ``@register_model`` builder adds itself. A
+new architecture is one new file; see ``models/registry.py``.
 """
 
 from __future__ import annotations
 
-from models import cnn4, dilated_net, resnet18, simple_cnn, tutorial_cnn  # noqa: F401  (registration)
-from models.registry import create_model, first_conv, list_models, register_model
+import importlib
+import pkgutil
 
-__all__ = ["create_model", "first_conv", "list_models", "register_model"]
+from models.registry import ModelSpec, create_model, first_conv, known_knobs, list_models, model_spec, register_model
+
+_NOT_MODELS = {"registry", "layers"}
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in _NOT_MODELS and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = ["ModelSpec", "create_model", "first_conv", "known_knobs", "list_models", "model_spec", "register_model"]

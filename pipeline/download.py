@@ -24,9 +24,9 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from pipeline.config import load_data_config
-from pipeline.errors import PipelineError, cli
-from pipeline.provenance import repo_root
+from pipeline.core.errors import PipelineError, cli
+from pipeline.core.provenance import repo_root
+from pipeline.core.schema import load_data_config
 
 CHUNK = 1 << 20  # bytes per file read/write
 NET_CHUNK = 1 << 16  # bytes per network read; what a dropped read was holding is lost

@@ -33,10 +33,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.config import load_data_config
-from pipeline.data import ARRAY_FILES, CLASSES, IMAGE_SHAPE, MANIFEST, SPLITS, data_sha256
-from pipeline.errors import PipelineError, cli
-from pipeline.io import atomic_path, sha256_file, write_json
+from pipeline.core.dataset import ARRAY_FILES, CLASSES, IMAGE_SHAPE, MANIFEST, SPLITS, data_sha256
+from pipeline.core.errors import PipelineError, cli
+from pipeline.core.io import atomic_path, sha256_file, write_json
+from pipeline.core.schema import load_data_config
 
 # Against tar bombs. CIFAR-10 has ~60,030 members and unpacks to ~185 MB
 # (official) or ~60 MB (JPEG mirror).
@@ -390,6 +390,7 @@ def prepare(archive_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise PipelineError(f"archive {archive} is not a file")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = None  # the extraction folder, official layout only
+    jpeg = False
     try:
         try:
             tf = tarfile.open(archive, "r:*")
@@ -403,6 +404,7 @@ def prepare(archive_path: str | os.PathLike, out_dir: str | os.PathLike, *,
             fmt, checked, files = _plan(members, archive)  # every member checked; nothing written yet
             if fmt == "imagefolder":
                 splits = _read_imagefolder(tf, archive, files)
+                jpeg = all(m.name.lower().endswith((".jpg", ".jpeg")) for _, m in files)
             else:
                 tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.extract.", dir=out.parent))
                 try:
@@ -425,6 +427,9 @@ def prepare(archive_path: str | os.PathLike, out_dir: str | os.PathLike, *,
             arrays = {name: sha256_file(staging / name) for name in ARRAY_FILES}
             manifest = {
                 "format": fmt,
+                # what to call the data in reports: JPEG is lossy, so its accuracies are not the official ones
+                "name": ("CIFAR-10" if fmt == "cifar-python" else
+                         "CIFAR-10 (JPEG mirror)" if jpeg else "CIFAR-10 (image folders)"),
                 "classes": list(CLASSES),
                 "splits": {s: {"count": int(len(splits[s][1])), "per_class": per_class[s]} for s in SPLITS},
                 "source": {"path": str(archive_path), "sha256": sha256_file(archive)},

@@ -1,40 +1,50 @@
-"""The arm store's background state writer: every save lands, in order, and a
-failed write is never silent."""
+"""The arm store: every state save lands, in order, and a failed write is never
+silent; a finished entry is restored only when every checksum matches, and a
+damaged entry or state is moved aside with one line."""
 from __future__ import annotations
 
 import errno
+import os
 import threading
 
 import pytest
 import torch
 
-from pipeline.armstore import ArmStore, StateWriter
+from pipeline.core.contracts import TrainState
+from pipeline.train.armstore import ArmStore, StateWriter
+
+
+def _state(epoch: int, device: str = "cpu") -> TrainState:
+    return TrainState(epoch=epoch, model={"w": torch.full((1000,), float(epoch))}, optimizer={}, schedule=None,
+                      scaler=None, rng={}, history=[{"epoch": e} for e in range(1, epoch + 1)], best_epoch=1,
+                      best_acc=0.5, best_state=None, diagnostics=None, device=device)
 
 
 def test_saves_land_in_order_and_the_last_one_stays(tmp_path):
     store = ArmStore(tmp_path)
     with StateWriter(store, "fp") as writer:
         for epoch in range(1, 6):
-            writer.save({"epoch": epoch, "w": torch.full((1000,), float(epoch))})
-    state = store.load_state("fp")
-    assert state["epoch"] == 5 and torch.equal(state["w"], torch.full((1000,), 5.0))
-    assert sorted(p.name for p in store.folder("fp").iterdir()) == ["state.pt"]  # no temporaries
+            writer.save(_state(epoch), {"run_key": "k"})
+    state, side = store.load_state("fp", "cpu")
+    assert state.epoch == 5 and torch.equal(state.model["w"], torch.full((1000,), 5.0))
+    assert side == {"run_key": "k"}
+    assert sorted(p.name for p in store.folder("fp").iterdir()) == ["run.json", "state.pt"]  # no temporaries
 
 
 def test_one_write_at_a_time(tmp_path, monkeypatch):
     store = ArmStore(tmp_path)
     release, running, seen = threading.Event(), [], []
 
-    def slow_save(fp, state):
-        running.append(state["epoch"])
+    def slow_save(fp, state, side):
+        running.append(state.epoch)
         seen.append(len(running))
         release.wait(5)
-        running.remove(state["epoch"])
+        running.remove(state.epoch)
 
     monkeypatch.setattr(store, "save_state", slow_save)
     with StateWriter(store, "fp") as writer:
-        writer.save({"epoch": 1})
-        t = threading.Thread(target=writer.save, args=({"epoch": 2},))
+        writer.save(_state(1), {})
+        t = threading.Thread(target=writer.save, args=(_state(2), {}))
         t.start()
         t.join(0.3)
         assert t.is_alive()  # the second save waits for the first write
@@ -47,35 +57,87 @@ def test_one_write_at_a_time(tmp_path, monkeypatch):
 def test_a_failed_write_is_raised(tmp_path, monkeypatch, where):
     store = ArmStore(tmp_path)
 
-    def full_disk(fp, state):
+    def full_disk(fp, state, side):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(store, "save_state", full_disk)
     with pytest.raises(OSError, match="No space left"):
         with StateWriter(store, "fp") as writer:
-            writer.save({"epoch": 1})
+            writer.save(_state(1), {})
             if where == "next save":
-                writer.save({"epoch": 2})
+                writer.save(_state(2), {})
                 pytest.fail("the second save should have raised the first one's error")
 
 
-def test_a_state_saved_on_another_device_is_not_resumed(tmp_path, capsys):
-    """CUDA and CPU runs differ numerically (and their generators' states do not
-    fit each other): a state from the other device means starting over."""
-    from pipeline.config import parse_params
-    from pipeline.trainer import Tensors
-    from pipeline.train import train_one
-    from tests.synthetic import images
-
-    params = parse_params({"seeds": [0], "aug": "none", "epochs": 2, "batch_size": 32})
-    arm = params.arms[0]
+@pytest.mark.parametrize("damage", ["truncated", "not a state", "incomplete", "other device"])
+def test_a_bad_state_is_moved_aside_with_one_line(tmp_path, capsys, damage):
     store = ArmStore(tmp_path)
-    store.save_state("fp", {"device": "cuda", "epoch": 1, "mlflow_run_id": None})
-    xs, ys = images(4, seed=0)
-    data = Tensors(torch.from_numpy(xs), torch.from_numpy(ys))
-    metrics, _ = train_one(arm, 0, data, data, tmp_path / "out", store=store, fp="fp", tracker=None,
-                           parent=None, provenance={"code_version": "x"}, progress=False)
-    assert "trained on cuda, not cpu; training from the start" in capsys.readouterr().err
-    history = (tmp_path / "out" / "history.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]
-    assert store.load_state("fp") is None  # dropped once the arm finished
+    store.save_state("fp", _state(2, device="cuda" if damage == "other device" else "cpu"), {})
+    path = store.folder("fp") / "state.pt"
+    if damage == "truncated":
+        os.truncate(path, path.stat().st_size // 2)
+    elif damage == "not a state":
+        path.write_bytes(b"garbage")
+    elif damage == "incomplete":
+        torch.save({"epoch": 2, "model": {}}, path)
+    assert store.load_state("fp", "cpu") is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "that arm x seed trains again" in err
+    assert not path.exists() and len(list((store.root / "quarantine").iterdir())) == 1
+
+
+def _finished(store: ArmStore, fp: str = "a" * 64):
+    manifest = {"trained_at": "2026-01-01T00:00:00+00:00", "device": "cpu", "code_version": "x"}
+    with store.finish(fp, manifest) as tmp:
+        (tmp / "model.pt").write_bytes(b"weights" * 1000)
+        (tmp / "metrics.json").write_text("{}")
+    return fp
+
+
+def test_a_finished_entry_is_checked_and_read_only(tmp_path):
+    store = ArmStore(tmp_path)
+    fp = _finished(store)
+    folder, files = store.done(fp)
+    assert set(files.files) == {"model.pt", "metrics.json"} and files.fingerprint == fp
+    assert not os.access(folder / "model.pt", os.W_OK) or os.geteuid() == 0
+    assert oct((folder / "model.pt").stat().st_mode & 0o777) == "0o444"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "edit", "remove", "extra", "manifest"])
+def test_a_damaged_entry_is_never_restored(tmp_path, capsys, damage):
+    store = ArmStore(tmp_path)
+    fp = _finished(store)
+    d = store.folder(fp) / "done"
+    if damage == "truncate":
+        os.truncate(d / "model.pt", 10)
+    elif damage == "edit":
+        os.chmod(d / "model.pt", 0o644)
+        (d / "model.pt").write_bytes(b"Weights" * 1000)
+    elif damage == "remove":
+        os.remove(d / "metrics.json")
+    elif damage == "extra":
+        (d / "stray.txt").write_text("?")
+    else:
+        os.chmod(d / "manifest.json", 0o644)
+        (d / "manifest.json").write_text("{garbled")
+    assert store.done(fp) is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "damaged" in err and "trains again" in err
+    assert not d.exists()
+
+
+def test_restore_links_and_sweep_removes_leftovers(tmp_path):
+    store = ArmStore(tmp_path)
+    fp = _finished(store)
+    folder, _ = store.done(fp)
+    ArmStore.restore(folder, tmp_path / "runs" / "arm" / "seed=0")
+    out = tmp_path / "runs" / "arm" / "seed=0"
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt"]
+    assert (out / "model.pt").stat().st_ino == (folder / "model.pt").stat().st_ino  # stored once
+    # what a kill -9 leaves: a temporary of a dead process, and a state of an arm that finished
+    dead = store.folder(fp) / ".done.somehost-999999999.abc.tmp"
+    (store.folder(fp) / f".done.{os.uname().nodename.replace('.', '_')}-999999999.abcd.tmp").mkdir()
+    store.save_state(fp, _state(1), {})
+    store.sweep()
+    assert sorted(p.name for p in store.folder(fp).iterdir()) == ["done"]
+    assert not dead.exists()

@@ -1,4 +1,4 @@
-"""Tests for pipeline.augment: batched, per-image-random augmentation regimes."""
+"""Tests for pipeline.training.augment: batched, per-image-random augmentation regimes."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import augment as A
-from pipeline.augment import AUGMENTATIONS, NORMS, augment, list_augmentations, normalize
+from pipeline.training import AUGMENTATIONS, NORMS
+from pipeline.training import augment as A
+from pipeline.training.augment import Augmenter, augment, normalize
 
 RANDOM_REGIMES = ["standard", "ssr_cutout", "strong"]
 
@@ -37,9 +38,18 @@ def _zero_pixels(y: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- basics
 
-def test_registry_lists_all_regimes():
-    assert list_augmentations() == sorted(["none", "standard", "ssr_cutout", "strong"])
-    assert set(AUGMENTATIONS) == set(list_augmentations())
+def test_every_regime_has_a_kernel():
+    assert set(AUGMENTATIONS) == {"none", "standard", "ssr_cutout", "strong"}
+    for name in AUGMENTATIONS:
+        assert Augmenter(name, "cifar10", "cpu").regime == name
+
+
+def test_augmenter_equals_the_checked_one_off_call():
+    x = _images(16, seed=3)
+    for name in AUGMENTATIONS:
+        aug = Augmenter(name, "cifar10", "cpu")
+        assert torch.equal(aug(x, _gen(5)), augment(name, x, "cifar10", _gen(5)))
+        assert torch.equal(aug.normalize(x), normalize(x, "cifar10"))
 
 
 @pytest.mark.parametrize("name", ["none", *RANDOM_REGIMES])
@@ -71,7 +81,7 @@ def test_unknown_names_raise_valueerror_listing_known():
     with pytest.raises(ValueError) as err:
         augment("nope", x, "cifar10", None)
     msg = str(err.value)
-    assert "\n" not in msg and all(name in msg for name in list_augmentations())
+    assert "\n" not in msg and all(name in msg for name in AUGMENTATIONS)
     with pytest.raises(ValueError) as err:
         augment("standard", x, "imagenet", None)
     assert all(norm in str(err.value) for norm in NORMS)
@@ -255,7 +265,7 @@ def test_strong_kernels_match_torchvision():
         (A._adjust_brightness(x, factor), lambda i: tvf.adjust_brightness(x[i], float(factor[i]))),
         (A._adjust_contrast(x, factor), lambda i: tvf.adjust_contrast(x[i], float(factor[i]))),
         (A._adjust_saturation(x, factor), lambda i: tvf.adjust_saturation(x[i], float(factor[i]))),
-        (A._adjust_hue(x, hue), lambda i: tvf.adjust_hue(x[i], float(hue[i]))),
+        (A._adjust_hue(x, hue, A.constants("cifar10").hue_n), lambda i: tvf.adjust_hue(x[i], float(hue[i]))),
     ]
     for mine, ref in pairs:
         torch.testing.assert_close(mine, torch.stack([ref(i) for i in range(len(x))]), atol=1e-5, rtol=0)
@@ -287,9 +297,10 @@ def test_cuda_matches_cpu_semantics():
     # Same uniforms on both devices: the transforms themselves must agree
     # (nearest-neighbour ties may round differently on a few pixels).
     u = torch.rand((256, A.STRONG_K), generator=_gen(14))
+    c_cpu, c_gpu = A.constants("cifar10", "cpu"), A.constants("cifar10", "cuda")
     for apply in (A._apply_standard, A._apply_ssr_cutout, A._apply_strong):
-        a = apply(x_cpu[:256], u[:, :_k(apply)], "cifar10")
-        b = apply(x_gpu[:256], u[:, :_k(apply)].cuda(), "cifar10").cpu()
+        a = apply(x_cpu[:256], u[:, :_k(apply)], c_cpu)
+        b = apply(x_gpu[:256], u[:, :_k(apply)].cuda(), c_gpu).cpu()
         assert ((a - b).abs() > 1e-3).float().mean() < 0.01, apply.__name__
     # Each device's own generator: same distributions, not the same bits.
     for name in ["none", *RANDOM_REGIMES]:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.test_pipeline import REPO, _env, make_project
+from tests.conftest import REPO, env, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -21,12 +21,13 @@ def test_speed_benchmark_prints_stages_and_loop_ratios(tmp_path):
         [sys.executable, str(REPO / "bench" / "speed.py"), "--repo", str(proj),
          "--presets", "simple_cnn,tutorial_cnn", "--images", "60", "--epochs", "2", "--seeds", "2",
          "--no-compile", "--workers", "0"],
-        cwd=tmp_path, env={**_env(tmp_path), "TMPDIR": str(scratch)}, capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, env=env({"TMPDIR": str(scratch)}), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     for stage in ("download", "untar", "train", "evaluate", "report"):
         assert re.search(rf"^  {stage}\s+\d+\.\d s$", text, re.M), (stage, text)
-    assert re.search(r"^  train stage: study \S+: 2 arm\(s\) x 1 seed\(s\) on cpu, 1 at a time$", text, re.M), text
+    assert re.search(r"^  train stage: study \S+: 2 arm\(s\) x 1 seed\(s\) x 1 epoch\(s\) on cpu, 1 at a time",
+                     text, re.M), text
     assert re.search(r"dvc repro without download: \d+\.\d s", text), text
     table = r"\s+\d+\s+\d+\.\d\d\s+\d+\s+\d+\.\d\d\s+\d+\.\d\dx\s+[\d.]+%\s+[\d.]+%$"
     for preset in ("simple_cnn", "tutorial_cnn"):

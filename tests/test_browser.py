@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import report
-from tests.test_report import make_project, run_study
+from pipeline.core.contracts import StudyRecord
+from pipeline.report.build import SECTIONS
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +38,13 @@ SERVER_START_S = 75
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser-study")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        make_project(root)
-        paths = run_study(root, seeds=(0, 1), mlflow=True)
-    paths["root"] = root
-    paths["db"] = root / "mlflow.db"
-    return paths
+def study(study_files):
+    """The session's small study, with its tracking journal sent to its MLflow store."""
+    from pipeline.tracking import flusher
+
+    root = study_files["root"]
+    assert flusher.run(root, f"sqlite:///{study_files['db']}", watch=None, linger_s=0, wait=True)
+    return {**study_files["two"], "root": root, "db": study_files["db"]}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +88,7 @@ def test_report_html_renders_self_contained(study, browser):
     assert errors == []
     assert len(imgs) >= 10
     assert all(complete and width > 0 for complete, width, _ in imgs), [alt for c, w, alt in imgs if not (c and w)]
-    assert headings == [f"{i}. {t}" for i, t in enumerate(report.SECTIONS, 1)]
+    assert headings == [f"{i}. {t}" for i, t in enumerate(SECTIONS, 1)]
     assert tables >= 5
     assert requests and all(u.startswith(("file://", "data:")) for u in requests), \
         [u for u in requests if not u.startswith(("file://", "data:"))]
@@ -138,7 +135,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_mlflow_server_lists_the_study_and_its_ui_renders(study, browser, tmp_path):
-    ids = json.loads((study["runs"] / "mlflow.json").read_text())
+    record = StudyRecord.model_validate_json((study["runs"] / "study.json").read_text())
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -155,26 +152,28 @@ def test_mlflow_server_lists_the_study_and_its_ui_renders(study, browser, tmp_pa
         experiments = _api(base, "/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
         exp = next((e for e in experiments if e["name"] == "report-test"), None)
         assert exp is not None, [e["name"] for e in experiments]
-        assert exp["experiment_id"] == str(ids["experiment_id"]) and exp["lifecycle_stage"] == "active"
+        assert exp["lifecycle_stage"] == "active"
+        exp_tags = {t["key"]: t["value"] for t in exp.get("tags", [])}
+        assert exp_tags.get("mlflow.experimentKind") == "custom_model_development"
 
         found = _api(base, "/api/2.0/mlflow/runs/search",
                      {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
-        runs = {r["info"]["run_id"]: r for r in found}
-        tags = {rid: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for rid, r in runs.items()}
-        parent = ids["parent_run_id"]
-        assert parent in runs and runs[parent]["info"]["status"] == "FINISHED"
-        assert "mlflow.parentRunId" not in tags[parent]
-        children = ids["runs"]
-        assert sorted(children) == ["aug=none/seed=0", "aug=none/seed=1",
-                                    "aug=standard/seed=0", "aug=standard/seed=1"]
-        for name, rid in children.items():
-            assert rid in runs, name
-            assert runs[rid]["info"]["status"] == "FINISHED", name
-            assert tags[rid]["mlflow.parentRunId"] == parent, name
-        assert set(runs) == {parent, *children.values()}
+        tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in found}
+        by_key = {tags[r["info"]["run_id"]]["tracking_key"]: r for r in found}
+        parent = by_key[record.tracking_key]
+        parent_id = parent["info"]["run_id"]
+        assert parent["info"]["status"] == "FINISHED" and "mlflow.parentRunId" not in tags[parent_id]
+        children = {(r.arm, r.seed): by_key[r.tracking_key] for r in record.runs if r.tracking_key}
+        assert sorted(children) == [("aug=none", 0), ("aug=none", 1), ("aug=standard", 0), ("aug=standard", 1)]
+        for name, run in children.items():
+            assert run["info"]["status"] == "FINISHED", name
+            assert tags[run["info"]["run_id"]]["mlflow.parentRunId"] == parent_id, name
+        parent = _api(base, f"/api/2.0/mlflow/runs/get?run_id={parent_id}")["run"]
+        metrics = {m["key"]: m["value"] for m in parent["data"].get("metrics", [])}
+        assert {"a0.test_acc", "a1.test_acc", "a1.diff"} <= set(metrics)  # the study's headline, sortable
 
         # the report stage logged its output onto the parent run
-        listed = _api(base, f"/api/2.0/mlflow/artifacts/list?run_id={parent}&path=report")
+        listed = _api(base, f"/api/2.0/mlflow/artifacts/list?run_id={parent_id}&path=report")
         assert {"report/report.md", "report/report.html"} <= {f["path"] for f in listed.get("files", [])}
 
         page = browser.new_page()

@@ -1,14 +1,16 @@
-"""params.yaml: presets, axes, arm names, and one-line errors for bad input."""
+"""params.yaml: presets, axes, knobs, arm names, and one-line errors for bad input."""
 from __future__ import annotations
 
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 import yaml
 
-from pipeline.config import PRESETS, ConfigError, load_params, parse_params, read_yaml
-
-REPO = Path(__file__).resolve().parents[1]
+import models
+from pipeline.core.config import TRAIN_KEYS, ConfigError, load_params, parse_params, presets
+from pipeline.core.schema import read_yaml
+from tests.conftest import REPO
 
 
 def test_repository_params_are_the_default_study():
@@ -35,12 +37,13 @@ def test_every_list_key_is_an_axis_of_the_grid():
     assert p.arms[1].train.lr == 0.01 and p.arms[1].train.aug == "none"
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("preset", sorted(presets()))
 def test_every_preset_resolves(preset):
     p = parse_params({"preset": preset})
     for arm in p.arms:
-        assert arm.train.model == PRESETS[preset]["model"]
-    if not any(isinstance(v, list) for v in PRESETS[preset].values()):
+        assert arm.train.model == presets()[preset]["model"]
+        assert arm.train.knobs == {**models.model_spec(arm.train.model).defaults, **presets()[preset].get("knobs", {})}
+    if not any(isinstance(v, list) for v in presets()[preset].values()):
         assert [a.name for a in p.arms] == [preset]
 
 
@@ -48,6 +51,22 @@ def test_resnet18_preset_matches_its_recipe():
     t = parse_params({"preset": "resnet18"}).arms[0].train
     assert (t.optimizer, t.lr, t.weight_decay, t.schedule, t.max_lr) == ("adamw", 1e-3, 1e-4, "onecycle", 0.01)
     assert (t.grad_clip, t.epochs, t.batch_size, t.compile, t.aug) == (1.0, 25, 128, True, "strong")
+
+
+def test_knobs_are_axes_named_by_their_bare_name():
+    p = parse_params({"knobs": {"dropout": [0, 0.25, 0.5]}, "seeds": [0]})
+    assert [a.name for a in p.arms] == [f"aug={a},dropout={d}" for a in ("none", "standard")
+                                        for d in ("0.0", "0.25", "0.5")]
+    assert p.arms[1].train.knobs == {"dropout": 0.25, "batchnorm": True, "width": 1.0}
+    # one knob fixed: not an axis, but part of every arm's config (and so of its fingerprint)
+    q = parse_params({"preset": "cnn4", "knobs": {"batchnorm": False}})
+    assert [a.name for a in q.arms] == ["cnn4"] and q.arms[0].train.knobs["batchnorm"] is False
+
+
+def test_run_settings_are_apart_from_what_an_arm_computes():
+    p = parse_params({"device": "cpu", "eval_batch_size": 64, "deterministic": True, "parallel": 2})
+    assert (p.run.device, p.run.eval_batch_size, p.run.deterministic, p.run.parallel) == ("cpu", 64, True, 2)
+    assert not {"device", "eval_batch_size", "deterministic", "parallel"} & set(p.arms[0].train.model_dump())
 
 
 def test_yaml_1_2_floats(tmp_path):
@@ -66,6 +85,7 @@ def test_yaml_1_2_floats(tmp_path):
     ({"optimizer": "rmsprop"}, "optimizer = 'rmsprop': expected one of adam, adamw, sgd"),
     ({"lr": "fast"}, "lr = 'fast': expected a number > 0"),
     ({"lr": -1}, "lr = -1: expected a number > 0"),
+    ({"lr": float("nan")}, "lr = nan: expected a number > 0"),
     ({"epochs": 0}, "epochs = 0: expected an integer in [1, 10000]"),
     ({"epochs": 2.5}, "epochs = 2.5"),
     ({"batch_size": True}, "batch_size = True"),
@@ -85,6 +105,12 @@ def test_yaml_1_2_floats(tmp_path):
     ({"data": {"train_limit": 3}}, "data.train_limit = 3"),
     ({"report": {"baseline": "aug=cutout"}}, "report.baseline = 'aug=cutout': expected one of the arms"),
     ({"preset": "vgg"}, "preset = 'vgg'"),
+    ({"knobs": {"dropot": 0.1}}, "knobs.dropot: unknown key (did you mean 'dropout'?)"),
+    ({"knobs": {"dropout": 1.5}}, "knobs.dropout = 1.5: expected a number >= 0 and < 1"),
+    ({"knobs": {"dropout": [0.1, 0.1]}}, "knobs.dropout = [0.1, 0.1]: expected distinct values"),
+    ({"knobs": {"residual": False}}, "knobs.residual: model simple_cnn has no knob 'residual'"),
+    ({"preset": "dilated_net", "knobs": {"dilation": 7}}, "knobs.dilation = 7: expected one of 1, 2, 3, 4"),
+    ({"knobs": [1]}, "knobs = [1]: expected a mapping"),
     ([1, 2], "expected a mapping"),
 ])
 def test_bad_input_is_one_clear_line(raw, needle):
@@ -105,17 +131,24 @@ def test_errors_name_the_file(tmp_path):
         load_params(f)
 
 
-def test_dvc_yaml_reruns_training_for_every_training_key_and_only_those():
-    from pipeline.config import TRAIN_KEYS
+def test_validating_params_loads_no_torch():
+    code = ("import sys; from pipeline.core.config import load_params; load_params('params.yaml'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
+
+def test_dvc_yaml_reruns_training_for_every_training_key_and_only_those():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     train = set(stages["train"]["params"])
-    assert set(TRAIN_KEYS) | {"study", "preset", "seeds", "parallel"} <= train
+    assert set(TRAIN_KEYS) | {"knobs", "study", "preset", "seeds", "parallel", "device", "eval_batch_size",
+                              "deterministic", "cluster"} <= train
     assert {"data.train_limit", "data.test_limit", "data.subset_seed"} <= train
-    assert not any(k.startswith("report.") for k in train)  # a report setting never retrains
+    assert not any(k.startswith("report") for k in train)  # a report setting never retrains
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key in train:  # DVC needs every tracked key present in params.yaml
-        node = params
-        for part in key.split("."):
-            assert part in node, key
-            node = node[part]
+    for stage in stages.values():
+        for key in stage.get("params", []):  # DVC needs every tracked key present in params.yaml
+            node = params
+            for part in key.split("."):
+                assert part in node, key
+                node = node[part]

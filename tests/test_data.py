@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import data, untar
-from pipeline.errors import PipelineError
+from pipeline import untar
+from pipeline.core import dataset as data
+from pipeline.core.errors import PipelineError
+from pipeline.training.subset import stratified_subset
 from tests import archives
 
 
@@ -29,19 +31,19 @@ def _labels(per_class=100, seed=0):
 
 def test_subset_has_exact_per_class_counts():
     labels = _labels()
-    idx = data.stratified_subset(labels, 25, seed=0)
+    idx = stratified_subset(labels, 25, seed=0)
     assert len(idx) == 25 and len(np.unique(idx)) == 25
     assert np.all(np.diff(idx) > 0)  # sorted
     # 25 = 10 * 2 + 5: the five lowest classes get the extra image.
     assert np.bincount(labels[idx], minlength=10).tolist() == [3, 3, 3, 3, 3, 2, 2, 2, 2, 2]
-    assert np.bincount(labels[data.stratified_subset(labels, 500, 0)]).tolist() == [50] * 10
+    assert np.bincount(labels[stratified_subset(labels, 500, 0)]).tolist() == [50] * 10
 
 
 def test_subset_is_deterministic_and_depends_on_the_seed():
     labels = _labels()
-    a = data.stratified_subset(labels, 100, seed=1)
-    np.testing.assert_array_equal(a, data.stratified_subset(labels, 100, seed=1))
-    b = data.stratified_subset(labels, 100, seed=2)
+    a = stratified_subset(labels, 100, seed=1)
+    np.testing.assert_array_equal(a, stratified_subset(labels, 100, seed=1))
+    b = stratified_subset(labels, 100, seed=2)
     assert not np.array_equal(a, b)
     assert np.bincount(labels[b]).tolist() == [10] * 10
 
@@ -49,13 +51,13 @@ def test_subset_is_deterministic_and_depends_on_the_seed():
 def test_no_limit_or_a_large_one_means_everything():
     labels = _labels(per_class=3)
     for limit in (None, 30, 31, 10**9):
-        np.testing.assert_array_equal(data.stratified_subset(labels, limit, 0), np.arange(30))
-    assert len(data.stratified_subset(labels, 0, 0)) == 0
+        np.testing.assert_array_equal(stratified_subset(labels, limit, 0), np.arange(30))
+    assert len(stratified_subset(labels, 0, 0)) == 0
 
 
 def test_small_classes_give_what_they_have():
     labels = np.array([0] * 2 + [1] * 50 + [2] * 50)
-    idx = data.stratified_subset(labels, 30, 0)
+    idx = stratified_subset(labels, 30, 0)
     assert np.bincount(labels[idx]).tolist() == [2, 14, 14]
 
 
@@ -64,7 +66,7 @@ def test_small_classes_give_what_they_have():
        seed=st.integers(0, 2**32 - 1))
 def test_subset_properties(counts, limit, seed):
     labels = np.random.default_rng(0).permutation(np.repeat(np.arange(len(counts)), counts))
-    idx = data.stratified_subset(labels, limit, seed)
+    idx = stratified_subset(labels, limit, seed)
     assert len(idx) == min(limit, len(labels))
     assert len(np.unique(idx)) == len(idx) and np.all(np.diff(idx) > 0)
     got = np.bincount(labels[idx], minlength=len(counts))
@@ -80,9 +82,9 @@ def test_subset_properties(counts, limit, seed):
 
 def test_subset_rejects_bad_input():
     with pytest.raises(ValueError):
-        data.stratified_subset(np.zeros((2, 2), int), 1, 0)
+        stratified_subset(np.zeros((2, 2), int), 1, 0)
     with pytest.raises(ValueError):
-        data.stratified_subset(np.zeros(5, int), -1, 0)
+        stratified_subset(np.zeros(5, int), -1, 0)
 
 
 # ------------------------------------------------------------------- load_split
@@ -102,7 +104,7 @@ def test_load_split_round_trip(prepared):
         assert isinstance(x, np.memmap) and not x.flags.writeable
         np.testing.assert_array_equal(x, expected[f"{split}_x"])
         np.testing.assert_array_equal(y, expected[f"{split}_y"])
-        idx = data.stratified_subset(y, 10, 0)
+        idx = stratified_subset(y, 10, 0)
         assert np.bincount(y[idx]).tolist() == [1] * 10 and x[idx].shape == (10, 3, 32, 32)
     x, _ = data.load_split(folder, "test", mmap=False)
     assert not isinstance(x, np.memmap)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline import download
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 PAYLOAD = np.random.default_rng(0).bytes(300_000)  # stands in for the archive
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()

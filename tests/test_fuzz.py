@@ -9,8 +9,8 @@ import tarfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import TOP_KEYS, ConfigError, parse_params
-from pipeline.errors import PipelineError
+from pipeline.core.config import TOP_KEYS, ConfigError, parse_params
+from pipeline.core.errors import PipelineError
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6),

@@ -1,98 +1,88 @@
-"""Stage `report` on a small study made by the real stages (train -> evaluate -> report).
+"""Stage `report`: the pure report model and its two renderings, on made-up
+studies (no training), and once end to end on a real small study.
 
-2 arms x 2 seeds x 1 epoch on synthetic images; a 1-seed variant is restored
-from the arm cache. Checks every section in both renderings, the table's numbers
-against summary.json, that every image is embedded (HTML) or present (Markdown),
-the single-seed warning, the words for a non-significant comparison, and the
+Checks every section in both renderings, the tables' numbers against the
+summary, the one significance rule (Holm-adjusted with several arms), power
+stated with every "no significant difference", per-class marks only where the
+seeds support them, the data named as it is, the figures drawn once, and the
 one-line failure that leaves no reports/ folder.
 """
 from __future__ import annotations
 
 import base64
-import copy
 import html
 import io
-import json
 import re
 import shutil
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from pipeline import data as datamod
-from pipeline import evaluate, report, stats, train
-from pipeline.io import sha256_file
-from tests.synthetic import images
+from pipeline.core.config import parse_params
+from pipeline.core.contracts import HistoryRow, ModelFacts, StudyRecord, StudyRun
+from pipeline.core.dataset import CLASSES
+from pipeline.evaluate import core
+from pipeline.report import build, stage
+from pipeline.report.render import md_escape, render_html, render_markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-# --------------------------------------------------------------------------- a study, made by the stages
+# --------------------------------------------------------------------------- made-up studies
 
 
-def write_prepared(folder: Path, train_per_class: int = 10, test_per_class: int = 6) -> None:
-    """Synthetic prepared arrays and a manifest like the untar stage's."""
-    folder.mkdir(parents=True)
-    splits = {"train": images(train_per_class, seed=1), "test": images(test_per_class, seed=2)}
-    for split, (x, y) in splits.items():
-        np.save(folder / f"{split}_x.npy", x, allow_pickle=False)
-        np.save(folder / f"{split}_y.npy", y, allow_pickle=False)
-    arrays = {name: sha256_file(folder / name) for name in datamod.ARRAY_FILES}
-    manifest = {"format": "synthetic", "classes": list(datamod.CLASSES),
-                "splits": {s: {"count": int(len(y))} for s, (_, y) in splits.items()},
-                "arrays": arrays, "data_sha256": datamod.data_sha256(arrays)}
-    (folder / datamod.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, float]] | None = None,
+                images_per_class: int = 100, data_name: str = "CIFAR-10 (JPEG mirror)", seed: int = 0,
+                knobs: dict[str, dict] | None = None) -> build.Inputs:
+    """A study whose arm x seed test accuracies are `accs` (per-class accuracies
+    around them, shifted by `class_shift[arm][class]`), as the evaluate stage
+    would summarise it."""
+    rng = np.random.default_rng(seed)
+    arms = list(accs)
+    seeds = list(range(len(next(iter(accs.values())))))
+    labels = np.repeat(np.arange(10), images_per_class)
+    names = {a: a.split("=")[1] for a in arms}
+    params = parse_params({"study": "made-up", "seeds": seeds, "aug": [names[a] for a in arms], "epochs": 3})
+    evals = {}
+    for arm in arms:
+        for s in seeds:
+            p = np.full(10, accs[arm][s])
+            for k, d in (class_shift or {}).get(arm, {}).items():
+                p[k] += d
+            correct = rng.random(len(labels)) < p[labels]
+            preds = np.where(correct, labels, (labels + 1 + rng.integers(0, 9, len(labels))) % 10)
+            ev, arrays = core.checkpoint_eval(arm=arm, seed=s, which="last", epoch=3, test_preds=preds,
+                                              test_y=labels, test_loss=1.0, train_acc=0.9, train_loss=0.3,
+                                              running_acc=0.85, top_n=6)
+            arrays["confidence"] = rng.random(len(labels)).astype(np.float32)
+            evals[(arm, s, "last")] = (ev, arrays)
+    facts = {a: ModelFacts(model="simple_cnn", knobs=(knobs or {}).get(a, {"dropout": 0.5}), params=545_290,
+                           trainable_params=545_290, flops=12_260_000, macs=6_130_000, flops_convention="2 x MACs",
+                           receptive_field=10, layers=[]) for a in arms}
+    summary = core.compare(evals, arms, seeds, arms[0], 0.95, 200, 6, labels, facts)
+    history = [HistoryRow(epoch=e, train_loss=1.0 / e, train_acc=0.5 + 0.1 * e, test_loss=1.0 / e,
+                          test_acc=0.4 + 0.1 * e, lr=1e-3, epoch_seconds=1.0, images_per_second=100.0)
+               for e in (1, 2, 3)]
+    record = StudyRecord(study="made-up", arms=arms, seeds=seeds, seeds_reason="as listed in params.yaml",
+                         runs=[StudyRun(arm=a, seed=s, restored=False, fingerprint="f" * 64, trained_at="t",
+                                        code_version="abc") for a in arms for s in seeds], device="cpu")
+    return build.Inputs(
+        params=params, params_text="seeds: [0]\n", record=record, summary=summary,
+        histories={a: {s: history for s in seeds} for a in arms},
+        diagnostics={a: None for a in arms},
+        predictions={a: {**{k: v for k, v in evals[(a, 0, "last")][1].items()}, "label": labels} for a in arms},
+        filters={a: rng.random((32, 3, 3, 3)).astype(np.float32) for a in arms},
+        test_images=rng.integers(0, 255, (len(labels), 3, 32, 32), dtype=np.uint8),
+        data_name=data_name, data_sha256="d" * 64, n_train=50_000, tracking={}, code_version="abc",
+        dvc_experiment="workspace", generated="2026-11-25 00:00 UTC")
 
 
-def write_params(path: Path, seeds, **extra) -> None:
-    p = {"study": "report-test", "preset": "simple_cnn", "seeds": list(seeds), "epochs": 1,
-         "batch_size": 32, "device": "cpu", "report": {"bootstrap": 200}, **extra}
-    path.write_text(yaml.safe_dump(p, sort_keys=False))
-
-
-def make_project(root: Path) -> None:
-    write_prepared(root / "data" / "prepared")
-
-
-def run_study(root: Path, seeds=(0, 1), tag: str = "", mlflow: bool = False) -> dict[str, Path]:
-    """params<tag>.yaml -> runs<tag>/ -> evaluation<tag>/ -> reports<tag>/ through the stages' main()s.
-    Call with the cwd at `root`."""
-    paths = {k: root / f"{k}{tag}" for k in ("runs", "evaluation", "reports", "metrics", "curves")}
-    paths["params"] = root / f"params{tag}.yaml"
-    write_params(paths["params"], seeds)
-    data = str(root / "data" / "prepared")
-    train.main(["--params", str(paths["params"]), "--data", data, "--runs", str(paths["runs"]),
-                "--metrics", str(paths["metrics"] / "train.json"), "--curves", str(paths["curves"]) + ".csv",
-                "--no-progress"] + ([] if mlflow else ["--no-mlflow"]))
-    evaluate.main(["--params", str(paths["params"]), "--data", data, "--runs", str(paths["runs"]),
-                   "--out", str(paths["evaluation"]), "--metrics", str(paths["metrics"] / "evaluate.json")])
-    report.main(["--params", str(paths["params"]), "--data", data, "--runs", str(paths["runs"]),
-                 "--evaluation", str(paths["evaluation"]), "--out", str(paths["reports"])])
-    return paths
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        make_project(root)
-        two = run_study(root, seeds=(0, 1))
-        one = run_study(root, seeds=(0,), tag="1")  # seed 0 comes back from the arm cache
-    return {"root": root, "two": two, "one": one}
-
-
-def texts(paths) -> tuple[str, str]:
-    return ((paths["reports"] / "report.md").read_text(encoding="utf-8"),
-            (paths["reports"] / "report.html").read_text(encoding="utf-8"))
-
-
-# --------------------------------------------------------------------------- parsing the output back
+def render(inp: build.Inputs, figures: bool = False) -> tuple[str, str]:
+    report = build.build_report(inp)
+    images = stage.draw_figures(report, None) if figures else {f.name: PNG_MAGIC for f in report.figures()}
+    return render_markdown(report), render_html(report, images)
 
 
 class Tables(HTMLParser):
@@ -143,169 +133,194 @@ def md_table(md: str, header_start: str) -> list[list[str]]:
 NUM = r"([+-]?\d+\.\d{2}|n/a)"
 
 
-def pm(cell: str) -> tuple[float | None, float | None]:
+def pm(cell: str):
     m = re.fullmatch(rf"{NUM} ± {NUM}", cell)
     assert m, cell
     return tuple(None if g == "n/a" else float(g) for g in m.groups())
 
 
-def diff(cell: str) -> tuple[float, float, float]:
-    m = re.fullmatch(rf"{NUM} \[{NUM}, {NUM}\]( \*)?", cell)
-    assert m, cell
-    return tuple(float(g) for g in m.groups()[:3])
-
-
-def p_of(cell: str) -> float:
-    return 0.0 if cell == "< 0.001" else float(cell)
-
-
-def close(shown: float | None, value: float | None, *, scale: float = 100.0, digits: int = 2) -> bool:
+def close(shown, value, scale=100.0, digits=2) -> bool:
     if value is None or shown is None:
         return shown is value
     return abs(shown - value * scale) <= 0.5 * 10 ** -digits + 1e-9
 
 
-# --------------------------------------------------------------------------- tests
+def headline(page: str) -> str:
+    return html.unescape(page.split("<h2>1. Headline</h2>")[1].split("<h2>")[0])
 
 
-def test_every_section_in_both_renderings(study):
-    md, page = texts(study["two"])
-    for i, title in enumerate(report.SECTIONS, 1):
+# --------------------------------------------------------------------------- the model and the renderings
+
+
+def test_every_section_in_both_renderings_in_order():
+    md, page = render(fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.74, 0.75, 0.76]}))
+    for i, title in enumerate(build.SECTIONS, 1):
         assert f"\n## {i}. {title}\n" in md
         assert f"<h2>{i}. {title}</h2>" in page
-    positions = [page.index(f"<h2>{i}. {t}</h2>") for i, t in enumerate(report.SECTIONS, 1)]
+    positions = [page.index(f"<h2>{i}. {t}</h2>") for i, t in enumerate(build.SECTIONS, 1)]
     assert positions == sorted(positions)
-    assert (study["two"]["reports"] / "figures").is_dir()
 
 
-def test_table_numbers_equal_summary(study):
-    summary = json.loads((study["two"]["evaluation"] / "summary.json").read_text())
-    last = summary["checkpoints"]["last"]
-    md, page = texts(study["two"])
-    tables = Tables(page).tables
-
-    acc = tables["acc-table"]
-    assert acc[1:] == md_table(md, "| Arm | n seeds")[1:]  # the same cells in both renderings
-    keys = [k for k, _ in report.METRICS]
-    assert len(acc) == 1 + len(last["arms"])
+def test_table_numbers_equal_the_summary_in_both_renderings():
+    inp = fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.74, 0.75, 0.73]})
+    md, page = render(inp)
+    last = inp.summary.checkpoints["last"]
+    acc = Tables(page).tables["acc-table"]
+    assert acc[1:] == md_table(md, "| Arm | n seeds")[1:]
     for row in acc[1:]:
-        arm = row[0].removesuffix(" (baseline)")
-        entry = last["arms"][arm]
-        assert int(row[1]) == entry["test_acc"]["n"] == 2
-        for cell, key in zip(row[2:], keys):
+        entry = last.arms[row[0].removesuffix(" (baseline)")]
+        for cell, (key, _) in zip(row[2:], build.METRICS):
             mean, half = pm(cell)
-            assert close(mean, entry[key]["mean"]), (arm, key, cell)
-            assert close(half, (entry[key]["high"] - entry[key]["low"]) / 2), (arm, key, cell)
-
-    delta = tables["delta-table"]
+            assert close(mean, getattr(entry, key).mean) and close(half, getattr(entry, key).ci.half_width)
+    delta = Tables(page).tables["delta-table"]
     assert delta[1:] == md_table(md, "| Arm | Δ test acc")[1:]
-    for row in delta[1:]:
-        c = last["comparisons"][row[0]]
-        w, b = c["welch"], c["paired_bootstrap"]
-        assert all(close(s, v) for s, v in zip(diff(row[1]), (w["diff"], w["low"], w["high"])))
-        assert close(p_of(row[2]), w["p"], scale=1, digits=3) or (row[2] == "< 0.001" and w["p"] < 0.001)
-        assert all(close(s, v) for s, v in zip(diff(row[3]), (b["diff"], b["low"], b["high"])))
-        assert close(p_of(row[4]), b["p"], scale=1, digits=3) or (row[4] == "< 0.001" and b["p"] < 0.001)
-        mc = re.findall(r"s(\d+): (\d+)/(\d+), p (= [\d.]+|< 0\.001)(?:; |$)", row[5])
-        assert [(int(b01), int(b10)) for _, b01, b10, _ in mc] == \
-               [(m["b01"], m["b10"]) for m in c["mcnemar_per_seed"]]
-        for (_, _, _, shown), m in zip(mc, c["mcnemar_per_seed"]):
-            assert close(p_of(shown.removeprefix("= ")), m["p"], scale=1, digits=3) or \
-                (shown == "< 0.001" and m["p"] < 0.001)
-
-    classes = tables["class-table"]
+    c = last.comparisons["aug=standard"]
+    shown = [float(x) for x in re.findall(r"[+-]?\d+\.\d{2}", delta[1][1])]
+    assert all(close(s, v) for s, v in zip(shown, (c.welch.diff, c.welch.ci.low, c.welch.ci.high)))
+    assert delta[1][2] == core.stats.format_p(c.welch.p)
+    classes = Tables(page).tables["class-table"]
     for k, row in enumerate(classes[1:]):
-        assert row[0] == summary["classes"][k]
-        for j, arm in enumerate(last["arms"]):
-            assert close(float(row[1 + j]), last["arms"][arm]["per_class_acc"][k])
-
-    # the verdict strings appear verbatim in the headline
-    headline = html.unescape(page.split("<h2>1. Headline</h2>")[1].split("<h2>")[0])
-    for c in last["comparisons"].values():
-        assert c["verdict"] in headline and c["verdict_images"] in headline
+        assert row[0] == CLASSES[k]
+        assert close(float(row[1]), last.arms["aug=none"].per_class_acc[k])
 
 
-def test_html_is_self_contained_and_every_image_is_an_embedded_png(study):
-    md, page = texts(study["two"])
+def test_a_clear_gain_is_said_and_coloured():
+    inp = fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.76, 0.77, 0.78]})
+    md, page = render(inp)
+    c = inp.summary.checkpoints["last"].comparisons["aug=standard"]
+    assert c.verdict in headline(page) and "significant (p = " in c.verdict
+    assert "**helped**" in md and 'class="tone-good"' in page
+
+
+def test_no_significant_difference_states_what_could_have_been_detected():
+    inp = fake_inputs({"aug=none": [0.70, 0.73, 0.71], "aug=standard": [0.72, 0.70, 0.71]})
+    md, page = render(inp)
+    c = inp.summary.checkpoints["last"].comparisons["aug=standard"]
+    assert "no significant difference" in md and "not significant" in c.verdict
+    text = headline(page)
+    assert f"only differences of {core.stats.points(c.power.detectable, signed=False)} points or more" in text
+    assert f"would need about {c.power.seeds_for_target} seeds per arm" in text
+
+
+def test_with_several_arms_the_verdict_follows_the_holm_adjusted_p():
+    inp = fake_inputs({"aug=none": [0.700, 0.705, 0.710], "aug=standard": [0.712, 0.716, 0.720],
+                       "aug=strong": [0.700, 0.708, 0.703]}, seed=3)
+    last = inp.summary.checkpoints["last"]
+    md, page = render(inp)
+    for arm, c in last.comparisons.items():
+        assert c.p_adjusted >= c.welch.p
+        word = "significant" if c.p_adjusted < 0.05 else "not significant"
+        assert f", {word} (Holm-adjusted p = {core.stats.format_p(c.p_adjusted)})" in c.verdict
+        assert c.verdict in headline(page)
+    assert "p (Holm)" in Tables(page).tables["delta-table"][0]
+
+
+def test_per_class_marks_only_where_the_seeds_support_them():
+    strong = {"aug=standard": {3: 0.15}}  # a large gain on "cat" only
+    inp = fake_inputs({"aug=none": [0.70, 0.71, 0.69, 0.70, 0.71], "aug=standard": [0.70, 0.69, 0.71, 0.70, 0.70]},
+                      class_shift=strong, images_per_class=400)
+    md, page = render(inp)
+    rows = Tables(page).tables["class-table"][1:]
+    marked = [r[0] for r in rows if r[3].endswith("*")]
+    per_class = inp.summary.checkpoints["last"].comparisons["aug=standard"].per_class
+    assert marked == [CLASSES[c.group] for c in per_class if c.p_adjusted is not None and c.p_adjusted < 0.05]
+    assert "cat" in marked and len(marked) <= 2
+    assert "a per-class difference holds over seeds for cat" in md
+
+
+def test_the_data_is_named_as_it_is_and_flops_and_macs_both_stated():
+    md, page = render(fake_inputs({"aug=none": [0.7, 0.71], "aug=standard": [0.72, 0.73]}))
+    assert "on **CIFAR-10 (JPEG mirror)**" in md
+    facts = Tables(page).tables["facts-table"]
+    assert facts[0][4:6] == ["FLOPs", "MACs"] and facts[1][4] == "12.26 M" and facts[1][5] == "6.13 M"
+    assert "counts multiply-accumulates" in page
+
+
+def test_model_facts_show_what_a_knob_changed():
+    inp = fake_inputs({"aug=none": [0.7, 0.71], "aug=standard": [0.72, 0.73]},
+                      knobs={"aug=none": {"dropout": 0.5}, "aug=standard": {"dropout": 0.25}})
+    _, page = render(inp)
+    rows = Tables(page).tables["facts-table"]
+    assert rows[1][2] == "-" and rows[2][2] == "dropout=0.25"
+
+
+def test_single_seed_study_shows_the_warning_and_makes_no_claim():
+    md, page = render(fake_inputs({"aug=none": [0.7], "aug=standard": [0.8]}))
+    assert build.SINGLE_SEED_WARNING in md and build.SINGLE_SEED_WARNING in page
+    assert "single seed: no interval; not a finding" in headline(page)
+    for row in Tables(page).tables["acc-table"][1:]:
+        assert row[1] == "1" and all(pm(cell)[1] is None for cell in row[2:])
+
+
+def test_html_is_self_contained_and_every_image_is_an_embedded_png():
+    md, page = render(fake_inputs({"aug=none": [0.7, 0.71], "aug=standard": [0.72, 0.73]}), figures=True)
     srcs = re.findall(r"<img\b[^>]*\bsrc=\"([^\"]*)\"", page)
     refs = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", md)
     assert len(srcs) == len(refs) >= 10
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
         png = base64.b64decode(src.split(",", 1)[1], validate=True)
-        assert png.startswith(PNG_MAGIC)
         with Image.open(io.BytesIO(png)) as im:
             im.verify()
-    for ref in refs:
-        path = study["two"]["reports"] / ref
-        assert ref.startswith("figures/") and path.is_file(), ref
-        assert path.read_bytes().startswith(PNG_MAGIC)
+    assert all(ref.startswith("figures/") for ref in refs)
     assert "<script" not in page.lower()
     assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", page, re.I)
     assert "<link" not in page.lower() and "@import" not in page and "url(" not in page
 
 
-def test_single_seed_study_shows_the_warning(study):
-    md, page = texts(study["one"])
-    assert report.SINGLE_SEED_WARNING in md and report.SINGLE_SEED_WARNING in page
-    assert "single seed: no interval; not a finding" in page  # Welch's verdict, passed through
-    tables = Tables(page).tables
-    for row in tables["acc-table"][1:]:
-        assert row[1] == "1" and all(pm(cell)[1] is None for cell in row[2:])
-    md2, page2 = texts(study["two"])
-    assert report.SINGLE_SEED_WARNING not in md2 and report.SINGLE_SEED_WARNING not in page2
+def test_figures_are_drawn_once(tmp_path, monkeypatch):
+    from pipeline.report import figures
+
+    report = build.build_report(fake_inputs({"aug=none": [0.7, 0.71], "aug=standard": [0.72, 0.73]}))
+    first = stage.draw_figures(report, tmp_path)
+    calls = []
+    for name in {f.draw for f in report.figures()}:
+        monkeypatch.setattr(figures, name, lambda *a, _n=name, **k: calls.append(_n))
+    again = stage.draw_figures(report, tmp_path)
+    assert calls == [] and again == first
 
 
-def _inputs(study) -> dict:
-    p = study["two"]
-    return report.load_inputs(p["params"], study["root"] / "data" / "prepared", p["runs"], p["evaluation"])
+def test_markdown_escapes_and_html_escapes():
+    assert md_escape("a|b_c*<x> p < 0.001") == r"a\|b\_c\*\<x> p < 0.001"
+    report = build.Report("t", [build.Section("1. S", "s", [build.Table(["a|b"], [["<script>"]])])])
+    assert "<script>" not in render_html(report, {}) and "&lt;script&gt;" in render_html(report, {})
+    assert r"| a\|b |" in render_markdown(report)
 
 
-def _stub(summary: dict, diff: float, low: float, high: float, p: float) -> None:
-    """One comparison of the last checkpoint rewritten to a chosen result, as evaluate would word it."""
-    c = next(iter(summary["checkpoints"]["last"]["comparisons"].values()))
-    c["welch"].update(diff=diff, low=low, high=high, p=p, p_holm=p)
-    c["verdict"] = stats.verdict(stats.Interval(diff, low, high, 0.95), p)
-    c["paired_bootstrap"].update(diff=diff, low=low, high=high, p=p)
-    c["verdict_images"] = stats.verdict(stats.Interval(diff, low, high, 0.95), p)
+# --------------------------------------------------------------------------- end to end, on a real small study
 
 
-def _headline(model: dict) -> tuple[str, str]:
-    only = {"title": model["title"], "sections": model["sections"][:1]}
-    return report.render_markdown(only), report.render_html(only, {})
+@pytest.mark.slow
+def test_the_stages_write_a_report_that_matches_the_evaluation(study_files):
+    p = study_files["two"]
+    md = (p["reports"] / "report.md").read_text()
+    page = (p["reports"] / "report.html").read_text()
+    from pipeline.core.contracts import Summary
+
+    summary = Summary.model_validate_json((p["evaluation"] / "summary.json").read_text())
+    for c in summary.checkpoints["last"].comparisons.values():
+        assert c.verdict in headline(page)
+    assert len(list((p["reports"] / "figures").glob("*.png"))) == len(re.findall("<img ", page))
+    assert "on **synthetic CIFAR-shaped images**" in md
 
 
-def test_not_significant_is_said_plainly(study):
-    inp = _inputs(study)
-    inp["summary"] = copy.deepcopy(inp["summary"])
-    _stub(inp["summary"], 0.004, -0.011, 0.019, 0.52)
-    md, page = _headline(report.build_report(inp))
-    for text in (md, page):
-        assert "not significant (p = 0.52)" in text
-        assert "+0.40 points (95% CI -1.10 to +1.90)" in text
-        assert "no significant difference" in text
-
-    _stub(inp["summary"], 0.025, 0.012, 0.038, 0.0004)
-    md, page = _headline(report.build_report(inp))
-    assert "significant (p < 0.001)" in md and "not significant" not in md
-    assert "helped" in md and 'class="tone-good"' in page
-
-
-def test_missing_evaluation_fails_in_one_line_and_writes_nothing(study, tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_missing_evaluation_fails_in_one_line_and_writes_nothing(study_files, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    p = study["two"]
+    p = study_files["two"]
     with pytest.raises(SystemExit) as exc:
-        report.main(["--params", str(p["params"]), "--data", str(study["root"] / "data" / "prepared"),
-                     "--runs", str(p["runs"]), "--evaluation", str(tmp_path / "evaluation"),
-                     "--out", str(tmp_path / "reports")])
+        stage.main(["--params", str(p["params"]), "--data", str(p["data"]), "--runs", str(p["runs"]),
+                    "--evaluation", str(tmp_path / "evaluation"), "--out", str(tmp_path / "reports")])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "evaluate" in err
     assert list(tmp_path.iterdir()) == []  # no reports/, no temporary left behind
 
 
-def test_a_failed_render_keeps_the_previous_report(study, tmp_path, monkeypatch):
-    p = study["two"]
+@pytest.mark.slow
+def test_a_failed_render_keeps_the_previous_report(study_files, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = study_files["two"]
     out = tmp_path / "reports"
     shutil.copytree(p["reports"], out)
     before = (out / "report.html").read_bytes()
@@ -313,18 +328,11 @@ def test_a_failed_render_keeps_the_previous_report(study, tmp_path, monkeypatch)
     def boom(*_a, **_k):
         raise RuntimeError("render failed")
 
-    monkeypatch.setattr(report, "render_html", boom)
+    import pipeline.report.render as render_module
+
+    monkeypatch.setattr(render_module, "render_html", boom)
     with pytest.raises(RuntimeError):
-        report.main(["--params", str(p["params"]), "--data", str(study["root"] / "data" / "prepared"),
-                     "--runs", str(p["runs"]), "--evaluation", str(p["evaluation"]), "--out", str(out)])
+        stage.main(["--params", str(p["params"]), "--data", str(p["data"]), "--runs", str(p["runs"]),
+                    "--evaluation", str(p["evaluation"]), "--out", str(out)])
     assert (out / "report.html").read_bytes() == before
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["reports"]
-
-
-def test_markdown_escapes_and_formatting():
-    assert report.pct(0.98765) == "98.77" and report.pct(None) == "n/a"
-    assert report.signed(0.0184) == "+1.84" and report.signed(-0.00001) == "0.00" and report.signed(-0.002) == "-0.20"
-    assert report.pval(0.0004) == "< 0.001" and report.pval(0.1836) == "0.184"
-    assert report.md_escape("a|b_c*<x> p < 0.001") == r"a\|b\_c\*\<x> p < 0.001"
-    block = report.table(["a|b"], [["<script>"]])
-    assert "<script>" not in report._html_block(block, {}) and "&lt;script&gt;" in report._html_block(block, {})
+    assert sorted(x.name for x in tmp_path.iterdir() if x.name != ".cache") == ["reports"]

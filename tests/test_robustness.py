@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.errors import cli
-from pipeline.io import atomic_path, write_json
+from pipeline.core.errors import cli
+from pipeline.core.io import atomic_path, write_json
 from tests.archives import write_official
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,8 +70,8 @@ def test_a_signal_ends_the_arms_mlflow_run_as_killed(tmp_path, sig):
     prepare(archive, tmp_path / "prepared", verify_counts=False)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": [0], "aug": "none", "epochs": 200,
                                                           "batch_size": 8}))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-           "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONPATH": str(REPO),
+           "CIFAR_ABLATE_TRACKING": "off"}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--data", "prepared", "--no-progress"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -81,7 +81,10 @@ def test_a_signal_ends_the_arms_mlflow_run_as_killed(tmp_path, sig):
         time.sleep(0.05)
     proc.send_signal(sig)
     assert proc.wait(timeout=60) != 0
+    subprocess.run([sys.executable, "-m", "pipeline.tracking", "flush"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True)
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         statuses = sorted(s for (s,) in db.execute("select status from runs"))
     assert statuses == ["KILLED", "KILLED"]  # the parent and the arm x seed run
     assert not (tmp_path / "runs").exists()
+    assert list(tmp_path.glob(".arm-cache/*/state.pt"))  # the epochs it finished are kept

@@ -1,7 +1,6 @@
 """The one training loop: it learns, it is reproducible, every option runs."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -10,8 +9,16 @@ import pytest
 import torch
 
 import models
-from pipeline.config import parse_params
-from pipeline.trainer import Tensors, build_optimizer, build_schedule, fit, resolve_device, seed_everything
+from pipeline.core.config import parse_params
+from pipeline.training.loop import (
+    Tensors,
+    build_optimizer,
+    build_schedule,
+    fit,
+    resolve_device,
+    seed_everything,
+    set_determinism,
+)
 from tests.synthetic import images
 
 
@@ -28,20 +35,18 @@ def _cfg(**kw):
 
 def _train(cfg, seed=0, data=None):
     train, test = data or _data()
-    seed_everything(seed, cfg.deterministic)
-    model = models.create_model(cfg.model)
-    return model, fit(model, train, test, cfg, seed, progress=False)
+    seed_everything(seed)
+    model = models.create_model(cfg.model, **cfg.knobs)
+    return model, fit(model, train, test, cfg, seed)
 
 
 def test_it_learns_and_records_every_epoch():
     cfg = _cfg(epochs=4, aug="none")
     _, res = _train(cfg, data=_data(40, 20))
-    assert [r["epoch"] for r in res.history] == [1, 2, 3, 4]
+    assert [r.epoch for r in res.history] == [1, 2, 3, 4]
     for row in res.history:
-        assert set(row) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
-                            "epoch_seconds", "images_per_second"}
-        assert 0 <= row["test_acc"] <= 1 and row["images_per_second"] > 0
-    assert res.history[-1]["test_acc"] > 0.5  # chance is 0.1
+        assert 0 <= row.test_acc <= 1 and row.images_per_second > 0
+    assert res.history[-1].test_acc > 0.5  # chance is 0.1
     assert res.last.preds.shape == (200,) and res.last.probs.shape == (200, 10)
     assert torch.allclose(res.last.probs.sum(1), torch.ones(200), atol=1e-4)
 
@@ -52,8 +57,11 @@ def test_same_seed_gives_bitwise_identical_weights_and_metrics():
     m2, r2 = _train(cfg, seed=3)
     for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
         assert torch.equal(a, b), k
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in h]
-    assert strip(r1.history) == strip(r2.history)
+    assert _strip(r1.history) == _strip(r2.history)
+
+
+def _strip(history):
+    return [r.model_dump(exclude={"epoch_seconds", "images_per_second"}) for r in history]
 
 
 def test_another_seed_gives_other_weights():
@@ -70,7 +78,8 @@ def test_another_seed_gives_other_weights():
     {"precision": "bf16"},
     {"model": "dilated_net", "aug": "ssr_cutout", "norm": "cifar10_legacy"},
     {"aug": "strong", "keep_best": False},
-    {"deterministic": True, "model": "resnet18", "batch_size": 8},
+    {"model": "resnet18", "batch_size": 8, "knobs": {"residual": False, "width": 0.25}},
+    {"model": "dilated_net", "knobs": {"dilation": 3, "separable": False, "batchnorm": False}},
 ])
 def test_options_train(overrides):
     cfg = _cfg(epochs=1, **overrides)
@@ -93,17 +102,30 @@ def test_onecycle_peaks_at_max_lr_over_all_steps():
     assert lrs[-1] < 0.001
 
 
-def test_evaluation_batches_fit_the_device_and_never_change_the_result():
-    from pipeline.trainer import eval_batch_size, evaluate
+def test_deterministic_kernels_are_a_process_setting():
+    try:
+        set_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        model, res = _train(_cfg(epochs=1, model="resnet18", batch_size=8), data=_data(8, 4))
+        assert len(res.history) == 1
+    finally:
+        set_determinism(False)
+    assert not torch.are_deterministic_algorithms_enabled()
 
-    assert eval_batch_size(_cfg(), torch.device("cpu")) == 256
-    assert eval_batch_size(_cfg(), torch.device("cuda")) == 1024
-    assert eval_batch_size(_cfg(eval_batch_size=100), torch.device("cuda")) == 100
+
+def test_evaluation_batches_fit_the_device_and_never_change_the_result():
+    from pipeline.training.augment import Augmenter
+    from pipeline.training.loop import eval_batch_size, evaluate
+
+    assert eval_batch_size("auto", torch.device("cpu")) == 256
+    assert eval_batch_size("auto", torch.device("cuda")) == 1024
+    assert eval_batch_size(100, torch.device("cuda")) == 100
     train, test = _data(4, 30)
-    seed_everything(0, False)
+    seed_everything(0)
     model = models.create_model("simple_cnn")
-    a = evaluate(model, test, _cfg(eval_batch_size=7), torch.device("cpu"))
-    b = evaluate(model, test, _cfg(), torch.device("cpu"))
+    aug = Augmenter("none", "cifar10", "cpu")
+    a = evaluate(model, test, aug, "fp32", 7)
+    b = evaluate(model, test, aug, "fp32", 256)
     assert torch.equal(a.preds, b.preds) and abs(a.loss - b.loss) < 1e-5
     assert torch.allclose(a.probs, b.probs, atol=1e-5)
 
@@ -112,7 +134,7 @@ def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        from pipeline.errors import PipelineError
+        from pipeline.core.errors import PipelineError
 
         with pytest.raises(PipelineError, match="CUDA is not available"):
             resolve_device("cuda")
@@ -138,53 +160,69 @@ def test_resume_from_any_epoch_state_is_bitwise_equal_to_an_uninterrupted_run():
     data = _data(8, 4)
     full_model, full = _train(cfg, seed=5, data=data)
     states = []
-    seed_everything(5, False)
+    seed_everything(5)
     model = models.create_model(cfg.model)
-    fit(model, *data, cfg, 5, progress=False, on_state=lambda s: states.append(s))
-    assert [s["epoch"] for s in states] == [1, 2, 3]
+    fit(model, *data, cfg, 5, on_state=lambda s: states.append(s))
+    assert [s.epoch for s in states] == [1, 2, 3]
     # survives a round trip through torch.save / weights_only load, like the state file does
     import io
 
+    from pipeline.core.contracts import TrainState
+
     buf = io.BytesIO()
-    torch.save(states[0], buf)
+    torch.save(states[0].to_dict(), buf)
     buf.seek(0)
-    saved = torch.load(buf, weights_only=True)
-    seed_everything(123, False)  # a fresh process would start from another RNG state
+    saved = TrainState.from_dict(torch.load(buf, weights_only=True))
+    seed_everything(123)  # a fresh process would start from another RNG state
     resumed_model = models.create_model(cfg.model)
-    resumed = fit(resumed_model, *data, cfg, 5, progress=False, resume=saved)
+    resumed = fit(resumed_model, *data, cfg, 5, resume=saved)
     for (k, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), k
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in h]
-    assert strip(resumed.history) == strip(full.history)
+    assert _strip(resumed.history) == _strip(full.history)
     assert resumed.diagnostics == full.diagnostics
+
+
+def test_an_incomplete_state_is_refused():
+    from pipeline.core.contracts import TrainState
+
+    with pytest.raises(ValueError, match="not a training state"):
+        TrainState.from_dict({"epoch": 1})
+    with pytest.raises(ValueError, match="not a training state"):
+        TrainState.from_dict([1, 2])
 
 
 # Tensor calls that wait for the device to catch up (on CUDA: a host synchronisation)
 SYNCING = {"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero",
            "masked_select", "unique"}
+# Tensors made from host data on a device (on CUDA: a blocking host-to-device copy)
+FROM_HOST = {"tensor", "as_tensor"}
 
 
 class _SyncCounter(torch.overrides.TorchFunctionMode):
-    """Counts syncing calls made by the project's own code, by call site."""
+    """Counts, by call site in the project's own code, the calls that would make a
+    GPU wait: syncing reads, and tensors built from host data on a device."""
 
     def __init__(self):
         super().__init__()
-        self.sites: dict[tuple[str, int], int] = {}
+        self.sites: dict[tuple[str, int, str], int] = {}
         root = Path(models.__file__).resolve().parents[1]
         self.ours = tuple(str(root / d) + "/" for d in ("pipeline", "models"))  # not a .venv in the repo
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
+        kwargs = kwargs or {}
         is_bool_index = name == "__getitem__" and any(
             isinstance(a, torch.Tensor) and a.dtype == torch.bool for a in _flat(args[1:]))
-        if name in SYNCING or is_bool_index:
+        from_host = name in FROM_HOST and kwargs.get("device") is not None
+        to_device = name == "to" and any(isinstance(a, (str, torch.device)) for a in args[1:]) or "device" in kwargs
+        if name in SYNCING or is_bool_index or from_host or (name == "to" and to_device):
             frame = sys._getframe(1)  # the direct caller: torch's own internals are not counted
             while frame.f_code.co_filename.endswith("torch/overrides.py"):
                 frame = frame.f_back
             if frame.f_code.co_filename.startswith(self.ours):
-                site = (Path(frame.f_code.co_filename).name, frame.f_lineno)
+                site = (Path(frame.f_code.co_filename).name, frame.f_lineno, name)
                 self.sites[site] = self.sites.get(site, 0) + 1
-        return func(*args, **(kwargs or {}))
+        return func(*args, **kwargs)
 
 
 def _flat(items):
@@ -192,21 +230,37 @@ def _flat(items):
         yield from (_flat(a) if isinstance(a, (tuple, list)) else (a,))
 
 
-@pytest.mark.parametrize("aug", ["standard", "ssr_cutout", "strong"])
+def _count(aug: str, n_train: int) -> dict:
+    cfg = _cfg(epochs=1, aug=aug, batch_size=20, grad_clip=1.0, schedule="onecycle", max_lr=0.01)
+    train, test = _data(n_train, 2)
+    seed_everything(0)
+    model = models.create_model(cfg.model)
+    with _SyncCounter() as counter:
+        fit(model, train, test, cfg, 0, diagnostics=True)
+    return counter.sites
+
+
+@pytest.mark.parametrize("aug", ["none", "standard", "ssr_cutout", "strong"])
 def test_no_host_synchronisation_per_step(aug):
-    """Per-step metrics stay on the device: the syncing calls the project makes in an
-    epoch are the same for 2 steps as for 16 (on CUDA each one would stall the GPU)."""
-    counts = []
-    for n_train in (4, 32):  # x 10 classes, batch 20: 2 and 16 steps
-        cfg = _cfg(epochs=1, aug=aug, batch_size=20, grad_clip=1.0, schedule="onecycle", max_lr=0.01)
-        train, test = _data(n_train, 2)
-        seed_everything(0, False)
-        model = models.create_model(cfg.model)
-        with _SyncCounter() as counter:
-            fit(model, train, test, cfg, 0, progress=False, diagnostics=True)
-        counts.append(counter.sites)
+    """Per-step work stays on the device: the calls that would stall a GPU (syncing
+    reads, tensors copied from the host) are the same for 2 steps as for 16."""
+    counts = [_count(aug, n) for n in (4, 32)]  # x 10 classes, batch 20: 2 and 16 steps
     assert counts[0] == counts[1]
     assert counts[0], "the counter saw none of the once-per-epoch reads: it is not counting"
+
+
+def test_the_sync_counter_sees_a_copy_from_the_host_per_step(monkeypatch):
+    """The test above would fail if a step built a constant on the device (checked by
+    putting one back into the normalisation)."""
+    from pipeline.training import augment as A
+
+    source = ("def per_step_constant(x, c):\n"
+              "    mean = torch.tensor([0.4914, 0.4822, 0.4465], device=x.device).view(1, 3, 1, 1)\n"
+              "    return original(x, Constants(mean, c.std, c.hue_n))\n")
+    scope = {"torch": torch, "original": A._normalize_unit_, "Constants": A.Constants}
+    exec(compile(source, A.__file__, "exec"), scope)  # as if written in augment.py
+    monkeypatch.setattr(A, "_normalize_unit_", scope["per_step_constant"])
+    assert _count("standard", 4) != _count("standard", 32)
 
 
 def test_compiled_step_keeps_two_static_graphs_with_a_partial_last_batch():
@@ -217,34 +271,13 @@ def test_compiled_step_keeps_two_static_graphs_with_a_partial_last_batch():
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     cfg = _cfg(epochs=2, batch_size=32, compile=True, compile_mode="reduce-overhead")
-    seed_everything(0, False)
+    seed_everything(0)
     model = models.create_model(cfg.model)
     start = [p.detach().clone() for p in model.parameters()]
     train, test = _data(5, 2)
-    res = fit(model, train, test, cfg, 0, progress=False)
+    res = fit(model, train, test, cfg, 0)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
     assert len(res.history) == 2
-    assert all(math.isfinite(r["train_loss"]) for r in res.history)
+    assert all(math.isfinite(r.train_loss) for r in res.history)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(not torch.equal(a, b) for a, b in zip(start, model.parameters()))  # every layer trained
-
-
-@pytest.mark.parametrize("parallel, jobs, device, gib, cores, expected", [
-    ("auto", 6, "cpu", None, 2, 1),        # a CPU has no idle capacity to share
-    ("auto", 6, "cuda", 80, 16, 6),        # the default study on one H100: every job at once
-    ("auto", 20, "cuda", 80, 16, 8),       # at most 8
-    ("auto", 6, "cuda", 16, 16, 2),        # one per 6 GiB of GPU memory
-    ("auto", 6, "cuda", 80, 4, 2),         # one per two CPU cores
-    ("auto", 6, "cuda", 4, 2, 1),          # never fewer than one
-    (3, 6, "cpu", None, 2, 3),             # a number is taken as given...
-    (10, 4, "cuda", 80, 16, 4),            # ...but not beyond the jobs there are
-])
-def test_how_many_jobs_train_at_once(monkeypatch, parallel, jobs, device, gib, cores, expected):
-    import types
-
-    from pipeline import train
-
-    monkeypatch.setattr(train.os, "cpu_count", lambda: cores)
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda dev: types.SimpleNamespace(total_memory=gib * 2**30))
-    assert train.workers_for(parallel, jobs, torch.device(device)) == expected

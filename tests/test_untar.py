@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import data, untar
-from pipeline.errors import PipelineError
-from pipeline.io import sha256_file
+from pipeline import untar
+from pipeline.core import dataset as data
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import sha256_file
 from tests import archives
 
 REAL_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpg.tar.gz"

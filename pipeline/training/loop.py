@@ -2,32 +2,30 @@
 a particular model; every architecture and every arm trains through `fit()`.
 
 Data lives on the training device as uint8 NCHW tensors; augmentation runs there
-in batches (pipeline.augment). Per-step metrics are accumulated on the device
-and read once per epoch, so the loop does not wait on the GPU at every step.
+in batches (pipeline.training.augment). Per-step metrics are accumulated on the
+device and read once per epoch, so the loop does not wait on the GPU at every step.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Generator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import augment
-from pipeline.config import TrainConfig
-from pipeline.diagnostics import Diagnostics
-from pipeline.errors import PipelineError
+from pipeline.core.config import TrainConfig
+from pipeline.core.contracts import HistoryRow, TrainState
+from pipeline.core.errors import PipelineError
+from pipeline.training.augment import Augmenter
+from pipeline.training.diagnostics import Diagnostics
 
-# cuBLAS reads this when it first runs, which may be before an arm with
-# deterministic: true starts (an earlier arm of the study, in the same process).
-# 8 x 4096 KiB is PyTorch's default workspace on Hopper GPUs anyway.
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+# torch.compile modes that replay CUDA graphs
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -40,6 +38,10 @@ class Tensors:
     def __len__(self) -> int:
         return len(self.y)
 
+    @classmethod
+    def from_numpy(cls, x, y, device: torch.device) -> "Tensors":
+        return cls(torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device))
+
 
 @dataclass
 class Evaluation:
@@ -51,12 +53,16 @@ class Evaluation:
 
 @dataclass
 class Result:
-    history: list[dict] = field(default_factory=list)  # one row per epoch
+    history: list[HistoryRow] = field(default_factory=list)  # one row per epoch
     best_epoch: int = 0
     best_state: dict | None = None  # weights at the best test accuracy (keep_best)
     last: Evaluation | None = None
-    seconds: float = 0.0
     diagnostics: dict | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Training time of every epoch, also those before a resume."""
+        return sum(r.epoch_seconds for r in self.history)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,14 +74,16 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def set_determinism(deterministic: bool) -> None:
+    """Once per process, before any arm: deterministic CUDA kernels, or cuDNN's
+    autotuner. (The CPU is deterministic either way. cuBLAS also needs
+    CUBLAS_WORKSPACE_CONFIG, which the stage sets before CUDA starts.)"""
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # CPU and every CUDA device: weight init and dropout
-    if deterministic:  # CUBLAS_WORKSPACE_CONFIG is set at import, above
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.benchmark = False
-    else:  # arms of one study share the process: undo a previous arm's setting
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.benchmark = True
 
 
 def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -83,51 +91,47 @@ def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-    raise PipelineError(f"optimizer = {cfg.optimizer!r}: expected adam, adamw or sgd")
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
 
 
 def build_schedule(cfg: TrainConfig, opt, steps_per_epoch: int):
     """Stepped once per batch. None when the learning rate is constant."""
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.max_lr or cfg.lr, total_steps=total)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.max_lr or cfg.lr, total_steps=total)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     return None
 
 
-def autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.precision == "fp32":
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def eval_batch_size(cfg: TrainConfig, device: torch.device) -> int:
+def eval_batch_size(setting: int | str, device: torch.device) -> int:
     """auto: large batches keep a GPU busy; on the CPU, batches past a few
     hundred images spill the caches (simple_cnn: 5,567 img/s at 256, 2,795 at 1024)."""
-    if cfg.eval_batch_size != "auto":
-        return cfg.eval_batch_size
+    if setting != "auto":
+        return int(setting)
     return 1024 if device.type == "cuda" else 256
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Tensors, cfg: TrainConfig, device: torch.device) -> Evaluation:
-    """Clean evaluation: eval mode, no augmentation, large batches."""
+def evaluate(model: nn.Module, data: Tensors, aug: Augmenter, precision: str, batch_size: int) -> Evaluation:
+    """Clean evaluation: eval mode, no augmentation (only `aug`'s normalisation)."""
+    device = data.x.device
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device)
     preds, probs = [], []
-    bs = eval_batch_size(cfg, device)
-    for i in range(0, len(data), bs):
-        x = augment.normalize(data.x[i:i + bs], cfg.norm)
-        y = data.y[i:i + bs]
-        x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(cfg, device):
+    for i in range(0, len(data), batch_size):
+        x = aug.normalize(data.x[i:i + batch_size]).contiguous(memory_format=torch.channels_last)
+        y = data.y[i:i + batch_size]
+        with autocast(precision, device):
             logits = model(x)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
@@ -141,30 +145,48 @@ def evaluate(model: nn.Module, data: Tensors, cfg: TrainConfig, device: torch.de
                       preds=preds_t, probs=torch.cat(probs).float().cpu())
 
 
-# torch.compile modes that replay CUDA graphs
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+@dataclass
+class Epoch:
+    """What `train_epochs` yields after each epoch."""
 
-EpochHook = Callable[[int, dict, nn.Module], None]
-StateHook = Callable[[dict], None]
+    row: HistoryRow
+    state: TrainState | None  # everything needed to go on (when asked for)
 
 
-def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed: int,
-        *, progress: bool = True, on_epoch: EpochHook | None = None, desc: str = "",
-        diagnostics: bool = True, on_state: StateHook | None = None,
-        resume: dict | None = None) -> Result:
-    """Train `model` on `train` per `cfg`, evaluating on `test` after every epoch.
+def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed: int, *,
+        on_epoch: Callable[[HistoryRow], None] | None = None,
+        on_state: Callable[[TrainState], None] | None = None, **kw) -> Result:
+    """`train_epochs` with callbacks: `on_epoch(row)` and `on_state(state)` after each epoch."""
+    epochs = train_epochs(model, train, test, cfg, seed, states=on_state is not None, **kw)
+    while True:
+        try:
+            ep = next(epochs)
+        except StopIteration as stop:
+            return stop.value
+        if on_epoch is not None:
+            on_epoch(ep.row)
+        if on_state is not None:
+            on_state(ep.state)
+
+
+def train_epochs(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed: int, *,
+                 eval_batch: int = 256, states: bool = True, on_step: Callable[[], None] | None = None,
+                 resume: TrainState | None = None, diagnostics: bool = True) -> Generator[Epoch, None, Result]:
+    """Train `model` on `train` per `cfg`, evaluating on `test` after every epoch;
+    yield each epoch, return the `Result`.
 
     The model must already be on the training device (and seeded: call
     `seed_everything` before building it). Data order and augmentation draw from
     their own generator seeded with `seed`, so runs are reproducible.
 
-    After every epoch `on_state` gets everything needed to go on (weights,
-    optimizer, schedule, every RNG state, history); passing that dict back as
-    `resume` continues the run so that it ends bitwise equal to one that was
-    never interrupted (on the CPU; on CUDA with `deterministic`).
+    With `states`, each epoch carries everything needed to go on (weights,
+    optimizer, schedule, every RNG state, history); passing it back as `resume`
+    continues the run so that it ends bitwise equal to one that was never
+    interrupted (on the CPU; on CUDA with deterministic kernels).
     """
     device = train.x.device
     gen = torch.Generator(device=device).manual_seed(seed)
+    aug = Augmenter(cfg.aug, cfg.norm, device)
     # NHWC: faster convolutions with cuDNN and oneDNN alike (1.1-1.5x measured on 2 CPU cores)
     model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(cfg, model.parameters())
@@ -181,20 +203,19 @@ def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed:
     best_acc = -1.0
     first_epoch = 1
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
+        model.load_state_dict(resume.model)
+        opt.load_state_dict(resume.optimizer)
         if sched is not None:
-            sched.load_state_dict(resume["schedule"])
+            sched.load_state_dict(resume.schedule)
         if scaler is not None:
-            scaler.load_state_dict(resume["scaler"])
-        _set_rng(resume["rng"], gen, device)
-        result.history = list(resume["history"])
-        result.best_epoch, best_acc = resume["best_epoch"], resume["best_acc"]
-        result.best_state = resume["best_state"]
-        if diag is not None and resume["diagnostics"] is not None:
-            diag.load(resume["diagnostics"])
-        first_epoch = resume["epoch"] + 1
-    started = time.perf_counter()
+            scaler.load_state_dict(resume.scaler)
+        _set_rng(resume.rng, gen, device)
+        result.history = [HistoryRow(**r) for r in resume.history]
+        result.best_epoch, best_acc = resume.best_epoch, resume.best_acc
+        result.best_state = resume.best_state
+        if diag is not None and resume.diagnostics is not None:
+            diag.load(resume.diagnostics)
+        first_epoch = resume.epoch + 1
 
     for epoch in range(first_epoch, cfg.epochs + 1):
         model.train()
@@ -202,17 +223,15 @@ def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         order = torch.randperm(len(train), device=device, generator=gen)
-        bar = _bar(progress, steps, f"{desc} epoch {epoch}/{cfg.epochs}")
         if diag is not None:
             diag.epoch_start()
         for i in range(steps):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x = augment.augment(cfg.aug, train.x[idx], cfg.norm, gen)
+            x = aug(train.x[idx], gen).contiguous(memory_format=torch.channels_last)
             y = train.y[idx]
-            x = x.contiguous(memory_format=torch.channels_last)
             if graphs:  # the previous step's graph outputs are consumed: their memory may be reused
                 torch.compiler.cudagraph_mark_step_begin()
-            with autocast(cfg, device):
+            with autocast(cfg.precision, device):
                 logits = step_model(x)
                 loss = F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
@@ -234,61 +253,43 @@ def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed:
                 sched.step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
-            if bar is not None:
-                bar.update(1)
-                if i % 50 == 49 or i == steps - 1:  # a host sync, but only every 50 steps
-                    seen = min((i + 1) * cfg.batch_size, len(train))
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
-                                    acc=f"{correct.item() / seen:.3f}",
-                                    img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        if bar is not None:
-            bar.close()
+            if on_step is not None:
+                on_step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t0
         if diag is not None:
             diag.epoch_end(epoch)
-        ev = evaluate(model, test, cfg, device)
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum.item() / len(train),
-            # running accuracy over the augmented batches, in train mode: what
-            # the recipes' authors reported as "train accuracy"
-            "train_acc": correct.item() / len(train),
-            "test_loss": ev.loss,
-            "test_acc": ev.acc,
-            "lr": opt.param_groups[0]["lr"],
-            "epoch_seconds": train_seconds,
-            "images_per_second": len(train) / train_seconds,
-        }
+        ev = evaluate(model, test, aug, cfg.precision, eval_batch)
+        row = HistoryRow(epoch=epoch, train_loss=loss_sum.item() / len(train), train_acc=correct.item() / len(train),
+                         test_loss=ev.loss, test_acc=ev.acc, lr=opt.param_groups[0]["lr"],
+                         epoch_seconds=train_seconds, images_per_second=len(train) / train_seconds)
         result.history.append(row)
         result.last = ev
         weights = None  # this epoch's weights on the host, copied once for both uses below
         if cfg.keep_best and ev.acc > best_acc:
             best_acc = ev.acc
             result.best_epoch = epoch
-            result.best_state = weights = _host_copy(model)
-        if on_epoch is not None:
-            on_epoch(epoch, row, model)
-        if on_state is not None:
-            on_state({
-                "epoch": epoch,
-                "model": weights if weights is not None else _host_copy(model),
-                "optimizer": copy.deepcopy(opt.state_dict()),  # else it aliases live buffers
-                "schedule": sched.state_dict() if sched is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": _get_rng(gen, device),
-                "history": list(result.history),
-                "best_epoch": result.best_epoch, "best_acc": best_acc,
-                "best_state": result.best_state,
-                "diagnostics": diag.as_dict() if diag is not None else None,
-            })
-    result.seconds = time.perf_counter() - started
+            result.best_state = weights = host_copy(model)
+        state = None
+        if states:
+            state = TrainState(
+                epoch=epoch,
+                model=weights if weights is not None else host_copy(model),
+                optimizer=copy.deepcopy(opt.state_dict()),  # else it aliases live buffers
+                schedule=sched.state_dict() if sched is not None else None,
+                scaler=scaler.state_dict() if scaler is not None else None,
+                rng=_get_rng(gen, device),
+                history=[r.model_dump() for r in result.history],
+                best_epoch=result.best_epoch, best_acc=best_acc, best_state=result.best_state,
+                diagnostics=diag.as_dict() if diag is not None else None,
+                device=device.type)
+        yield Epoch(row, state)
     result.diagnostics = diag.as_dict() if diag is not None else None
     return result
 
 
-def _host_copy(model: nn.Module) -> dict:
+def host_copy(model: nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
@@ -302,11 +303,3 @@ def _set_rng(state: dict, gen: torch.Generator, device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _bar(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, mininterval=1.0, dynamic_ncols=True)

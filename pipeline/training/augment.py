@@ -1,7 +1,10 @@
 """Batched, per-image-random data augmentation on uint8 CIFAR tensors.
 
-Every regime takes a uint8 NCHW batch (values 0..255) on any device and returns
-a float32 NCHW batch on the same device, normalised with ``NORMS[norm]``.
+An `Augmenter` binds one regime and one normalisation to a device, once, before
+the loop: its constants (mean, std, ...) are built there at construction, so a
+training step copies nothing from the host. Called on a uint8 NCHW batch
+(values 0..255) it returns a float32 NCHW batch on the same device, normalised
+with ``NORMS[norm]``.
 
 Design:
 
@@ -13,86 +16,91 @@ Design:
   ``torch.rand((N, K), generator=generator, device=x.device)`` call, column ``k``
   holding parameter ``k`` for every image. A fixed seed and input therefore
   give bitwise-identical output on CPU. The drawing is split from the
-  applying (``_apply_<regime>(x, u, norm)``), so the same uniforms can be
+  applying (``_apply_<regime>(x, u, c)``), so the same uniforms can be
   replayed on another device to check that CPU and CUDA mean the same thing.
 * Mirrored library semantics are those of torchvision's *tensor* kernels
   (``torchvision.transforms.v2.functional``) and albumentations'
   ``ShiftScaleRotate``/``CoarseDropout``; each regime's docstring lists where
-  it deviates and why.
+  it deviates and why. (A whole-batch library, torchvision.transforms.v2 or
+  kornia, would draw one parameter set per batch, or per image in a Python loop.)
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    # The widely copied std (per-image std averaged, not the dataset std),
-    # used by the dilated_net recipe.
-    "cifar10_legacy": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-}
-
-# Regime name -> fn(x_uint8, norm, generator) -> normalised float32 batch.
-Regime = Callable[[torch.Tensor, str, "torch.Generator | None"], torch.Tensor]
-AUGMENTATIONS: dict[str, Regime] = {}
+from pipeline.training import AUGMENTATIONS, NORMS
 
 # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale.
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
-# --------------------------------------------------------------------------
-# Registry and public entry points
-# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Constants:
+    """What the kernels need besides the batch, resident on its device."""
 
-def register(name: str) -> Callable[[Regime], Regime]:
-    """Decorator: add a regime function to AUGMENTATIONS under `name`."""
-
-    def deco(fn: Regime) -> Regime:
-        if name in AUGMENTATIONS:
-            raise ValueError(f"augmentation {name!r} is registered twice")
-        AUGMENTATIONS[name] = fn
-        return fn
-
-    return deco
+    mean: torch.Tensor  # (1, 3, 1, 1) float32
+    std: torch.Tensor  # (1, 3, 1, 1) float32
+    hue_n: torch.Tensor  # (1, 3, 1, 1) float32: 5, 3, 1 (see _adjust_hue)
 
 
-def list_augmentations() -> list[str]:
-    """Names of the registered regimes, sorted."""
-    return sorted(AUGMENTATIONS)
+def constants(norm: str, device: torch.device | str = "cpu") -> Constants:
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; known: {', '.join(sorted(NORMS))}")
+    mean, std = NORMS[norm]
+
+    def col(values):
+        return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    return Constants(col(mean), col(std), col((5.0, 3.0, 1.0)))
+
+
+class Augmenter:
+    """One regime and one normalisation on one device: `aug(x, generator)` for
+    training batches, `aug.normalize(x)` for evaluation. The regime is resolved
+    here, once; calls do no name lookups and no checks."""
+
+    def __init__(self, regime: str, norm: str, device: torch.device | str):
+        if regime not in _REGIMES:
+            raise ValueError(f"unknown augmentation {regime!r}; known: {', '.join(AUGMENTATIONS)}")
+        self.regime, self.norm = regime, norm
+        self.c = constants(norm, device)
+        self._apply, self._k = _REGIMES[regime]
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        u = _uniforms(x, self._k, generator) if self._k else None
+        return self._apply(x, u, self.c)
+
+    def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """Eval path, no augmentation: uint8 -> float [0,1] -> (x - mean) / std."""
+        return _normalize_unit_(_to_unit(x_uint8), self.c)
 
 
 def augment(name: str, x: torch.Tensor, norm: str, generator: torch.Generator | None) -> torch.Tensor:
-    """Apply regime `name` to the uint8 NCHW batch `x`; return normalised float32 NCHW.
+    """Apply regime `name` to the uint8 NCHW batch `x`, checked; return normalised float32 NCHW.
 
     `generator` must live on x's device (None: torch's default generator for it).
+    For one-off use; the training loop builds an `Augmenter` once instead.
     """
-    if name not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(list_augmentations())}")
-    _check_norm(norm)
     _check_batch(x)
     if generator is not None and generator.device.type != x.device.type:
         raise ValueError(f"generator is on {generator.device}, batch is on {x.device}; put both on one device")
-    return AUGMENTATIONS[name](x, norm, generator)
+    return Augmenter(name, norm, x.device)(x, generator)
 
 
 def normalize(x_uint8: torch.Tensor, norm: str) -> torch.Tensor:
-    """Eval path, no augmentation: uint8 -> float [0,1] -> (x - mean) / std."""
-    _check_norm(norm)
+    """Eval path, checked: uint8 -> float [0,1] -> (x - mean) / std."""
     _check_batch(x_uint8)
-    return _normalize_unit_(_to_unit(x_uint8), norm)
+    return _normalize_unit_(_to_unit(x_uint8), constants(norm, x_uint8.device))
 
 
 # --------------------------------------------------------------------------
 # Validation and shared helpers
 # --------------------------------------------------------------------------
-
-def _check_norm(norm: str) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; known: {', '.join(sorted(NORMS))}")
-
 
 def _check_batch(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
@@ -105,16 +113,9 @@ def _to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).div_(255.0)
 
 
-def _norm_tensors(norm: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, std = NORMS[norm]
-    return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
-            torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))
-
-
-def _normalize_unit_(x: torch.Tensor, norm: str) -> torch.Tensor:
+def _normalize_unit_(x: torch.Tensor, c: Constants) -> torch.Tensor:
     """In place: float [0,1] -> (x - mean) / std, per channel."""
-    mean, std = _norm_tensors(norm, x.device)
-    return x.sub_(mean).div_(std)
+    return x.sub_(c.mean).div_(c.std)
 
 
 def _uniforms(x: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -127,7 +128,7 @@ def _uniform_int(u: torch.Tensor, low: int | torch.Tensor, high: int | torch.Ten
     span = high - low + 1
     k = torch.floor(u * span).long()
     # float32 rounding can turn u*span into exactly span for u just below 1.
-    k = torch.minimum(k, torch.as_tensor(span, device=u.device) - 1)
+    k = k.clamp(max=span - 1) if isinstance(span, int) else torch.minimum(k, span - 1)
     return k + low
 
 
@@ -267,13 +268,13 @@ def _adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(x, _grayscale(x), factor)
 
 
-def _adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def _adjust_hue(x: torch.Tensor, shift: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """torchvision adjust_hue: rotate each image's hue by `shift` turns (N,), via HSV.
 
     RGB -> HSV: v = max, delta = max - min, hue in sixths of a turn
     h6 = (g-b)/delta if r is the max, 2 + (b-r)/delta if g, else 4 + (r-g)/delta.
     HSV -> RGB (branch-free form): channel(n) = v - v*s*clamp(min(k, 4-k), 0, 1)
-    with k = (n + h6) mod 6 and n = 5, 3, 1 for r, g, b. Since v*s = delta,
+    with k = (n + h6) mod 6 and n = 5, 3, 1 for r, g, b (`n`, (1, 3, 1, 1) on x's device). Since v*s = delta,
     saturation is never formed, and grey pixels (delta = 0) come back as v
     whatever their hue, so they need no special case. Same result as
     torchvision's _rgb2hsv/_hsv2rgb up to float rounding.
@@ -287,37 +288,34 @@ def _adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     base = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
     # |num| <= delta, so where delta = 0 (grey) num = 0 and the quotient is 0.
     h6 = num.div_(delta.clamp_min(1e-12)).add_(base).add_(6.0 * shift.view(-1, 1, 1)).unsqueeze(1)
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     k = torch.remainder(n + h6, 6.0)                                        # (N, 3, H, W)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return maxc.unsqueeze(1) - delta.unsqueeze(1) * ramp
 
 
 def _color_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
-                  saturation: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+                  saturation: torch.Tensor, hue: torch.Tensor, hue_n: torch.Tensor) -> torch.Tensor:
     """ColorJitter with per-image factors, in the fixed order brightness, contrast, saturation, hue."""
     x = _adjust_brightness(x, brightness)
     x = _adjust_contrast(x, contrast)
     x = _adjust_saturation(x, saturation)
-    return _adjust_hue(x, hue)
+    return _adjust_hue(x, hue, hue_n)
 
 
 # --------------------------------------------------------------------------
 # Regimes: draw uniforms, then apply
 # --------------------------------------------------------------------------
 
-@register("none")
-def _none(x: torch.Tensor, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+def _apply_none(x: torch.Tensor, u: None, c: Constants) -> torch.Tensor:
     """No augmentation: exactly `normalize(x, norm)`. Draws no random numbers."""
-    return _normalize_unit_(_to_unit(x), norm)
+    return _normalize_unit_(_to_unit(x), c)
 
 
 STANDARD_PAD = 4  # pixels of zero padding for RandomCrop
 STANDARD_K = 3    # uniforms per image: crop row, crop column, flip
 
 
-@register("standard")
-def _standard(x: torch.Tensor, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+def _apply_standard(x: torch.Tensor, u: torch.Tensor, c: Constants) -> torch.Tensor:
     """RandomCrop(size, padding=4) + RandomHorizontalFlip(p=0.5) + Normalize.
 
     Mirrors torchvision: the uint8 image is zero padded (fill=0, i.e. black,
@@ -326,16 +324,12 @@ def _standard(x: torch.Tensor, norm: str, generator: torch.Generator | None) -> 
     uint8 as one exact integer gather (no interpolation), then normalised.
     Uniform columns: 0 crop row, 1 crop column, 2 flip.
     """
-    return _apply_standard(x, _uniforms(x, STANDARD_K, generator), norm)
-
-
-def _apply_standard(x: torch.Tensor, u: torch.Tensor, norm: str) -> torch.Tensor:
     pad = STANDARD_PAD
     # Crop corner o in [0, 2*pad] of the padded image == shift the image by pad - o.
     dy = pad - _uniform_int(u[:, 0], 0, 2 * pad)
     dx = pad - _uniform_int(u[:, 1], 0, 2 * pad)
     flip = u[:, 2] < 0.5
-    return _normalize_unit_(_to_unit(_shift(x, dy, dx, pad, flip)), norm)
+    return _normalize_unit_(_to_unit(_shift(x, dy, dx, pad, flip)), c)
 
 
 SSR_SHIFT = 0.0625       # fraction of width/height
@@ -345,8 +339,7 @@ CUTOUT_SIZE = 16         # pixels, side of the square hole
 SSR_CUTOUT_K = 9
 
 
-@register("ssr_cutout")
-def _ssr_cutout(x: torch.Tensor, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+def _apply_ssr_cutout(x: torch.Tensor, u: torch.Tensor, c: Constants) -> torch.Tensor:
     """dilated_net recipe, albumentations semantics, in this order:
 
     1. HorizontalFlip(p=0.5).
@@ -368,10 +361,6 @@ def _ssr_cutout(x: torch.Tensor, norm: str, generator: torch.Generator | None) -
     Uniform columns: 0 flip, 1 SSR on, 2 angle, 3 scale, 4 dx, 5 dy,
     6 hole on, 7 hole centre row, 8 hole centre column.
     """
-    return _apply_ssr_cutout(x, _uniforms(x, SSR_CUTOUT_K, generator), norm)
-
-
-def _apply_ssr_cutout(x: torch.Tensor, u: torch.Tensor, norm: str) -> torch.Tensor:
     _, _, h, w = x.shape
     flip = _bcast(u[:, 0] < 0.5)
     x = torch.where(flip, x.flip(-1), x)                     # exact, still uint8
@@ -386,7 +375,7 @@ def _apply_ssr_cutout(x: torch.Tensor, u: torch.Tensor, norm: str) -> torch.Tens
     # Warping the whole batch and selecting keeps untouched images bit-exact
     # and avoids a data-dependent subset (which would sync a CUDA stream).
     xf = torch.where(_bcast(u[:, 1] < 0.5), warped, xf)
-    xf = _normalize_unit_(xf, norm)
+    xf = _normalize_unit_(xf, c)
     cy = _uniform_int(u[:, 7], 0, h - 1)
     cx = _uniform_int(u[:, 8], 0, w - 1)
     half = CUTOUT_SIZE // 2
@@ -406,8 +395,7 @@ ERASE_ATTEMPTS = 10                  # torchvision's get_params tries 10 times
 STRONG_K = 11 + 2 * ERASE_ATTEMPTS + 2
 
 
-@register("strong")
-def _strong(x: torch.Tensor, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+def _apply_strong(x: torch.Tensor, u: torch.Tensor, c: Constants) -> torch.Tensor:
     """resnet18 recipe, torchvision order and tensor-kernel semantics:
 
     1. RandomCrop(size, padding=4), zero fill, and RandomHorizontalFlip(0.5):
@@ -438,21 +426,17 @@ def _strong(x: torch.Tensor, norm: str, generator: torch.Generator | None) -> to
     8-9 translation x/y, 10 erase on, 11.. erase attempts (area, log ratio)
     x 10, last two the erase box's top/left.
     """
-    return _apply_strong(x, _uniforms(x, STRONG_K, generator), norm)
-
-
-def _apply_strong(x: torch.Tensor, u: torch.Tensor, norm: str) -> torch.Tensor:
     _, _, h, w = x.shape
     pad = STRONG_PAD
     dy = pad - _uniform_int(u[:, 0], 0, 2 * pad)
     dx = pad - _uniform_int(u[:, 1], 0, 2 * pad)
     xf = _to_unit(_shift(x, dy, dx, pad, flip=u[:, 2] < 0.5))
     xf = _rotate_nearest(xf, _uniform(u[:, 3], -STRONG_ROTATE, STRONG_ROTATE))
-    b, c, s, hue = STRONG_JITTER
-    xf = _color_jitter(xf, _uniform(u[:, 4], 1 - b, 1 + b), _uniform(u[:, 5], 1 - c, 1 + c),
-                       _uniform(u[:, 6], 1 - s, 1 + s), _uniform(u[:, 7], -hue, hue))
+    bri, con, sat, hue = STRONG_JITTER
+    xf = _color_jitter(xf, _uniform(u[:, 4], 1 - bri, 1 + bri), _uniform(u[:, 5], 1 - con, 1 + con),
+                       _uniform(u[:, 6], 1 - sat, 1 + sat), _uniform(u[:, 7], -hue, hue), c.hue_n)
     xf = _translate(xf, u[:, 8], u[:, 9])
-    xf = _normalize_unit_(xf, norm)
+    xf = _normalize_unit_(xf, c)
     return _random_erase_(xf, u[:, 10], u[:, 11:11 + 2 * ERASE_ATTEMPTS], u[:, -2], u[:, -1])
 
 
@@ -486,3 +470,13 @@ def _random_erase_(x: torch.Tensor, u_on: torch.Tensor, u_attempts: torch.Tensor
     left = _uniform_int(u_left, torch.zeros_like(ew), w - ew)
     box = _box_mask(h, w, top, left, top + eh, left + ew, active)
     return x.masked_fill_(box, 0.0)
+
+
+# Regime name -> (kernel, uniforms drawn per image).
+_REGIMES: dict[str, tuple[Callable, int]] = {
+    "none": (_apply_none, 0),
+    "standard": (_apply_standard, STANDARD_K),
+    "ssr_cutout": (_apply_ssr_cutout, SSR_CUTOUT_K),
+    "strong": (_apply_strong, STRONG_K),
+}
+assert set(_REGIMES) == set(AUGMENTATIONS), "every regime of pipeline.training.AUGMENTATIONS needs a kernel"

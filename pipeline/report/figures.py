@@ -1,8 +1,9 @@
-"""The report's figures: matplotlib (Agg), one function per figure.
+"""The report's figures: matplotlib's object API (no pyplot, no global backend),
+one function per figure.
 
 Every function takes plain data (lists, numpy arrays, dicts) and returns the
-figure as PNG bytes; nothing here reads or writes files, and every figure is
-closed before returning. Accuracies come in as fractions and are drawn in %.
+figure as PNG bytes; nothing here reads or writes files. Accuracies come in as
+fractions and are drawn in %.
 """
 from __future__ import annotations
 
@@ -10,33 +11,29 @@ import io
 import math
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize, TwoSlopeNorm
+from matplotlib.figure import Figure
 
 DPI = 100
 GOOD, BAD = "#1a7f37", "#cf222e"
 
 
-def arm_colours(arms) -> dict[str, str]:
-    """One fixed colour per arm, the same in every figure."""
-    cycle = plt.get_cmap("tab10").colors
-    return {arm: matplotlib.colors.to_hex(cycle[i % len(cycle)]) for i, arm in enumerate(arms)}
-
-
-def _png(fig) -> bytes:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=DPI)
-    finally:
-        plt.close(fig)
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})  # bytes depend on the data only
     return buf.getvalue()
 
 
+def _subplots(*args, **kw):
+    fig = Figure(figsize=kw.pop("figsize"), layout=kw.pop("layout", None))
+    return fig, fig.subplots(*args, **kw)
+
+
 def _epoch_colours(epochs):
-    cmap = plt.get_cmap("viridis")
+    cmap = colormaps["viridis"]
     lo, hi = min(epochs), max(epochs)
     return {e: cmap(0.0 if hi == lo else (e - lo) / (hi - lo)) for e in epochs}
 
@@ -44,7 +41,7 @@ def _epoch_colours(epochs):
 def _epoch_colourbar(fig, axes, epochs):
     if len(epochs) < 2:
         return
-    sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(min(epochs), max(epochs)))
+    sm = ScalarMappable(cmap="viridis", norm=Normalize(min(epochs), max(epochs)))
     cb = fig.colorbar(sm, ax=axes, label="epoch", fraction=0.04, pad=0.02)
     cb.ax.yaxis.get_major_locator().set_params(integer=True)
 
@@ -54,7 +51,7 @@ def _epoch_colourbar(fig, axes, epochs):
 
 def learning_curves(curves: dict[str, dict[int, list[dict]]], colours: dict[str, str]) -> bytes:
     """Test accuracy and train loss vs epoch: mean over seeds, min-max band, one colour per arm."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = _subplots(1, 2, figsize=(11, 4))
     panels = (("test_acc", "test accuracy (%)", 100.0), ("train_loss", "train loss (running)", 1.0))
     for ax, (key, label, scale) in zip(axes, panels):
         for arm, seeds in curves.items():
@@ -83,7 +80,7 @@ def learning_curves(curves: dict[str, dict[int, list[dict]]], colours: dict[str,
 
 def per_class_bars(classes, per_arm: dict[str, list[float]], colours: dict[str, str]) -> bytes:
     """Grouped bars: per-class test accuracy (mean over seeds) per arm."""
-    fig, ax = plt.subplots(figsize=(11, 3.8))
+    fig, ax = _subplots(figsize=(11, 3.8))
     n = len(per_arm)
     width = 0.8 / max(n, 1)
     x = np.arange(len(classes))
@@ -99,9 +96,9 @@ def per_class_bars(classes, per_arm: dict[str, list[float]], colours: dict[str, 
     return _png(fig)
 
 
-def delta_heatmap(classes, deltas: dict[str, list[dict | None]], confidence: float) -> bytes:
-    """Per-class accuracy difference arm - baseline (points), rows = arms; '*' where the
-    bootstrap CI excludes 0. `deltas[arm][k]` is {"diff", "low", "high"} or None."""
+def delta_heatmap(classes, deltas: dict[str, list[dict | None]], alpha: float) -> bytes:
+    """Per-class accuracy difference arm - baseline (points), rows = arms; '*' where it
+    holds over seeds after the correction. `deltas[arm][k]` is {"diff", "significant"} or None."""
     arms = list(deltas)
     m = np.full((len(arms), len(classes)), np.nan)
     for i, arm in enumerate(arms):
@@ -110,21 +107,21 @@ def delta_heatmap(classes, deltas: dict[str, list[dict | None]], confidence: flo
                 m[i, k] = d["diff"] * 100
     top = np.nanmax(np.abs(m)) if np.isfinite(m).any() else 0.0
     top = max(top, 0.5)
-    fig, ax = plt.subplots(figsize=(11, 0.6 * len(arms) + 1.8), layout="constrained")
+    fig, ax = _subplots(figsize=(11, 0.6 * len(arms) + 1.8), layout="constrained")
     im = ax.imshow(m, cmap="RdBu", norm=TwoSlopeNorm(0.0, -top, top), aspect="auto")
     for i, arm in enumerate(arms):
         for k, d in enumerate(deltas[arm]):
             if d is None:
                 ax.text(k, i, "n/a", ha="center", va="center", fontsize=8)
                 continue
-            sig = d["low"] is not None and (d["low"] > 0 or d["high"] < 0)
+            sig = d["significant"]
             ax.text(k, i, f"{d['diff'] * 100:+.1f}{'*' if sig else ''}", ha="center", va="center",
                     fontsize=9, fontweight="bold" if sig else "normal",
                     color="white" if abs(m[i, k]) > 0.6 * top else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
     ax.set_yticks(range(len(arms)), [f"{a} - baseline" for a in arms])
     fig.colorbar(im, ax=ax, label="points", fraction=0.03, pad=0.02)
-    ax.set_title(f"per-class accuracy difference (points); * = {confidence * 100:g}% bootstrap CI excludes 0",
+    ax.set_title(f"per-class accuracy difference over seeds (points); * = Holm-adjusted p < {alpha:g}",
                  fontsize=10)
     return _png(fig)
 
@@ -137,7 +134,7 @@ def confusion_matrices(classes, matrices: dict[str, list[list[int]]]) -> bytes:
     n = len(matrices)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.9 * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(5.2 * cols, 4.9 * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (arm, cm) in zip(axes.flat, matrices.items()):
@@ -166,7 +163,7 @@ def gradient_flow(layers, rows: list[dict], arm: str) -> bytes:
     epochs = sorted({r["epoch"] for r in rows})
     col = _epoch_colours(epochs)
     idx = {name: i for i, name in enumerate(layers)}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    fig, axes = _subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for ax, key, title in ((axes[0], "mean_abs", "mean |grad|"), (axes[1], "max_abs", "max |grad|")):
         for e in epochs:
             pts = sorted((idx[r["layer"]], r[key]) for r in rows if r["epoch"] == e and r["layer"] in idx)
@@ -188,8 +185,8 @@ def gradient_flow(layers, rows: list[dict], arm: str) -> bytes:
 
 def update_ratio(layers, rows: list[dict], arm: str) -> bytes:
     """||W_end - W_start|| / ||W_start|| per layer per epoch (log scale)."""
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    cmap = plt.get_cmap("viridis")
+    fig, ax = _subplots(figsize=(8, 3.8))
+    cmap = colormaps["viridis"]
     for i, name in enumerate(layers):
         pts = sorted((r["epoch"], r["ratio"]) for r in rows if r["layer"] == name)
         vals = [v if v is not None and v > 0 else np.nan for _, v in pts]
@@ -213,7 +210,7 @@ def weight_histograms(layers, rows: list[dict], arm: str) -> bytes:
     col = _epoch_colours(epochs)
     cols = min(len(layers), 4)
     nrows = math.ceil(len(layers) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.0 * cols, 2.2 * nrows), squeeze=False)
+    fig, axes = _subplots(nrows, cols, figsize=(3.0 * cols, 2.2 * nrows), squeeze=False)
     for ax in axes.flat[len(layers):]:
         ax.axis("off")
     for ax, name in zip(axes.flat, layers):
@@ -235,35 +232,33 @@ def weight_histograms(layers, rows: list[dict], arm: str) -> bytes:
 # --------------------------------------------------------------------------- galleries
 
 
-def _mosaic(tiles: np.ndarray, cols: int, pad: int, fill, borders=None, border: int = 0) -> np.ndarray:
-    """(n, h, w, 3) float tiles in [0, 1] as one image: `pad` pixels of `fill` between tiles,
-    and optionally a `border`-pixel frame of colour borders[i] round tile i."""
-    n, h, w, _ = tiles.shape
-    rows = max(math.ceil(n / cols), 1)
-    th, tw = h + 2 * border, w + 2 * border
-    out = np.empty((rows * th + (rows + 1) * pad, cols * tw + (cols + 1) * pad, 3), dtype=np.float32)
-    out[:] = fill
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, cols)
-        y, x = pad + r * (th + pad), pad + c * (tw + pad)
-        if borders is not None:
-            out[y:y + th, x:x + tw] = borders[i]
-        out[y + border:y + border + h, x + border:x + border + w] = tile
-    return out
+def _mosaic(tiles: np.ndarray, cols: int, pad: int) -> np.ndarray:
+    """(n, 3, h, w) float tiles in [0, 1] as one (H, W, 3) image, `pad` white pixels
+    between them: torchvision's make_grid."""
+    import torch
+    from torchvision.utils import make_grid
+
+    grid = make_grid(torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32)), nrow=cols, padding=pad,
+                     pad_value=1.0)
+    return grid.permute(1, 2, 0).numpy()
 
 
 def prediction_grid(images: np.ndarray, true: list[str], pred: list[str], confidence: list[float],
                     title: str, cols: int = 8) -> bytes:
     """Test images with true / predicted class and confidence: green frame right, red wrong."""
-    imgs = np.transpose(np.asarray(images), (0, 2, 3, 1)).astype(np.float32) / 255.0
+    imgs = np.asarray(images).astype(np.float32) / 255.0  # (n, 3, 32, 32)
     n = len(imgs)
     cols = min(cols, max(n, 1))
     rows = max(math.ceil(n / cols), 1)
     ok = [t == p for t, p in zip(true, pred)]
-    frame = [matplotlib.colors.to_rgb(GOOD if o else BAD) for o in ok]
-    pad, border, size = 22, 2, imgs.shape[1] + 4
-    mosaic = _mosaic(imgs, cols, pad, 1.0, frame, border)
-    fig = plt.figure(figsize=(mosaic.shape[1] / 40, mosaic.shape[0] / 40 + 0.3))
+    border, pad = 2, 22
+    framed = np.empty((n, 3, imgs.shape[2] + 2 * border, imgs.shape[3] + 2 * border), np.float32)
+    for i, o in enumerate(ok):
+        framed[i] = np.asarray(matplotlib.colors.to_rgb(GOOD if o else BAD), np.float32)[:, None, None]
+    framed[:, :, border:-border, border:-border] = imgs
+    mosaic = _mosaic(framed, cols, pad)
+    size = framed.shape[2]
+    fig = Figure(figsize=(mosaic.shape[1] / 40, mosaic.shape[0] / 40 + 0.3))
     ax = fig.add_axes([0, 0, 1, 0.95 if rows > 1 else 0.9])
     ax.imshow(mosaic, interpolation="nearest")
     ax.axis("off")
@@ -283,11 +278,11 @@ def conv_filters(weight: np.ndarray, title: str) -> bytes:
     lo = w.min(axis=(1, 2, 3), keepdims=True)
     hi = w.max(axis=(1, 2, 3), keepdims=True)
     w = np.where(hi > lo, (w - lo) / np.where(hi > lo, hi - lo, 1), 0.5)
-    tiles = np.transpose(w, (0, 2, 3, 1)) if w.shape[1] == 3 else np.repeat(w.mean(1)[..., None], 3, axis=-1)
+    tiles = w if w.shape[1] == 3 else np.repeat(w.mean(1, keepdims=True), 3, axis=1)
     cols = min(len(tiles), 16)
-    mosaic = _mosaic(tiles, cols, 1, 1.0)
-    scale = 0.6 / tiles.shape[1]  # inches per filter pixel: 0.6 in per filter
-    fig = plt.figure(figsize=(max(mosaic.shape[1] * scale, 3), mosaic.shape[0] * scale + 0.35))
+    mosaic = _mosaic(tiles, cols, 1)
+    scale = 0.6 / tiles.shape[2]  # inches per filter pixel: 0.6 in per filter
+    fig = Figure(figsize=(max(mosaic.shape[1] * scale, 3), mosaic.shape[0] * scale + 0.35))
     ax = fig.add_axes([0, 0, 1, 1 - 0.35 / (mosaic.shape[0] * scale + 0.35)])
     ax.imshow(mosaic, interpolation="nearest")
     ax.axis("off")

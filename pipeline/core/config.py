@@ -1,0 +1,246 @@
+"""params.yaml, read and validated once.
+
+Every stage calls `load_params()` and gets typed, checked objects back. The
+types and allowed values of every key are declared once, as the annotations of
+the pydantic models below (and, for model knobs, of each model's builder);
+bad input is refused before any expensive work, with one line that names the
+key, the bad value and what is allowed. Nothing here imports torch.
+
+Training keys sit at the top level of params.yaml so `dvc exp run -S aug=none`
+works as typed. A training key (or model knob) left `null` takes the value of
+the chosen `preset` (one of the reference recipes in presets.yaml); one given
+as a list is an ablation axis, and the train stage runs every arm of the grid
+for every seed. Run settings (device, evaluation batch, determinism, parallel
+jobs) say where and how arms run, never what they compute.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+import models
+from pipeline.core.schema import (
+    STRICT,
+    ConfigError,
+    DataConfig,
+    ReportConfig,
+    RunSettings,
+    bad,
+    check_section,
+    check_value,
+    field_type,
+    integer,
+    number,
+    read_yaml,
+    show,
+    unknown_key,
+)
+from pipeline.training import AUGMENTATIONS, COMPILE_MODES, NORMS, OPTIMIZERS, PRECISIONS, SCHEDULES
+
+PRESETS_FILE = Path(__file__).with_name("presets.yaml")
+
+
+class TrainConfig(BaseModel):
+    """What one arm computes. Every field is a params.yaml key (knobs: `knobs.<name>`)."""
+
+    model_config = STRICT
+
+    model: Literal[tuple(models.list_models())]
+    knobs: dict[str, Any] = {}  # every knob of the model, defaults filled in
+    aug: Literal[AUGMENTATIONS]
+    norm: Literal[tuple(NORMS)] = "cifar10"
+    optimizer: Literal[OPTIMIZERS] = "adam"
+    lr: number(gt=0, le=10) = 1e-3
+    momentum: number(ge=0, lt=1) = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: number(ge=0, le=1) = 0.0
+    schedule: Literal[SCHEDULES] = "none"
+    max_lr: number(gt=0, le=10) | None = None  # onecycle peak; null = lr
+    epochs: integer(ge=1, le=10_000) = 30
+    batch_size: integer(ge=1, le=65_536) = 128
+    grad_clip: number(gt=0) | None = None  # max global L2 norm of the gradients
+    precision: Literal[PRECISIONS] = "fp32"  # autocast; fp16 adds a GradScaler
+    compile: bool = False  # torch.compile the model
+    compile_mode: Literal[COMPILE_MODES] = "default"  # reduce-overhead adds CUDA graphs
+    keep_best: bool = True  # also keep the checkpoint with the best test accuracy
+
+
+TRAIN_KEYS = tuple(k for k in TrainConfig.model_fields if k != "knobs")
+RUN_KEYS = tuple(RunSettings.model_fields)
+TOP_KEYS = ("study", "preset", "seeds", "data", "report", "knobs") + RUN_KEYS + TRAIN_KEYS
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str  # e.g. "aug=none"; directory name under runs/
+    axes: dict[str, Any]  # the values that name this arm (knobs by their bare name)
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
+class Params:
+    study: str  # MLflow experiment name
+    preset: str
+    seeds: tuple[int, ...]
+    data: DataConfig
+    arms: tuple[Arm, ...]
+    report: ReportConfig
+    run: RunSettings
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def baseline(self) -> Arm:
+        name = self.report.baseline or self.arms[0].name
+        return next(a for a in self.arms if a.name == name)
+
+    def runs(self):
+        """Every (arm, seed) pair of the study, arm-major."""
+        return [(arm, seed) for arm in self.arms for seed in self.seeds]
+
+
+@cache
+def presets() -> dict[str, dict[str, Any]]:
+    return read_yaml(PRESETS_FILE)
+
+
+# --------------------------------------------------------------------------- params
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate a params mapping (as read from params.yaml) into `Params`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: expected a mapping of keys, got {type(raw).__name__}")
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise unknown_key("", key, TOP_KEYS)
+
+    preset = check_value("preset", Literal[tuple(presets())], raw.get("preset", "simple_cnn"))
+    study = raw.get("study") or preset
+    if not isinstance(study, str) or not re.fullmatch(r"[\w.\-]{1,100}", study):
+        raise bad("study", study, "a name of letters, digits, '.', '_' or '-', or null")
+    seeds = _seeds(raw.get("seeds", [0]))
+    data = check_section(DataConfig, "data", raw.get("data"))
+    report = check_section(ReportConfig, "report", raw.get("report"))
+    run_raw = {k: raw[k] for k in RUN_KEYS if raw.get(k) is not None}
+    for k, v in run_raw.items():
+        if isinstance(v, list):
+            raise bad(k, v, "a single value (it is not an ablation axis)")
+    run = check_section(RunSettings, "", run_raw)
+
+    # Resolve each training key: params.yaml wins, then the preset, then the default.
+    recipe = presets()[preset]
+    axes: dict[str, list] = {}
+    for key in TRAIN_KEYS:
+        given = raw.get(key)
+        v = given if given is not None else recipe.get(key)
+        if v is None:
+            info = TrainConfig.model_fields[key]
+            if info.is_required():
+                raise ConfigError(f"{key}: the preset '{preset}' sets no value; give one in params.yaml")
+            v = info.default
+        axes[key] = _options(key, field_type(TrainConfig, key), v)
+    knob_axes = _knob_options(raw.get("knobs"), recipe.get("knobs") or {}, axes["model"])
+    axis_keys = [k for k in TRAIN_KEYS if isinstance(raw.get(k), list) or isinstance(recipe.get(k), list)]
+    axis_keys += [k for k, opts in knob_axes.items() if opts.is_axis]
+
+    arms = []
+    grid = {**axes, **{f"knobs.{k}": o.values for k, o in knob_axes.items()}}
+    for combo in itertools.product(*grid.values()):
+        resolved = dict(zip(grid, combo))
+        knobs = _resolve_knobs(resolved["model"], {k[6:]: v for k, v in resolved.items() if k.startswith("knobs.")})
+        cfg = TrainConfig(**{k: resolved[k] for k in TRAIN_KEYS}, knobs=knobs)
+        _check_combination(cfg)
+        names = {k: resolved[k] if k in resolved else resolved[f"knobs.{k}"] for k in axis_keys}
+        name = ",".join(f"{k}={show(v)}" for k, v in names.items()) or preset
+        arms.append(Arm(name=name, axes=names, train=cfg))
+
+    if report.baseline is not None and report.baseline not in [a.name for a in arms]:
+        raise bad("report.baseline", report.baseline, f"one of the arms: {', '.join(a.name for a in arms)}")
+    return Params(study=study, preset=preset, seeds=seeds, data=data, arms=tuple(arms), report=report,
+                  run=run, raw=raw)
+
+
+def _seeds(v) -> tuple[int, ...]:
+    seeds = [v] if isinstance(v, int) and not isinstance(v, bool) else v
+    ok = isinstance(seeds, list) and seeds and all(
+        isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in seeds)
+    if not ok:
+        raise bad("seeds", v, "a non-negative integer or a non-empty list of them")
+    if len(set(seeds)) != len(seeds):
+        raise bad("seeds", seeds, "distinct seeds")
+    return tuple(seeds)
+
+
+def _options(key: str, tp, v) -> list:
+    """The values a key takes: one, or each of a list (an axis), each checked."""
+    options = v if isinstance(v, list) else [v]
+    if not options:
+        raise bad(key, v, "a non-empty list")
+    options = [check_value(key, tp, o) for o in options]
+    if len(set(map(show, options))) != len(options):
+        raise bad(key, v, "distinct values")
+    return options
+
+
+@dataclass(frozen=True)
+class _KnobOptions:
+    values: list
+    is_axis: bool
+
+
+def _knob_options(given: Any, recipe: dict, model_options: list[str]) -> dict[str, _KnobOptions]:
+    """The knobs set for this study (params.yaml wins over the preset), each checked
+    against every model of the study that must take it."""
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise bad("knobs", given, "a mapping of knob names to values, e.g. {dropout: 0.25}")
+    specs = [models.model_spec(m) for m in model_options]
+    known = sorted({k for s in specs for k in s.knobs})
+    out = {}
+    for name in dict.fromkeys([*recipe, *given]):
+        v = given.get(name) if given.get(name) is not None else recipe.get(name)
+        if v is None:
+            continue
+        lacking = [s.name for s in specs if name not in s.knobs]
+        if lacking:
+            if name not in models.known_knobs():
+                raise unknown_key("knobs.", name, known or ["(the model has none)"])
+            s = models.model_spec(lacking[0])
+            raise ConfigError(f"knobs.{name}: model {s.name} has no knob '{name}' "
+                              f"(its knobs: {', '.join(s.knobs) or 'none'})")
+        out[name] = _KnobOptions(_options(f"knobs.{name}", specs[0].knobs[name].annotation, v), isinstance(v, list))
+    return out
+
+
+def _resolve_knobs(model: str, chosen: dict) -> dict:
+    """Every knob of `model`: its default, or the value chosen (checked against this
+    model's own annotation: a model axis may give one knob several types)."""
+    spec = models.model_spec(model)
+    return {**spec.defaults, **{k: check_value(f"knobs.{k}", spec.knobs[k].annotation, v) for k, v in chosen.items()}}
+
+
+def _check_combination(c: TrainConfig) -> None:
+    if c.nesterov and c.optimizer != "sgd":
+        raise ConfigError(f"nesterov = true: only sgd has Nesterov momentum, optimizer is {c.optimizer!r}")
+    if c.max_lr is not None and c.schedule != "onecycle":
+        raise ConfigError(f"max_lr = {c.max_lr!r}: only the onecycle schedule uses it "
+                          f"(schedule is {c.schedule!r}); set max_lr to null")
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    raw = read_yaml(path)
+    if overrides:
+        raw = {**(raw or {}), **overrides}
+    try:
+        return parse_params(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

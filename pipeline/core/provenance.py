@@ -1,0 +1,96 @@
+"""Where a result came from: the repository root, the code and its version, the DVC
+experiment, the library versions."""
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+# `dvc exp run --queue/--temp` executes in a copy of the repository under this folder.
+_EXP_TMP = os.path.join(".dvc", "tmp", "exps")
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding pipeline/ and models/
+
+# The code that computes a trained arm: the arm's fingerprint hashes these
+# folders, and the train stage in dvc.yaml depends on them (a test holds the
+# two together and checks that training imports nothing else of the project).
+ARM_CODE = ("models", "pipeline/training")
+# The libraries whose versions are part of an arm's identity.
+ARM_LIBRARIES = ("torch", "torchvision", "numpy")
+
+
+def repo_root(start: str | os.PathLike | None = None) -> Path:
+    """The user's repository root, also from inside a queued DVC experiment's copy.
+
+    Queued experiments run in `<root>/.dvc/tmp/exps/<name>/`; what every
+    experiment shares (the caches, the tracking journal) is addressed from the real root.
+    """
+    here = Path(start or os.getcwd()).resolve()
+    s = str(here)
+    marker = os.sep + _EXP_TMP + os.sep
+    if marker in s + os.sep:
+        return Path((s + os.sep).split(marker)[0])
+    return here
+
+
+def _git(*args: str, cwd=None) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def code_version(cwd=None) -> str:
+    """The git commit of the code, with '-dirty' when the code (not params) has local edits."""
+    commit = _git("rev-parse", "HEAD", cwd=cwd)
+    if commit is None:
+        return "unknown"
+    dirty = _git("status", "--porcelain", "--", "pipeline", "models", cwd=cwd)
+    return commit + ("-dirty" if dirty else "")
+
+
+def dvc_experiment() -> str:
+    """The DVC experiment name when run by `dvc exp run`, else 'workspace'."""
+    return os.environ.get("DVC_EXP_NAME") or "workspace"
+
+
+def library_versions(names=ARM_LIBRARIES) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def _semantic_source(text: str, name: str) -> str:
+    """What a Python file computes, without its comments and docstrings: editing
+    documentation does not change it, editing code does."""
+    try:
+        tree = ast.parse(text, filename=name)
+    except SyntaxError:
+        return text
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
+
+
+def code_digest(folders=ARM_CODE, root: Path = PACKAGE_ROOT) -> str:
+    """sha256 over every .py file under `folders` (relative to `root`), by path and
+    by what the code does (comments and docstrings left out)."""
+    h = hashlib.sha256()
+    for folder in folders:
+        for f in sorted((root / folder).rglob("*.py")):
+            if "__pycache__" in f.parts:
+                continue
+            rel = f.relative_to(root).as_posix()
+            h.update(rel.encode() + b"\0" + _semantic_source(f.read_text(encoding="utf-8"), rel).encode() + b"\0")
+    return h.hexdigest()

@@ -1,0 +1,226 @@
+"""The params machinery that needs no model: reading params.yaml (YAML 1.2, as DVC
+reads it), the sections every stage shares (data, report, run settings), and
+the one way a bad value is put into words. pipeline.core.config adds the
+training keys; the data stages use only this.
+"""
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from pipeline.core.errors import PipelineError
+
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+OFFICIAL_BYTES = 170_498_071
+
+
+class ConfigError(PipelineError):
+    pass
+
+
+@dataclass(frozen=True)
+class Says:
+    """Annotation metadata: how an error message words what a key allows."""
+
+    text: str
+
+
+STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+def hexdigits(n: int):
+    return Annotated[str, Field(pattern=f"^[0-9a-fA-F]{{{n}}}$"), AfterValidator(str.lower),
+                     Says(f"{n} hexadecimal digits")]
+
+
+def number(**bounds):
+    return Annotated[float, Field(allow_inf_nan=False, **bounds)]
+
+
+def integer(**bounds):
+    return Annotated[int, Field(**bounds)]
+
+
+class DataConfig(BaseModel):
+    model_config = STRICT
+
+    url: Annotated[str, Field(pattern=r"\S"), Says("an http(s) URL, a file:// URL or a local path")] = OFFICIAL_URL
+    md5: hexdigits(32) | None = OFFICIAL_MD5  # checked only when sha256 is null
+    sha256: hexdigits(64) | None = None  # wins over md5 when both are given
+    # download cap in bytes; null: the official archive's size when data.url is official, else 1 GiB
+    max_bytes: integer(ge=1, le=1 << 40) | None = None
+    train_limit: integer(ge=10) | None = None  # stratified subset of the training set (>= one image per class)
+    test_limit: integer(ge=10) | None = None
+    subset_seed: integer(ge=0) = 0  # which stratified subset
+    verify_counts: bool = True  # require the official 50,000/10,000 images, 5,000/1,000 per class
+
+    @property
+    def download_cap(self) -> int:
+        if self.max_bytes is not None:
+            return self.max_bytes
+        return OFFICIAL_BYTES if self.url == OFFICIAL_URL else 1 << 30
+
+
+class ReportConfig(BaseModel):
+    model_config = STRICT
+
+    baseline: Annotated[str, Says("an arm name")] | None = None  # null = the first arm
+    confidence: number(ge=0.5, lt=1) = 0.95
+    bootstrap: integer(ge=100, le=1_000_000) = 2000  # resamples for paired bootstrap intervals
+    top_confusions: integer(ge=1, le=90) = 6
+
+
+class RunSettings(BaseModel):
+    """Where and how the arms run; none of it changes what an arm computes on the CPU."""
+
+    model_config = STRICT
+
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$"), Says("auto, cpu, cuda or cuda:N")] = "auto"
+    # images per evaluation batch: auto = 1024 on a GPU, 256 on the CPU
+    eval_batch_size: Literal["auto"] | integer(ge=1, le=1 << 20) = "auto"
+    deterministic: bool = False  # deterministic CUDA kernels (CPU runs always are)
+    parallel: Literal["auto"] | integer(ge=1, le=64) = "auto"  # arm x seed jobs trained at once
+    # a Ray cluster to train on ("auto", or an address such as ray://head:10001); null = RAY_ADDRESS, else here
+    cluster: Annotated[str, Field(min_length=1), Says("a Ray cluster address, auto, or null")] | None = None
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+def read_yaml(path: str | Path) -> Any:
+    """YAML 1.2, as DVC reads params.yaml (so `1e-3` is a number, `yes` a string)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc})") from None
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {' '.join(str(exc.problem).split())}") from None
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+# --------------------------------------------------------------------------- errors in words
+
+
+def show(v) -> str:
+    """A value as params.yaml spells it."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def describe(tp, meta=()) -> str:
+    """What an annotation allows, in words: 'an integer in [1, 64]', 'auto or ...'."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *more = typing.get_args(tp)
+        return describe(base, (*meta, *more))
+    for m in meta:
+        if isinstance(m, Says):
+            return m.text
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        parts = [describe(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin is Literal:
+        values = [show(v) for v in typing.get_args(tp)]
+        return values[0] if len(values) == 1 else f"one of {', '.join(values)}"
+    if tp is bool:
+        return "true or false"
+    bounds = {}
+    for m in meta:
+        for item in getattr(m, "metadata", [m]):  # FieldInfo carries its constraints in .metadata
+            for cls, attr, sign in ((Gt, "gt", ">"), (Ge, "ge", ">="), (Lt, "lt", "<"), (Le, "le", "<=")):
+                if isinstance(item, cls):
+                    bounds[sign] = getattr(item, attr)
+    noun = {int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+    if tp is int and ">=" in bounds and "<=" in bounds:
+        return f"{noun} in [{bounds['>=']}, {bounds['<=']}]"
+    return " ".join([noun, " and ".join(f"{s} {v}" for s, v in bounds.items())]).strip()
+
+
+def unknown_key(where: str, key: Any, allowed) -> ConfigError:
+    allowed = [str(a) for a in allowed]
+    hint = difflib.get_close_matches(str(key), allowed, n=1)
+    did = f" (did you mean '{hint[0]}'?)" if hint else ""
+    shown = key if isinstance(key, str) and key.isprintable() and key.strip() else repr(key)
+    return ConfigError(f"{where}{shown}: unknown key{did}; known keys: {', '.join(allowed)}")
+
+
+def bad(key: str, value: Any, allowed: str) -> ConfigError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return ConfigError(f"{key} = {shown}: expected {allowed}")
+
+
+def did_you_mean(value, tp) -> str:
+    origin = typing.get_origin(typing.get_args(tp)[0] if typing.get_origin(tp) is Annotated else tp)
+    if origin is Literal and isinstance(value, str):
+        options = [str(v) for v in typing.get_args(tp)]
+        hint = difflib.get_close_matches(value, options, n=1)
+        return f" (did you mean '{hint[0]}'?)" if hint else ""
+    return ""
+
+
+def field_type(model: type[BaseModel], key: str):
+    info = model.model_fields[key]
+    return Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+
+
+def check_section(model: type[BaseModel], section: str, raw: Any) -> BaseModel:
+    """`raw` (a mapping, or None for all defaults) as `model`, or one ConfigError line."""
+    where = f"{section}." if section else ""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise bad(section, raw, "a mapping")
+    for key in raw:
+        if key not in model.model_fields:
+            raise unknown_key(where, key, model.model_fields)
+    try:
+        return model(**raw)
+    except ValidationError as exc:
+        key = exc.errors()[0]["loc"][0]
+        tp = field_type(model, key)
+        raise bad(f"{where}{key}", raw[key], describe(tp) + did_you_mean(raw[key], tp)) from None
+
+
+def check_value(key: str, tp, v: Any):
+    try:
+        return TypeAdapter(tp, config=ConfigDict(strict=True)).validate_python(v)
+    except ValidationError:
+        raise bad(key, v, describe(tp) + did_you_mean(v, tp)) from None
+
+
+def load_data_config(path: str | Path = "params.yaml") -> DataConfig:
+    """Only the `data` section, for the data stages."""
+    raw = read_yaml(path) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys")
+    try:
+        return check_section(DataConfig, "data", raw.get("data"))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

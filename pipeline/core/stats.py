@@ -1,0 +1,520 @@
+"""Statistics for multi-seed ablation results: summaries, comparisons, corrections,
+power, and the one rule that turns them into words.
+
+The tests and corrections are scipy's and statsmodels' (Student-t intervals,
+Welch's t-test, the exact McNemar test, Holm, the power of a two-sample t-test);
+what is written here is the handling of the cases those libraries answer with
+NaN (one seed, no spread), the stratified paired bootstrap over test images
+(which no library offers), and the significance rule and number formats, each
+in one place. Every result is a frozen pydantic model: the evaluation summary
+that the stages exchange is built from them (pipeline.core.contracts).
+
+Conventions:
+- accuracies are fractions in [0, 1]; a "point" is 100 x a fraction;
+- every difference is `a - b` (candidate minus baseline): positive means a is better;
+- an undefined quantity is None, never NaN, and comes with a reason in words;
+- bad input (empty, NaN, wrong shape) raises `StatsError`, one line (a
+  PipelineError, so stage `main()`s print it as `error: ...` and exit 2).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.core.errors import PipelineError
+
+SINGLE_SEED = "single seed: no confidence interval"
+ZERO_VARIANCE = "zero variance in both groups: the t-test is undefined"
+MINUS = "-"  # ASCII hyphen-minus, not U+2212: greppable, and safe in logs, CSV and terminals
+POWER = 0.8  # the power at which a "detectable difference" is stated
+
+# Bootstrap draws are made in chunks of at most this many indices (8 bytes each:
+# 32 MiB), so 2000 resamples of a 10,000-image test set never need 160 MB at once.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+class StatsError(PipelineError, ValueError):
+    """Input the statistics cannot be computed from; the message is one line."""
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- results
+
+
+class Interval(_Result):
+    """An estimate with a two-sided confidence interval; low/high are None when undefined."""
+
+    estimate: float
+    low: float | None
+    high: float | None
+    confidence: float
+
+    @property
+    def defined(self) -> bool:
+        return self.low is not None and self.high is not None
+
+    @property
+    def half_width(self) -> float | None:
+        return (self.high - self.low) / 2 if self.defined else None
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.defined and (self.low > 0.0 or self.high < 0.0)
+
+
+class MeanCI(_Result):
+    """Mean over seeds with its Student-t interval (`ci.estimate` is the mean)."""
+
+    n: int
+    mean: float
+    std: float | None  # sample std (ddof=1); None for n = 1, where it is undefined
+    ci: Interval
+    warning: str | None = None
+
+
+class Welch(_Result):
+    """Welch's unequal-variance t-test of mean(a) - mean(b); `ci.estimate` is the difference."""
+
+    n_a: int
+    n_b: int
+    mean_a: float
+    mean_b: float
+    ci: Interval
+    dof: float | None  # Welch-Satterthwaite degrees of freedom
+    t: float | None
+    p: float | None  # two-sided
+    reason: str | None = None  # why dof/t/p/CI are missing, when they are
+
+    @property
+    def diff(self) -> float:
+        return self.ci.estimate
+
+
+class McNemar(_Result):
+    """Exact McNemar test on paired per-image correctness."""
+
+    n: int  # images
+    b01: int  # a wrong, b right
+    b10: int  # a right, b wrong
+    p: float  # two-sided exact binomial p on the discordant pairs
+
+
+class GroupDiff(_Result):
+    """Accuracy difference a - b within one group (class) of images."""
+
+    group: int | str
+    n: int  # images in the group
+    diff: Interval
+    p: float
+
+
+class Bootstrap(_Result):
+    """Paired bootstrap of the accuracy difference a - b over test images."""
+
+    n_images: int
+    n_seeds_a: int
+    n_seeds_b: int
+    acc_a: float
+    acc_b: float
+    diff: Interval
+    p: float  # two-sided; 0 means below the 1/n_resamples resolution
+    n_resamples: int
+    seed: int
+    stratified: bool  # resampled within groups (True when groups were given)
+    groups: tuple[GroupDiff, ...] = ()
+
+
+class Power(_Result):
+    """What a two-arm comparison over seeds could detect (two-sample t-test)."""
+
+    n_per_arm: int
+    sd: float | None  # pooled seed SD of the two arms, as a fraction
+    alpha: float
+    power: float
+    detectable: float | None  # smallest |difference| detected with this power (fraction)
+    target: float  # a stated difference of interest (fraction)
+    seeds_for_target: int | None  # seeds per arm that would detect `target` with this power
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _check_confidence(confidence: float) -> float:
+    c = float(confidence)
+    if not 0.0 < c < 1.0:
+        raise StatsError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    return c
+
+
+def _values(values: Sequence[float], name: str = "values") -> np.ndarray:
+    """A non-empty 1-D float array of finite numbers."""
+    try:
+        x = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise StatsError(f"{name}: expected a sequence of numbers") from None
+    if x.ndim != 1:
+        raise StatsError(f"{name}: expected a 1-D sequence, got shape {x.shape}")
+    if x.size == 0:
+        raise StatsError(f"{name}: empty, need at least one value")
+    if not np.all(np.isfinite(x)):
+        raise StatsError(f"{name}: contains NaN or infinity")
+    return x
+
+
+def _correctness(values, name: str, ndims: tuple[int, ...]) -> np.ndarray:
+    """Per-image correctness as a bool array; accepts bools or exact 0/1 numbers."""
+    x = np.asarray(values)
+    if x.ndim not in ndims:
+        want = " or ".join(f"{d}-D" for d in ndims)
+        raise StatsError(f"{name}: expected a {want} array of per-image correctness, got shape {x.shape}")
+    if x.size == 0:
+        raise StatsError(f"{name}: empty, need at least one image")
+    if x.dtype != bool:
+        if not np.issubdtype(x.dtype, np.number) or not np.all((x == 0) | (x == 1)):
+            raise StatsError(f"{name}: per-image correctness must be booleans or 0/1")
+        x = x.astype(bool)
+    return x
+
+
+def _mean(x: np.ndarray) -> float:
+    """Mean, exact when every value is equal (np.mean of [0.8] * 3 is 0.8000000000000002)."""
+    return float(x[0]) if np.ptp(x) == 0 else float(x.mean())
+
+
+def _scipy():
+    from scipy import stats
+
+    return stats
+
+
+# --------------------------------------------------------------------------- one arm
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> MeanCI:
+    """Mean, sample std (ddof=1) and Student-t CI of the mean over seeds
+    (`scipy.stats.ttest_1samp(...).confidence_interval`).
+
+    With one seed the spread is unknown, so std and the interval are None and
+    `warning` says so; with no spread the interval is [mean, mean].
+    """
+    c = _check_confidence(confidence)
+    x = _values(values)
+    n, mean = int(x.size), _mean(x)
+    if n == 1:
+        return MeanCI(n=1, mean=mean, std=None, ci=Interval(estimate=mean, low=None, high=None, confidence=c),
+                      warning=SINGLE_SEED)
+    if np.ptp(x) == 0:
+        return MeanCI(n=n, mean=mean, std=0.0, ci=Interval(estimate=mean, low=mean, high=mean, confidence=c))
+    ci = _scipy().ttest_1samp(x, 0.0).confidence_interval(c)
+    return MeanCI(n=n, mean=mean, std=float(x.std(ddof=1)),
+                  ci=Interval(estimate=mean, low=float(ci.low), high=float(ci.high), confidence=c))
+
+
+# --------------------------------------------------------------------------- two arms, over seeds
+
+
+def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Welch:
+    """Welch's unequal-variance t-test of mean(a) - mean(b) over seeds:
+    `scipy.stats.ttest_ind(a, b, equal_var=False)`, its p, dof and confidence interval.
+
+    Where scipy would answer NaN, the reason is given instead of a made-up number:
+    - a group with one value: no spread estimate, so dof, t, p and the CI are None.
+    - every value identical within both groups: if the means are equal the observed
+      difference is exactly 0 and p = 1 whatever the true spread; if they differ,
+      p could be anything (identical results usually mean the seed does not reach
+      the run), so p is None. The CI needs the spread in both cases: None.
+    """
+    c = _check_confidence(confidence)
+    x, y = _values(a, "a"), _values(b, "b")
+    na, nb, ma, mb = int(x.size), int(y.size), _mean(x), _mean(y)
+    diff = ma - mb
+    none = Interval(estimate=diff, low=None, high=None, confidence=c)
+    if na < 2 or nb < 2:
+        return Welch(n_a=na, n_b=nb, mean_a=ma, mean_b=mb, ci=none, dof=None, t=None, p=None, reason=SINGLE_SEED)
+    if np.ptp(x) == 0 and np.ptp(y) == 0:
+        p, t = (1.0, 0.0) if x[0] == y[0] else (None, None)
+        return Welch(n_a=na, n_b=nb, mean_a=ma, mean_b=mb, ci=none, dof=None, t=t, p=p, reason=ZERO_VARIANCE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # near-identical values: scipy's own caveat
+        r = _scipy().ttest_ind(x, y, equal_var=False)
+        ci = r.confidence_interval(c)
+    return Welch(n_a=na, n_b=nb, mean_a=ma, mean_b=mb, dof=float(r.df), t=float(r.statistic),
+                 p=float(min(1.0, r.pvalue)),
+                 ci=Interval(estimate=diff, low=float(ci.low), high=float(ci.high), confidence=c))
+
+
+def power(a: Sequence[float], b: Sequence[float], alpha: float, target: float,
+          power_: float = POWER) -> Power:
+    """The smallest difference a two-sample t-test over these seeds detects with
+    `power_` at level `alpha` (from the pooled seed SD, as Cohen's d times the SD:
+    statsmodels' TTestIndPower), and the seeds per arm `target` would need."""
+    from statsmodels.stats.power import TTestIndPower
+
+    x, y = _values(a, "a"), _values(b, "b")
+    n = min(x.size, y.size)
+    if n < 2:
+        return Power(n_per_arm=int(n), sd=None, alpha=alpha, power=power_, detectable=None, target=target,
+                     seeds_for_target=None)
+    sd = math.sqrt((x.var(ddof=1) * (x.size - 1) + y.var(ddof=1) * (y.size - 1)) / (x.size + y.size - 2))
+    solver = TTestIndPower()
+    d = float(solver.solve_power(nobs1=n, alpha=alpha, power=power_, ratio=1.0))
+    needed = None
+    if sd > 0 and target > 0:
+        needed = math.ceil(float(solver.solve_power(effect_size=target / sd, alpha=alpha, power=power_, ratio=1.0)))
+        needed = max(needed, 2)
+    return Power(n_per_arm=int(n), sd=float(sd), alpha=alpha, power=power_, detectable=d * sd if sd > 0 else 0.0,
+                 target=target, seeds_for_target=needed)
+
+
+# --------------------------------------------------------------------------- corrections
+
+
+def adjust(pvalues: Sequence[float | None], method: str = "holm") -> list[float | None]:
+    """Adjusted p-values (statsmodels' multipletests), in the input order.
+
+    `method`: "holm" (family-wise error, for arms against one baseline and for the
+    ten classes of one comparison) or "fdr_bh" (Benjamini-Hochberg). A None (an
+    untestable comparison) stays None but still counts in the family: it was a
+    hypothesis of the study, and dropping it would correct less than planned.
+    """
+    for p in pvalues:
+        if p is not None and not 0.0 <= p <= 1.0:  # also refuses NaN
+            raise StatsError(f"p-values must lie in [0, 1], got {p!r}")
+    if not pvalues:
+        return []
+    from statsmodels.stats.multitest import multipletests
+
+    filled = [1.0 if p is None else float(p) for p in pvalues]
+    adjusted = multipletests(filled, method=method)[1]
+    return [None if p is None else float(q) for p, q in zip(pvalues, adjusted)]
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    return adjust(pvalues, "holm")
+
+
+# --------------------------------------------------------------------------- per class, over seeds
+
+
+class ClassDiff(_Result):
+    """One class's accuracy difference over seeds (Welch), with its adjusted p."""
+
+    group: int
+    welch: Welch
+    p_adjusted: float | None
+
+
+def per_class_over_seeds(acc_a, acc_b, confidence: float = 0.95, method: str = "holm") -> tuple[ClassDiff, ...]:
+    """Each class's per-seed accuracies of arm a against arm b ((seeds, classes)
+    arrays): a Welch test per class over the seeds, then `method` across the classes.
+
+    The seeds are the unit: what varies when the recipe is run again. Holm keeps
+    the chance of even one spurious per-class claim at alpha, which is what a
+    reader of "augmentation helped cat, deer and frog" assumes."""
+    a, b = np.asarray(acc_a, dtype=float), np.asarray(acc_b, dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise StatsError(f"per-class accuracies must be (seeds, classes) arrays with the same classes, "
+                         f"got {a.shape} and {b.shape}")
+    c = _check_confidence(confidence)
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))) or min(len(a), len(b)) < 2:
+        tests = [welch(a[:, k], b[:, k], c) for k in range(a.shape[1])]
+    else:  # every class in one call to scipy; the classes scipy cannot test one by one
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            r = _scipy().ttest_ind(a, b, axis=0, equal_var=False)
+            ci = r.confidence_interval(c)
+        tests = []
+        for k in range(a.shape[1]):
+            if np.ptp(a[:, k]) == 0 and np.ptp(b[:, k]) == 0:
+                tests.append(welch(a[:, k], b[:, k], c))
+                continue
+            ma, mb = _mean(a[:, k]), _mean(b[:, k])
+            tests.append(Welch(n_a=len(a), n_b=len(b), mean_a=ma, mean_b=mb, dof=float(r.df[k]),
+                               t=float(r.statistic[k]), p=float(min(1.0, r.pvalue[k])),
+                               ci=Interval(estimate=ma - mb, low=float(ci.low[k]), high=float(ci.high[k]),
+                                           confidence=c)))
+    adjusted = adjust([t.p for t in tests], method)
+    return tuple(ClassDiff(group=k, welch=t, p_adjusted=q) for k, (t, q) in enumerate(zip(tests, adjusted)))
+
+
+# --------------------------------------------------------------------------- two arms, per image
+
+
+def mcnemar(correct_a, correct_b) -> McNemar:
+    """Exact McNemar test on paired per-image correctness of two models
+    (statsmodels' `mcnemar(table, exact=True)`: the binomial test on the
+    discordant images); with no discordant images, p = 1."""
+    from statsmodels.stats.contingency_tables import mcnemar as _mcnemar
+
+    x = _correctness(correct_a, "correct_a", (1,))
+    y = _correctness(correct_b, "correct_b", (1,))
+    if x.shape != y.shape:
+        raise StatsError(f"correct_a and correct_b must pair the same images, got {x.size} and {y.size}")
+    b01 = int(np.count_nonzero(~x & y))
+    b10 = int(np.count_nonzero(x & ~y))
+    p = 1.0 if b01 + b10 == 0 else float(_mcnemar([[0, b10], [b01, 0]], exact=True).pvalue)
+    return McNemar(n=int(x.size), b01=b01, b10=b10, p=min(1.0, p))
+
+
+def _per_image(correct, name: str) -> tuple[np.ndarray, int]:
+    """Per-image accuracy averaged over seeds (rows), and the number of seeds."""
+    x = _correctness(correct, name, (1, 2))
+    x = x[None, :] if x.ndim == 1 else x
+    return x.mean(axis=0), int(x.shape[0])
+
+
+def _resample_means(d: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of `d` over n_resamples draws of len(d) indices with replacement, in chunks."""
+    n = d.size
+    chunk = max(1, _CHUNK_ELEMENTS // n)
+    out = np.empty(n_resamples)
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        out[start:stop] = d[idx].mean(axis=1)
+    return out
+
+
+def _percentile_interval(estimate: float, draws: np.ndarray, confidence: float) -> Interval:
+    low, high = np.quantile(draws, [0.5 - confidence / 2.0, 0.5 + confidence / 2.0])
+    return Interval(estimate=estimate, low=float(low), high=float(high), confidence=confidence)
+
+
+def _bootstrap_p(draws: np.ndarray) -> float:
+    """Two-sided bootstrap p: 2 * min(P(diff <= 0), P(diff >= 0)), capped at 1."""
+    return float(min(1.0, 2.0 * min(np.mean(draws <= 0), np.mean(draws >= 0))))
+
+
+def _group_label(g) -> int | str:
+    """JSON-able label: numpy ints become int, anything else str."""
+    return int(g) if isinstance(g, (int, np.integer)) else str(g)
+
+
+def paired_bootstrap(correct_a, correct_b, n_resamples: int = 2000, confidence: float = 0.95,
+                     seed: int = 0, groups=None) -> Bootstrap:
+    """Paired bootstrap over test images of the accuracy difference a - b.
+
+    Method: correctness may be 1-D (images) or 2-D (seeds x images); each arm is
+    first averaged over its seeds per image, d_i = acc_a(i) - acc_b(i). Images are
+    resampled with replacement (numpy default_rng(seed)), keeping a and b paired;
+    the estimate is mean(d), the plain accuracy difference. CI: percentile
+    interval of the resampled means. p: 2 * min(P(diff <= 0), P(diff >= 0)),
+    capped at 1; p = 0 only says p < 1/n_resamples.
+
+    With `groups` (one class label per image) the resampling is stratified:
+    each class is resampled within itself, keeping its size, so every resample
+    has every class. The overall difference of a resample is the size-weighted
+    mean of its class means; each class also gets its own estimate, CI and p.
+
+    What it answers: whether these trained models differ on this test set. The
+    seeds are averaged away, so it says nothing about training the recipe again
+    (that is `welch` and `per_class_over_seeds`).
+    """
+    c = _check_confidence(confidence)
+    if int(n_resamples) != n_resamples or n_resamples < 1:
+        raise StatsError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+    n_resamples = int(n_resamples)
+    pa, sa = _per_image(correct_a, "correct_a")
+    pb, sb = _per_image(correct_b, "correct_b")
+    if pa.size != pb.size:
+        raise StatsError(f"correct_a and correct_b must pair the same images, got {pa.size} and {pb.size}")
+    d = pa - pb
+    estimate = float(d.mean())
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        draws, per_group = _resample_means(d, n_resamples, rng), ()
+    else:
+        draws, per_group = _stratified(d, groups, n_resamples, c, rng)
+    return Bootstrap(n_images=int(d.size), n_seeds_a=sa, n_seeds_b=sb, acc_a=float(pa.mean()),
+                     acc_b=float(pb.mean()), diff=_percentile_interval(estimate, draws, c), p=_bootstrap_p(draws),
+                     n_resamples=n_resamples, seed=int(seed), stratified=groups is not None, groups=per_group)
+
+
+def _stratified(d: np.ndarray, groups, n_resamples: int, confidence: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, tuple[GroupDiff, ...]]:
+    """Resample within each group; overall draws and one GroupDiff per group (sorted labels)."""
+    g = np.asarray(groups)
+    if g.shape != d.shape:
+        raise StatsError(f"groups must give one label per image: {d.size} images, got shape {g.shape}")
+    overall = np.zeros(n_resamples)
+    results = []
+    for label in np.unique(g):
+        dg = d[g == label]
+        draws = _resample_means(dg, n_resamples, rng)
+        overall += draws * (dg.size / d.size)  # size-weighted mean of the class means
+        est = float(dg.mean())
+        results.append(GroupDiff(group=_group_label(label), n=int(dg.size),
+                                 diff=_percentile_interval(est, draws, confidence), p=_bootstrap_p(draws)))
+    return overall, tuple(results)
+
+
+# --------------------------------------------------------------------------- the rule and the words
+
+
+def significant(p: float | None, alpha: float) -> bool:
+    """The one significance rule: p < alpha, with p the adjusted p whenever a
+    comparison is one of several. An undefined p is never significant."""
+    if not 0.0 < alpha < 1.0:
+        raise StatsError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+    if p is None:
+        return False
+    if math.isnan(p):
+        raise StatsError("p is NaN")
+    return p < alpha
+
+
+def format_p(p: float | None, alpha: float = 0.05) -> str:
+    """The one p format: '< 0.001', else two significant digits ('0.003', '0.25'),
+    three where two would round onto alpha (0.0496 must not read '0.05' beside
+    'significant'); 'n/a' when undefined."""
+    if p is None:
+        return "n/a"
+    if p < 0.001:
+        return "< 0.001"
+    s = f"{p:.2g}"
+    if float(s) == alpha and p != alpha:
+        s = f"{p:.3g}"
+    return s
+
+
+def p_phrase(p: float | None, alpha: float = 0.05) -> str:
+    """'p = 0.003', 'p < 0.001', 'p n/a'."""
+    text = format_p(p, alpha)
+    return f"p {text}" if text.startswith("<") or text == "n/a" else f"p = {text}"
+
+
+def points(fraction: float | None, signed: bool = True) -> str:
+    """A fraction as points with 2 decimals: 0.0184 -> '+1.84', -0.002 -> '-0.20'."""
+    if fraction is None:
+        return "n/a"
+    x = round(100.0 * fraction, 2) + 0.0  # + 0.0 turns -0.0 into 0.0
+    if not signed:
+        return f"{x:.2f}"
+    if x == 0.0:
+        return "0.00"
+    return f"{'+' if x > 0 else MINUS}{abs(x):.2f}"
+
+
+def verdict(diff: Interval, p: float | None, alpha: float, reason: str | None = None,
+            adjusted: str | None = None) -> str:
+    """The comparison in plain words, e.g.
+    "+1.84 points (95% CI +0.90 to +2.80), significant (Holm-adjusted p = 0.006)".
+
+    `p` is the p the rule decides on (`adjusted` names the correction, if any).
+    Without an interval there is no finding: "<reason>: no interval; not a finding".
+    """
+    if not diff.defined:
+        why = (reason or SINGLE_SEED).split(":")[0]
+        return f"{why}: no interval; not a finding"
+    head = (f"{points(diff.estimate)} points ({diff.confidence * 100:g}% CI "
+            f"{points(diff.low)} to {points(diff.high)})")
+    word = "significant" if significant(p, alpha) else "not significant"
+    which = f"{adjusted}-adjusted " if adjusted else ""
+    return f"{head}, {word} ({which}{p_phrase(p, alpha)})"

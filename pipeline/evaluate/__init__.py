@@ -1,0 +1,1 @@
+"""Stage `evaluate` (python -m pipeline.evaluate): see pipeline/evaluate/stage.py."""

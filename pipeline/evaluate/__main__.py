@@ -1,0 +1,3 @@
+from pipeline.evaluate.stage import main
+
+main()

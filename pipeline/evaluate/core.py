@@ -1,0 +1,128 @@
+"""The evaluate stage's pure core: one checkpoint's numbers from its predictions,
+and every statistic across seeds and against the baseline (pipeline.core.stats)."""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.core import stats
+from pipeline.core.contracts import (
+    ArmSummary,
+    CheckpointEval,
+    CheckpointSummary,
+    Comparison,
+    Confusion,
+    ModelFacts,
+    Summary,
+)
+from pipeline.core.dataset import CLASSES
+
+CORRECTION = "holm"  # family-wise: no spurious claim among the arms, nor among one arm's ten classes
+TARGET_DIFFERENCE = 0.01  # the difference (1 point) whose seed count the power analysis states
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """k x k counts: rows are true classes, columns predictions."""
+    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+
+
+def top_confusions(cm: np.ndarray, n: int, classes=CLASSES) -> list[Confusion]:
+    """The n largest off-diagonal cells: images of `true` predicted as `pred`."""
+    off = np.asarray(cm).copy()
+    np.fill_diagonal(off, 0)
+    rows = []
+    for flat in np.argsort(off, axis=None, kind="stable")[::-1][:n]:
+        t, p = divmod(int(flat), off.shape[0])
+        if off[t, p] == 0:
+            break
+        rows.append(Confusion(true=classes[t], pred=classes[p], count=int(off[t, p]),
+                              rate=float(off[t, p] / max(np.asarray(cm)[t].sum(), 1))))
+    return rows
+
+
+def per_class_accuracy(cm: np.ndarray) -> list[float]:
+    return (np.diag(cm) / np.maximum(cm.sum(1), 1)).tolist()
+
+
+def checkpoint_eval(*, arm: str, seed: int, which: str, epoch: int, test_preds: np.ndarray, test_y: np.ndarray,
+                    test_loss: float, train_acc: float, train_loss: float, running_acc: float,
+                    top_n: int) -> tuple[CheckpointEval, dict[str, np.ndarray]]:
+    """The numbers of one evaluated checkpoint, and its per-image arrays."""
+    cm = confusion(test_y, test_preds, len(CLASSES))
+    test_acc = float((test_preds == test_y).mean())
+    ev = CheckpointEval(arm=arm, seed=seed, checkpoint=which, epoch=epoch, test_acc=test_acc, test_loss=test_loss,
+                        train_acc_clean=train_acc, train_loss_clean=train_loss, train_acc_running=running_acc,
+                        gap_clean=train_acc - test_acc, gap_running=running_acc - test_acc,
+                        per_class_acc=per_class_accuracy(cm), confusion=cm.tolist(),
+                        top_confusions=top_confusions(cm, top_n))
+    return ev, {"pred": test_preds.astype(np.int64), "correct": test_preds == test_y}
+
+
+def _arm_summary(rows: list[CheckpointEval], conf: float, top_n: int) -> ArmSummary:
+    cm = np.sum([r.confusion for r in rows], axis=0)
+    return ArmSummary(
+        **{key: stats.mean_ci([getattr(r, key) for r in rows], conf)
+           for key in ("test_acc", "train_acc_clean", "train_acc_running", "gap_clean", "gap_running")},
+        per_class_acc=np.mean([r.per_class_acc for r in rows], axis=0).tolist(),
+        confusion=cm.tolist(), top_confusions=top_confusions(cm, top_n))
+
+
+def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, dict]], arms: list[str], seeds: list[int],
+            baseline: str, confidence: float, bootstrap: int, top_n: int, labels: np.ndarray,
+            facts: dict[str, ModelFacts]) -> Summary:
+    """Statistics across seeds per arm, and each arm against the baseline.
+
+    Over seeds (does the recipe differ?): Welch's t on test accuracy, Holm across
+    the arms; per class, Welch on the per-seed class accuracies, Holm across the
+    classes; and the power of the comparison. Over test images (do these trained
+    models differ?): the stratified paired bootstrap and McNemar per seed.
+    """
+    alpha = 1 - confidence
+    out = {}
+    for which in ("last", "best"):
+        if not all((a, s, which) in evals for a in arms for s in seeds):
+            continue
+        rows = {a: [evals[(a, s, which)][0] for s in seeds] for a in arms}
+        summaries = {a: _arm_summary(rows[a], confidence, top_n) for a in arms}
+        base_acc = [r.test_acc for r in rows[baseline]]
+        base_correct = np.stack([evals[(baseline, s, which)][1]["correct"] for s in seeds])
+        base_class = np.array([r.per_class_acc for r in rows[baseline]])
+        others = [a for a in arms if a != baseline]
+        tests = {a: stats.welch([r.test_acc for r in rows[a]], base_acc, confidence) for a in others}
+        adjusted = dict(zip(others, stats.adjust([tests[a].p for a in others], CORRECTION)))
+        comparisons = {}
+        for a in others:
+            correct = np.stack([evals[(a, s, which)][1]["correct"] for s in seeds])
+            w = tests[a]
+            comparisons[a] = Comparison(
+                welch=w, p_adjusted=adjusted[a],
+                power=stats.power([r.test_acc for r in rows[a]], base_acc, alpha, TARGET_DIFFERENCE),
+                per_class=stats.per_class_over_seeds(np.array([r.per_class_acc for r in rows[a]]), base_class,
+                                                     confidence, CORRECTION),
+                paired_bootstrap=stats.paired_bootstrap(correct, base_correct, n_resamples=bootstrap,
+                                                        confidence=confidence, seed=0, groups=labels),
+                mcnemar_per_seed=[stats.mcnemar(correct[i], base_correct[i]) for i in range(len(seeds))],
+                verdict=stats.verdict(w.ci, adjusted[a], alpha, w.reason,
+                                      "Holm" if len(others) > 1 else None))
+        out[which] = CheckpointSummary(arms=summaries, comparisons=comparisons)
+    return Summary(baseline=baseline, confidence=confidence,
+                   correction=f"{CORRECTION} over the {len(arms) - 1} comparison(s) with the baseline; "
+                              f"{CORRECTION} over the {len(CLASSES)} classes of each comparison",
+                   seeds=list(seeds), classes=list(CLASSES), checkpoints=out, model_facts=facts)
+
+
+def headline(summary: Summary, arms: list[str]) -> dict:
+    """The few numbers `dvc exp show` lists (metrics/study.json), under names that
+    are the same for every study of the same shape: arm a0 is the baseline, then
+    the other arms in params.yaml's order. acc: mean test accuracy over seeds (last
+    checkpoint); diff: arm - baseline; p: its p, Holm-adjusted when there are several."""
+    last = summary.checkpoints["last"]
+    order = [summary.baseline] + [a for a in arms if a != summary.baseline]
+    out = {"acc": {}, "diff": {}, "p": {}}
+    for i, arm in enumerate(order):
+        out["acc"][f"a{i}"] = last.arms[arm].test_acc.mean
+        if arm in last.comparisons:
+            c = last.comparisons[arm]
+            out["diff"][f"a{i}"] = c.welch.diff
+            out["p"][f"a{i}"] = c.p_adjusted
+    out["seeds"] = len(summary.seeds)
+    return {k: v for k, v in out.items() if v != {}}

@@ -1,0 +1,52 @@
+"""The evaluation in MLflow: each arm x seed's numbers on its run, the study's
+headline on the parent run (metrics and tags the runs table can sort by)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.core import stats
+from pipeline.core.contracts import StudyRecord, Summary
+from pipeline.tracking.journal import Journal
+
+
+def parent_headline(summary: Summary, arms: list[str]) -> tuple[dict[str, float], dict[str, str]]:
+    """Positional names, the same for every study of the same shape: a0 is the
+    baseline, then the other arms in params.yaml's order."""
+    last = summary.checkpoints["last"]
+    order = [summary.baseline] + [a for a in arms if a != summary.baseline]
+    alpha = 1 - summary.confidence
+    metrics, tags = {"n_seeds": len(summary.seeds)}, {}
+    for i, arm in enumerate(order):
+        a, entry = f"a{i}", last.arms[arm]
+        tags[f"arm.{a}"] = arm
+        metrics[f"{a}.test_acc"] = entry.test_acc.mean
+        metrics[f"{a}.gap_clean"] = entry.gap_clean.mean
+        for name, value in ((f"{a}.test_acc_ci_half", entry.test_acc.ci.half_width),
+                            (f"{a}.gap_clean_ci_half", entry.gap_clean.ci.half_width)):
+            if value is not None:
+                metrics[name] = value
+        c = last.comparisons.get(arm)
+        if c is not None:
+            metrics[f"{a}.diff"] = c.welch.diff
+            if c.welch.ci.half_width is not None:
+                metrics[f"{a}.diff_ci_half"] = c.welch.ci.half_width
+            if c.p_adjusted is not None:
+                metrics[f"{a}.p_adjusted"] = c.p_adjusted
+            tags[f"verdict.{a}"] = c.verdict
+            tags[f"finding.{a}"] = ("significant" if stats.significant(c.p_adjusted, alpha) else "not significant")
+    return metrics, tags
+
+
+def log_evaluation(record: StudyRecord, summary: Summary, evals: dict, summary_path: Path) -> None:
+    journal = Journal()
+    keys = {(r.arm, r.seed): r.tracking_key for r in record.runs}
+    for (arm, seed, which), (ev, _, _) in evals.items():
+        key = keys.get((arm, seed))
+        if key:
+            journal.metrics(key, {f"eval_{which}_{k}": getattr(ev, k) for k in (
+                "test_acc", "test_loss", "train_acc_clean", "gap_clean", "gap_running")})
+    metrics, tags = parent_headline(summary, record.arms)
+    journal.metrics(record.tracking_key, metrics)
+    journal.tags(record.tracking_key, tags)
+    journal.artifact(record.tracking_key, summary_path, "evaluation")
+    journal.flush_in_background()

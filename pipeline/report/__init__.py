@@ -1,0 +1,1 @@
+"""Stage `report` (python -m pipeline.report): see pipeline/report/stage.py."""

@@ -1,0 +1,594 @@
+"""The report as a model: a pure function from what the earlier stages wrote
+(`Inputs`) to sections of blocks whose numbers are already in words. Rendering
+(pipeline.report.render) and drawing (pipeline.report.figures) come after.
+
+Every "significant" here comes from `stats.significant` on the p the summary
+says to decide on (the Holm-adjusted one when there are several comparisons),
+and every p is written by `stats.format_p`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.core import stats
+from pipeline.core.config import Params
+from pipeline.core.contracts import HistoryRow, StudyRecord, Summary
+
+SECTIONS = ("Headline", "Ablation table", "Learning curves", "Per-class accuracy", "Confusion matrices",
+            "Diagnostics", "Galleries", "Model facts", "Provenance")
+SINGLE_SEED_WARNING = "1 seed: no confidence interval; not a finding"
+GALLERY_SIZE = 16
+METRICS = (("train_acc_running", "Train acc (running)"), ("train_acc_clean", "Train acc (clean)"),
+           ("test_acc", "Test acc"), ("gap_running", "Gap (running)"), ("gap_clean", "Gap (clean)"))
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass
+class Para:
+    parts: list[tuple[str, str]]  # (style, text): style "" plain, "b" bold, "code"
+    tone: str | None = None  # good, bad, neutral: a verdict
+    kind: str = "p"
+
+
+@dataclass
+class Warn:
+    text: str
+    kind: str = "warning"
+
+
+@dataclass
+class Heading:
+    text: str
+    kind: str = "h3"
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[str]]
+    num: set[int] = field(default_factory=set)  # right-aligned (numeric) columns
+    id: str | None = None
+    caption: str | None = None
+    kind: str = "table"
+
+
+@dataclass
+class Figure:
+    name: str  # figures/<name>.png
+    draw: str  # a function of pipeline.report.figures
+    args: dict[str, Any]
+    alt: str
+    caption: str
+    kind: str = "figure"
+
+
+@dataclass
+class Code:
+    text: str
+    lang: str = ""
+    kind: str = "code"
+
+
+@dataclass
+class Details:
+    summary: str
+    blocks: list
+    kind: str = "details"
+
+
+@dataclass
+class Section:
+    title: str
+    id: str
+    blocks: list
+
+
+@dataclass
+class Report:
+    title: str
+    sections: list[Section]
+
+    def figures(self) -> list[Figure]:
+        return [b for s in self.sections for b in walk(s.blocks) if isinstance(b, Figure)]
+
+
+def para(*parts, tone: str | None = None) -> Para:
+    return Para([p if isinstance(p, tuple) else ("", p) for p in parts], tone)
+
+
+def walk(blocks):
+    """Every block, descending into details."""
+    for b in blocks:
+        yield b
+        if isinstance(b, Details):
+            yield from walk(b.blocks)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Inputs:
+    """Everything the report shows, as read by pipeline.report.stage."""
+
+    params: Params
+    params_text: str
+    record: StudyRecord
+    summary: Summary
+    histories: dict[str, dict[int, list[HistoryRow]]]  # arm -> seed -> epochs
+    diagnostics: dict[str, dict | None]  # arm -> diagnostics of its first seed
+    # arm -> its first seed's last checkpoint: pred, correct, confidence, label
+    predictions: dict[str, dict[str, np.ndarray]]
+    filters: dict[str, np.ndarray]  # arm -> first-layer conv weights of its first seed
+    test_images: np.ndarray  # the evaluated test images, uint8 (N, 3, 32, 32); may be memory-mapped
+    data_name: str  # "CIFAR-10 (JPEG mirror)"
+    data_sha256: str
+    n_train: int
+    tracking: dict[str, str]  # tracking URI, experiment, parent run
+    code_version: str
+    dvc_experiment: str
+    generated: str
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def pct(x: float | None) -> str:
+    """A fraction as % with 2 decimals: 0.98765 -> '98.77'."""
+    return "n/a" if x is None else f"{x * 100:.2f}"
+
+
+def mean_pm(m: stats.MeanCI) -> str:
+    """'98.77 ± 1.02' (mean ± CI half-width, in %), '± n/a' without an interval."""
+    return f"{pct(m.mean)} ± {pct(m.ci.half_width)}"
+
+
+def diff_ci(iv: stats.Interval) -> str:
+    """'-1.00 [-3.15, +1.15]' (difference and its CI, in points)."""
+    ci = f"[{stats.points(iv.low)}, {stats.points(iv.high)}]" if iv.defined else "[n/a]"
+    return f"{stats.points(iv.estimate)} {ci}"
+
+
+def count(n: int) -> str:
+    return f"{n:,}"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def si(n: float, unit: str = "") -> str:
+    for div, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {prefix}{unit}"
+    return f"{n:g} {unit}".strip()
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_") or "x"
+
+
+def _value(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class _Ctx:
+    inp: Inputs
+    arms: list[str]
+    baseline: str
+    others: list[str]
+    seeds: list[int]
+    conf: float
+    alpha: float
+    clabel: str
+    adjusted: str | None  # "Holm" when several comparisons share the baseline
+
+    @property
+    def last(self):
+        return self.inp.summary.checkpoints["last"]
+
+
+def build_report(inp: Inputs) -> Report:
+    """The report model. Pure: no I/O."""
+    s = inp.summary
+    arms = list(inp.record.arms)
+    last = s.checkpoints["last"]
+    others = [a for a in arms if a in last.comparisons]
+    ctx = _Ctx(inp, arms, s.baseline, others, list(s.seeds), s.confidence, 1 - s.confidence,
+               f"{s.confidence * 100:g}% CI", "Holm" if len(others) > 1 else None)
+    builders = (_headline, _ablation, _curves, _per_class, _confusion, _diagnostics, _galleries,
+                _model_facts, _provenance)
+    sections = [Section(f"{i}. {title}", slug(title).lower(), build(ctx))
+                for i, (title, build) in enumerate(zip(SECTIONS, builders), 1)]
+    return Report(f"Ablation report: {inp.params.study}", sections)
+
+
+def _budget(ctx: _Ctx) -> str:
+    epochs = sorted({a.train.epochs for a in ctx.inp.params.arms})
+    plural_s = "s" if epochs != [1] else ""
+    return f"{'/'.join(map(str, epochs))} epoch{plural_s} on {count(ctx.inp.n_train)} training images"
+
+
+def _headline(ctx: _Ctx) -> list:
+    inp, last, base = ctx.inp, ctx.last, ctx.baseline
+    n = len(ctx.seeds)
+    n_images = len(inp.predictions[base]["label"])
+    blocks = [para("Study ", ("b", inp.params.study), f" (preset {inp.params.preset}) on ", ("b", inp.data_name),
+                   f": {plural(len(ctx.arms), 'arm')} x {plural(n, 'seed')} ({', '.join(map(str, ctx.seeds))}), "
+                   "baseline ", ("b", base), f", each trained {_budget(ctx)}. Numbers are for the last checkpoint "
+                   f"of each run, on {count(n_images)} test images, with {ctx.clabel.replace('CI', 'intervals')}; "
+                   "they hold for this training budget and this data only.")]
+    blocks.append(para(f"Seeds: {inp.record.seeds_reason}."))
+    if n == 1:
+        blocks.append(Warn(SINGLE_SEED_WARNING))
+    if not ctx.others:
+        blocks.append(para("Only one arm: there is nothing to compare with the baseline."))
+    base_acc = last.arms[base].test_acc
+    for arm in ctx.others:
+        c = last.comparisons[arm]
+        w, acc = c.welch, last.arms[arm].test_acc
+        sig = stats.significant(c.p_adjusted, ctx.alpha)
+        if not w.ci.defined:
+            tone, answer = "neutral", "no finding"
+        elif not sig:
+            tone, answer = "neutral", "no significant difference"
+        elif w.diff > 0:
+            tone, answer = "good", "helped"
+        else:
+            tone, answer = "bad", "hurt"
+        if n == 1:
+            accs = f"Test accuracy {pct(acc.mean)}% vs {pct(base_acc.mean)}% (one run each)"
+        else:
+            accs = (f"Test accuracy {mean_pm(acc)}% vs {mean_pm(base_acc)}% "
+                    f"(mean ± {ctx.clabel} half-width over {n} seeds)")
+        parts = [("b", arm), " vs ", ("b", base), ": ", ("b", answer), f". {accs}. Over seeds (Welch's t"
+                 + (f", Holm-adjusted over {len(ctx.others)} comparisons" if ctx.adjusted else "") + "): ",
+                 ("b", c.verdict), "."]
+        if w.ci.defined and not sig:
+            parts.append(" " + _power_sentence(c.power, ctx.alpha))
+        gaps = (last.arms[arm].gap_clean, last.arms[base].gap_clean)
+        parts.append(f" Train-test gap (clean): {mean_pm(gaps[0])} vs {mean_pm(gaps[1])} points.")
+        boot = c.paired_bootstrap
+        if stats.significant(boot.p, ctx.alpha) and not sig:
+            parts.append(" On the test images these trained models do differ (paired bootstrap, "
+                         f"{stats.p_phrase(boot.p, ctx.alpha)}), but not across seeds: that speaks for these "
+                         "models, not for the recipe.")
+        blocks.append(para(*parts, tone=tone))
+    if ctx.others:
+        blocks.append(para(("b", "What this does not show."), " " + _limits(ctx)))
+    return blocks
+
+
+def _power_sentence(p: stats.Power, alpha: float) -> str:
+    if p.detectable is None:
+        return ""
+    need = (f"; a difference of {stats.points(p.target, signed=False)} points would need about "
+            f"{p.seeds_for_target} seeds per arm" if p.seeds_for_target else "")
+    return (f"Not detecting a difference is not evidence of none: with {p.n_per_arm} seeds per arm and the observed "
+            f"seed SD of {stats.points(p.sd, signed=False)} points, this study could detect (power "
+            f"{p.power * 100:g}%, alpha {alpha:g}, two-sample t-test) only differences of "
+            f"{stats.points(p.detectable, signed=False)} points or more{need}.")
+
+
+def _limits(ctx: _Ctx) -> str:
+    inp = ctx.inp
+    parts = [f"These results are for {_budget(ctx)} of {inp.data_name}, {plural(len(ctx.seeds), 'seed')} per arm"]
+    if len({a.train.epochs for a in inp.params.arms}) == 1:
+        parts.append("a longer or shorter budget may rank the arms differently (see the learning curves)")
+    parts.append("the checkpoint kept as best was chosen on the test set, so its numbers are optimistic and are "
+                 "not used for any finding")
+    parts.append("a per-class difference is only claimed where it holds over seeds after correcting for the ten "
+                 "classes; per-image tests speak for these trained models, not for the recipe")
+    return "; ".join(parts) + "."
+
+
+def _ablation(ctx: _Ctx) -> list:
+    last, base = ctx.last, ctx.baseline
+    rows = []
+    for arm in ctx.arms:
+        e = last.arms[arm]
+        rows.append([arm + (" (baseline)" if arm == base else ""), str(e.test_acc.n)]
+                    + [mean_pm(getattr(e, key)) for key, _ in METRICS])
+    cols = ["Arm", "n seeds"] + [f"{label} %" for _, label in METRICS]
+    blocks = [Table(cols, rows, set(range(1, len(cols))), "acc-table",
+                    f"Mean ± {ctx.clabel} half-width over seeds, in %. Gap = train acc - test acc; "
+                    "running = accuracy over the augmented batches of the last epoch (as the recipes' "
+                    "authors reported it), clean = the trained model re-evaluated on the training "
+                    "set in eval mode without augmentation.")]
+    if ctx.others:
+        crow = []
+        for arm in ctx.others:
+            c = last.comparisons[arm]
+            w, b = c.welch, c.paired_bootstrap
+            mc = "; ".join(f"s{s}: {m.b01}/{m.b10}, {stats.p_phrase(m.p, ctx.alpha)}"
+                           for s, m in zip(ctx.seeds, c.mcnemar_per_seed))
+            word = "yes" if stats.significant(c.p_adjusted, ctx.alpha) else "no"
+            detect = stats.points(c.power.detectable, signed=False) if c.power.detectable is not None else "n/a"
+            crow.append([arm, diff_ci(w.ci), stats.format_p(w.p, ctx.alpha)]
+                        + ([stats.format_p(c.p_adjusted, ctx.alpha)] if ctx.adjusted else [])
+                        + [word, detect, diff_ci(b.diff), stats.format_p(b.p, ctx.alpha), mc])
+        ccols = (["Arm", f"Δ test acc over seeds (Welch) [{ctx.clabel}]", "p (Welch)"]
+                 + (["p (Holm)"] if ctx.adjusted else [])
+                 + ["significant", "detectable Δ (80% power)",
+                    f"Δ on these models' test images (bootstrap) [{ctx.clabel}]", "p (bootstrap)",
+                    "McNemar per seed: b01/b10, p"])
+        blocks.append(Table(ccols, crow, set(range(1, len(ccols) - 1)), "delta-table",
+                            f"Arm - baseline ({base}), in points (1 point = 1% accuracy). 'significant' applies "
+                            f"p < {ctx.alpha:g} to the " + ("Holm-adjusted p" if ctx.adjusted else "Welch p") +
+                            ". b01 = images the arm gets wrong and the baseline right; b10 = the arm right and "
+                            "the baseline wrong."))
+    blocks.append(para(("b", "Methods."),
+                       f" Per arm: mean over seeds with a Student-t {ctx.clabel}. Against the baseline: Welch's "
+                       "unequal-variance t-test over the seeds' test accuracies (scipy)"
+                       + (", with Holm-adjusted p over the comparisons (statsmodels), which decides the verdicts"
+                          if ctx.adjusted else "")
+                       + "; the smallest difference the comparison detects with 80% power (two-sample t-test on "
+                       "the pooled seed SD, statsmodels). The seeds are the unit of these tests: they ask whether "
+                       "training the recipe again would differ. A paired bootstrap over test images "
+                       f"({_boot_n(ctx)} resamples, stratified by class) and an exact McNemar test per matched "
+                       "seed ask whether these trained models differ on this test set. Significant means "
+                       f"p < {ctx.alpha:g}."))
+    best = ctx.inp.summary.checkpoints.get("best")
+    if best:
+        rows = [[arm, mean_pm(best.arms[arm].test_acc), best.comparisons[arm].verdict if arm in best.comparisons
+                 else "(baseline)"] for arm in ctx.arms if arm in best.arms]
+        blocks.append(Details("Best checkpoint (chosen by test accuracy: optimistic, for reference only)",
+                              [Table(["Arm", f"Test acc % (mean ± {ctx.clabel} half-width)", "vs baseline"],
+                                     rows, {1}, "best-table")]))
+    return blocks
+
+
+def _boot_n(ctx: _Ctx) -> str:
+    comps = ctx.last.comparisons
+    return count(next(iter(comps.values())).paired_bootstrap.n_resamples) if comps else "n/a"
+
+
+def arm_colours(arms) -> dict[str, str]:
+    """One fixed colour per arm, the same in every figure (matplotlib's tab10)."""
+    cycle = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+             "#bcbd22", "#17becf")
+    return {arm: cycle[i % len(cycle)] for i, arm in enumerate(arms)}
+
+
+def _curves(ctx: _Ctx) -> list:
+    curves = {arm: {s: [r.model_dump() for r in rows] for s, rows in ctx.inp.histories[arm].items()}
+              for arm in ctx.arms}
+    last_epochs = []
+    for arm in ctx.arms:
+        vals = [rows[-1].test_acc - rows[-2].test_acc for rows in ctx.inp.histories[arm].values() if len(rows) > 1]
+        if vals and np.mean(vals) > 0:
+            last_epochs.append(arm)
+    blocks = [Figure("learning_curves", "learning_curves", {"curves": curves, "colours": arm_colours(ctx.arms)},
+                     "Test accuracy and train loss per epoch, one colour per arm",
+                     "Mean over seeds (line) and min-max over seeds (band). Train loss is the running loss over "
+                     "the (augmented) training batches of each epoch.")]
+    if last_epochs:
+        blocks.append(para("Still improving at the last epoch (mean test accuracy rose over the last epoch): ",
+                           ("b", ", ".join(last_epochs)), ". A longer budget may change the comparison."))
+    return blocks
+
+
+def _per_class(ctx: _Ctx) -> list:
+    classes, last = ctx.inp.summary.classes, ctx.last
+    per_arm = {arm: last.arms[arm].per_class_acc for arm in ctx.arms}
+    cols = (["Class"] + [f"{a} %" for a in ctx.arms]
+            + [f"Δ {a} over seeds [{ctx.clabel}]" for a in ctx.others] + [f"p (Holm) {a}" for a in ctx.others])
+    rows, marks = [], {}
+    for a in ctx.others:
+        marks[a] = [{"diff": cd.welch.diff, "low": cd.welch.ci.low, "high": cd.welch.ci.high,
+                     "significant": stats.significant(cd.p_adjusted, ctx.alpha)}
+                    for cd in last.comparisons[a].per_class]
+    for k, name in enumerate(classes):
+        row = [name] + [pct(per_arm[a][k]) for a in ctx.arms]
+        for a in ctx.others:
+            cd = last.comparisons[a].per_class[k]
+            row.append(diff_ci(cd.welch.ci) + (" *" if marks[a][k]["significant"] else ""))
+        row += [stats.format_p(last.comparisons[a].per_class[k].p_adjusted, ctx.alpha) for a in ctx.others]
+        rows.append(row)
+    blocks = [Figure("per_class", "per_class_bars", {"classes": classes, "per_arm": per_arm,
+                                                    "colours": arm_colours(ctx.arms)},
+                     "Per-class test accuracy per arm", "Per-class test accuracy, mean over seeds.")]
+    if ctx.others:
+        blocks.append(Figure("per_class_delta", "delta_heatmap",
+                             {"classes": classes, "deltas": marks, "alpha": ctx.alpha},
+                             "Per-class accuracy difference over seeds, arm minus baseline",
+                             f"Arm - baseline per class, in points, mean over seeds; * marks the classes whose "
+                             f"difference holds over seeds (Welch per class, Holm over the {len(classes)} classes, "
+                             f"p < {ctx.alpha:g})."))
+    blocks.append(Table(cols, rows, set(range(1, len(cols))), "class-table",
+                        "Per-class test accuracy (mean over seeds, %) and the difference to the baseline in points "
+                        f"over seeds with its {ctx.clabel} (Welch, unadjusted) and its Holm-adjusted p over the "
+                        f"{len(classes)} classes; * = significant after the correction."))
+    found = {a: [classes[k] for k, m in enumerate(marks[a]) if m["significant"]] for a in ctx.others}
+    for a in ctx.others:
+        blocks.append(para(("b", a), ": ", (f"a per-class difference holds over seeds for {', '.join(found[a])}."
+                                            if found[a] else "no per-class difference holds over seeds after "
+                                            f"correcting for the {len(classes)} classes.")))
+    if ctx.others:
+        brows = []
+        for a in ctx.others:
+            for g in last.comparisons[a].paired_bootstrap.groups:
+                brows.append([a, classes[int(g.group)], diff_ci(g.diff), stats.format_p(g.p, ctx.alpha)])
+        blocks.append(Details("Per class on these trained models' test images (bootstrap; not corrected, "
+                              "not about the recipe)",
+                              [Table(["Arm", "Class", f"Δ [{ctx.clabel}]", "p (bootstrap)"], brows, {2, 3},
+                                     "class-bootstrap-table",
+                                     "Predictions averaged over seeds, images resampled within their class: "
+                                     "whether these particular models differ on this class's test images.")]))
+    return blocks
+
+
+def _confusion(ctx: _Ctx) -> list:
+    last = ctx.last
+    blocks = [Figure("confusion", "confusion_matrices",
+                     {"classes": ctx.inp.summary.classes,
+                      "matrices": {a: last.arms[a].confusion for a in ctx.arms}},
+                     "Confusion matrices per arm, row-normalised",
+                     "Summed over seeds, each row normalised to 100% of its true class; off-diagonal cells "
+                     "are the mistakes.")]
+    rows = []
+    for arm in ctx.arms:
+        top = last.arms[arm].top_confusions
+        if not top:
+            rows.append([arm, "(no mistakes)", "", "", ""])
+        for t in top:
+            rows.append([arm, t.true, t.pred, count(t.count), pct(t.rate)])
+    blocks.append(Table(["Arm", "True class", "Predicted as", "Images (all seeds)", "% of true class"], rows,
+                        {3, 4}, "confusion-table", "The most frequent confusions per arm."))
+    return blocks
+
+
+def _diagnostics(ctx: _Ctx) -> list:
+    seed = ctx.seeds[0]
+    blocks = [para(f"Seed {seed} of each arm, recorded during training: gradients at the middle step of each "
+                   "epoch, update-to-weight ratio ||W_end - W_start|| / ||W_start|| over each epoch, and "
+                   "weight histograms at the recorded epochs. Conv and linear weights only.")]
+    for i, arm in enumerate(ctx.arms):
+        d = ctx.inp.diagnostics.get(arm)
+        blocks.append(Heading(arm))
+        if not d or not d.get("layers"):
+            blocks.append(para("No diagnostics were recorded for this run."))
+            continue
+        s = f"{i:02d}_{slug(arm)}"
+        layers = d["layers"]
+        if d.get("gradients"):
+            blocks.append(Figure(f"grad_flow_{s}", "gradient_flow",
+                                 {"layers": layers, "rows": d["gradients"], "arm": arm},
+                                 f"Gradient flow per layer, {arm}",
+                                 "Mean and max |grad| per layer, one line per epoch (log scale). Vanishing "
+                                 "gradients show as a steep drop towards the input layers."))
+        if d.get("update_ratio"):
+            blocks.append(Figure(f"update_ratio_{s}", "update_ratio",
+                                 {"layers": layers, "rows": d["update_ratio"], "arm": arm},
+                                 f"Update-to-weight ratio per layer, {arm}",
+                                 "How far each layer's weights moved during each epoch, relative to their "
+                                 "size (log scale): a layer stuck far below the others barely learns; one "
+                                 "near 1 is rewritten every epoch."))
+        if d.get("weights"):
+            blocks.append(Figure(f"weights_{s}", "weight_histograms",
+                                 {"layers": layers, "rows": d["weights"], "arm": arm},
+                                 f"Weight distributions per layer, {arm}",
+                                 "One panel per layer; each recorded epoch's histogram overlaid (colour = epoch)."))
+    return blocks
+
+
+def _galleries(ctx: _Ctx) -> list:
+    seed, classes = ctx.seeds[0], ctx.inp.summary.classes
+    x = ctx.inp.test_images
+    blocks = [para(f"Seed {seed}, last checkpoint. Green: correct; red: wrong (true class, then the "
+                   "prediction and its softmax confidence).")]
+    first = ctx.inp.predictions[ctx.arms[0]]
+    n = len(first["label"])
+    sample = np.unique(np.linspace(0, n - 1, min(GALLERY_SIZE, n)).round().astype(int))
+    for i, arm in enumerate(ctx.arms):
+        p = ctx.inp.predictions[arm]
+        s = f"{i:02d}_{slug(arm)}"
+        blocks.append(Heading(arm))
+
+        def grid(sel, title):
+            return {"images": np.asarray(x[sel]), "true": [classes[k] for k in p["label"][sel]],
+                    "pred": [classes[k] for k in p["pred"][sel]],
+                    "confidence": [float(c) for c in p["confidence"][sel]], "title": title}
+
+        blocks.append(Figure(f"samples_{s}", "prediction_grid", grid(sample, f"{arm}: sample test images"),
+                             f"Sample predictions, {arm}",
+                             f"{len(sample)} test images spread over the test set, the same for every arm."))
+        wrong = np.flatnonzero(~p["correct"].astype(bool))
+        if len(wrong):
+            worst = wrong[np.argsort(-p["confidence"][wrong], kind="stable")][:GALLERY_SIZE]
+            blocks.append(Figure(f"mistakes_{s}", "prediction_grid", grid(worst, f"{arm}: most confident mistakes"),
+                                 f"Most confident mistakes, {arm}",
+                                 f"The {len(worst)} misclassified test images with the highest confidence "
+                                 f"(of {count(len(wrong))} mistakes)."))
+        else:
+            blocks.append(para("No misclassified test images for this run."))
+        w = ctx.inp.filters[arm]
+        blocks.append(Figure(f"filters_{s}", "conv_filters", {"weight": w, "title": f"{arm}: first-layer filters"},
+                             f"First-layer convolution filters, {arm}",
+                             f"{w.shape[0]} filters of {w.shape[2]}x{w.shape[3]} pixels, each scaled to its own "
+                             "range and shown as RGB."))
+    return blocks
+
+
+def _model_facts(ctx: _Ctx) -> list:
+    facts = ctx.inp.summary.model_facts
+    if not facts:
+        return [para("No model facts in the evaluation summary.")]
+    base = facts[ctx.baseline]
+    rows = []
+    for arm in ctx.arms:
+        f = facts[arm]
+        changed = {k: v for k, v in f.knobs.items() if base.model != f.model or base.knobs.get(k) != v}
+        rows.append([arm, f.model, ", ".join(f"{k}={_value(v)}" for k, v in changed.items()) or "-",
+                     count(f.params), si(f.flops), si(f.macs), f"{f.receptive_field} px"])
+    blocks = [Table(["Arm", "Model", "Knobs that differ from the baseline", "Parameters", "FLOPs", "MACs",
+                     "Receptive field"], rows, {3, 4, 5, 6}, "facts-table",
+                    base.flops_convention + ". A recipe quoting \"FLOPs\" of half these numbers counts "
+                    "multiply-accumulates (for ResNet-18: 557.889M MACs = 1.116 GFLOPs).")]
+    seen = set()
+    for arm in ctx.arms:
+        f = facts[arm]
+        key = (f.model, tuple(sorted(f.knobs.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        knobs = ", ".join(f"{k}={_value(v)}" for k, v in f.knobs.items())
+        rows = [[r["layer"], r["type"], "x".join(map(str, r["output"])) if r.get("output") else "-",
+                 count(r["params"])] for r in f.layers]
+        blocks.append(Details(f"Layers of {f.model} ({knobs}; {len(rows)} layers)",
+                              [Table(["Layer", "Type", "Output (C x H x W)", "Parameters"], rows, {3})]))
+    return blocks
+
+
+def _provenance(ctx: _Ctx) -> list:
+    inp = ctx.inp
+    params = inp.params
+    trained = sorted({r.code_version for r in inp.record.runs if r.code_version})
+    restored = sum(r.restored for r in inp.record.runs)
+    d = params.data
+    blocks = [Table(["Item", "Value"], [
+        ["Data", f"{inp.data_name}, sha256 {inp.data_sha256}"],
+        ["Data subset", f"train_limit {_value(d.train_limit)}, test_limit {_value(d.test_limit)}, "
+                        f"subset_seed {d.subset_seed}"],
+        ["Git commit (report)", inp.code_version],
+        ["Git commit (training)", ", ".join(trained) or "unknown"],
+        ["Runs restored from the arm cache", f"{restored} of {len(inp.record.runs)}"],
+        ["DVC experiment", inp.dvc_experiment],
+        ["Device (training)", inp.record.device],
+        ["Generated", inp.generated],
+    ], set(), "provenance-table")]
+    keys = [k for k in params.arms[0].train.model_dump() if k != "knobs"]
+    axes = {k for a in params.arms for k in a.axes}
+    rows = [[k + (" (axis)" if k in axes else "")] + [_value(getattr(a.train, k)) for a in params.arms] for k in keys]
+    knob_names = list(dict.fromkeys(k for a in params.arms for k in a.train.knobs))
+    rows += [[f"knobs.{k}" + (" (axis)" if k in axes else "")] + [_value(a.train.knobs.get(k)) for a in params.arms]
+             for k in knob_names]
+    blocks.append(Heading("Resolved training configuration per arm"))
+    blocks.append(Table(["Key"] + [a.name for a in params.arms], rows, set(), "config-table"))
+    run = params.run
+    blocks.append(para(f"Run settings: device {run.device}, eval_batch_size {run.eval_batch_size}, deterministic "
+                       f"{_value(run.deterministic)}, parallel {run.parallel}."))
+    blocks.append(Details("params.yaml (as read)", [Code(inp.params_text.rstrip("\n"), "yaml")]))
+    blocks.append(Heading("MLflow"))
+    if not inp.tracking:
+        blocks.append(para("Not logged to MLflow (trained with --no-mlflow)."))
+        return blocks
+    blocks.append(Table(["Item", "Value"], [[k, v] for k, v in inp.tracking.items()], set(), "mlflow-table"))
+    blocks.append(para("The runs carry a ", ("code", "tracking_key"), " tag with the keys of runs/study.json. "
+                       "This report is logged to the parent run under ", ("code", "report/"), ". Browse with ",
+                       ("code", "make mlflow-ui"), "."))
+    return blocks

@@ -1,0 +1,179 @@
+"""Stage `report`: the study's results as reports/report.md and one self-contained report.html.
+
+Reads what the earlier stages wrote (runs/study.json, evaluation/summary.json
+and the per-run predictions and filters, runs/*/history.csv, diagnostics.json,
+the prepared test images) and answers at a glance: did each arm help, by how
+much, how sure are we, and on which classes.
+
+`load_inputs()` reads the files; `build_report()` (pipeline.report.build) is a
+pure function from them to the report model; the figures are drawn
+(pipeline.report.figures) unless an identical one was drawn before
+(`.cache/figures/`); the templates (pipeline.report.render) write both pages.
+The folder is written atomically; the report is then logged to the MLflow
+parent run of the training.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.config import load_params
+from pipeline.core.contracts import StudyRecord, Summary, read_history, read_json, run_dir
+from pipeline.core.dataset import load_manifest, load_split
+from pipeline.core.errors import PipelineError, cli
+from pipeline.core.io import atomic_path
+from pipeline.core.provenance import code_version, dvc_experiment, repo_root
+from pipeline.report.build import Inputs, Report, build_report
+from pipeline.training.subset import stratified_subset
+
+FIGURE_CACHE = Path(".cache") / "figures"
+_NOT_EVALUATED = "run `dvc repro evaluate` first"
+
+
+def load_inputs(params_path, data, runs, evaluation) -> Inputs:
+    """Everything the report shows, read from the stages' outputs (one-line errors if missing)."""
+    params_path, data, runs, evaluation = map(Path, (params_path, data, runs, evaluation))
+    params = load_params(params_path)
+    record = read_json(runs / "study.json", StudyRecord, "run `dvc repro train` first")
+    if not evaluation.is_dir():
+        raise PipelineError(f"no evaluation at {evaluation}: the folder does not exist; {_NOT_EVALUATED}")
+    summary = read_json(evaluation / "summary.json", Summary, _NOT_EVALUATED)
+    if "last" not in summary.checkpoints or set(summary.checkpoints["last"].arms) != set(record.arms) \
+            or summary.seeds != record.seeds or summary.baseline != params.baseline.name:
+        raise PipelineError(f"{evaluation / 'summary.json'} was computed for other arms, seeds or baseline than "
+                            f"{runs / 'study.json'} and params.yaml hold; {_NOT_EVALUATED}")
+    first = record.seeds[0]
+    histories, diagnostics, predictions, filters = {}, {}, {}, {}
+    for arm in record.arms:
+        histories[arm] = {s: read_history(run_dir(runs, arm, s) / "history.csv") for s in record.seeds}
+        diag = run_dir(runs, arm, first) / "diagnostics.json"
+        try:
+            diagnostics[arm] = json.loads(diag.read_text()) if diag.exists() else None
+        except ValueError:
+            raise PipelineError(f"{diag} is not valid JSON; run `dvc repro train` again") from None
+        src = run_dir(evaluation, arm, first)
+        try:
+            with np.load(src / "last_predictions.npz") as z:
+                predictions[arm] = {k: z[k] for k in ("pred", "correct", "confidence", "label")}
+            filters[arm] = np.load(src / "filters.npy")
+        except (OSError, KeyError, ValueError):
+            raise PipelineError(f"the predictions or filters in {src} are missing or damaged; "
+                                f"{_NOT_EVALUATED}") from None
+    manifest = load_manifest(data)
+    x, y = load_split(data, "test")
+    idx = stratified_subset(y, params.data.test_limit, params.data.subset_seed)
+    labels = next(iter(predictions.values()))["label"]
+    if len(idx) != len(labels) or not np.array_equal(y[idx], labels):
+        raise PipelineError(f"the test images in {data} are not the ones {evaluation} was computed on; "
+                            f"{_NOT_EVALUATED}")
+    n_train = manifest["splits"]["train"]["count"]
+    if params.data.train_limit is not None:
+        n_train = min(n_train, params.data.train_limit)
+    return Inputs(
+        params=params, params_text=params_path.read_text(), record=record, summary=summary,
+        histories=histories, diagnostics=diagnostics, predictions=predictions, filters=filters,
+        test_images=_Indexed(x, idx), data_name=manifest.get("name", "CIFAR-10"),
+        data_sha256=manifest["data_sha256"], n_train=n_train, tracking=_tracking(params.study, record),
+        code_version=code_version(), dvc_experiment=dvc_experiment(),
+        generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+
+
+class _Indexed:
+    """The evaluated test images, as positions 0..N-1 of the subset (memory-mapped: a
+    gallery reads only the few images it shows)."""
+
+    def __init__(self, x, idx):
+        self.x, self.idx = x, idx
+
+    def __getitem__(self, sel):
+        return self.x[self.idx[sel]]
+
+
+def _tracking(study: str, record: StudyRecord) -> dict[str, str]:
+    if record.tracking_key is None:
+        return {}
+    from pipeline.tracking.journal import Journal
+
+    journal = Journal()
+    return {"Tracking URI": journal.uri, "Experiment": study, "Parent run (tracking key)": record.tracking_key}
+
+
+def draw_figures(report: Report, cache: Path | None) -> dict[str, bytes]:
+    """{figure name: PNG}, each drawn only if no identical figure was drawn before."""
+    from pipeline.report import figures
+
+    out = {}
+    for fig in report.figures():
+        key = hashlib.sha256(pickle.dumps((fig.draw, _canonical(fig.args)), protocol=4)).hexdigest()
+        path = cache / f"{key}.png" if cache is not None else None
+        if path is not None and path.exists():
+            out[fig.name] = path.read_bytes()
+            continue
+        png = getattr(figures, fig.draw)(**fig.args)
+        if path is not None:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(png)
+        out[fig.name] = png
+    return out
+
+
+def _canonical(v):
+    """Figure arguments in a form whose pickle depends on the values only."""
+    if isinstance(v, dict):
+        return tuple((k, _canonical(x)) for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return tuple(_canonical(x) for x in v)
+    if isinstance(v, np.ndarray):
+        return (v.dtype.str, v.shape, np.ascontiguousarray(v).tobytes())
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def write_report(report: Report, out: Path, cache: Path | None = None) -> None:
+    """reports/{report.md, report.html, figures/*.png}, atomically: all of it or the previous folder."""
+    from pipeline.report.render import render_html, render_markdown
+
+    images = draw_figures(report, cache)
+    with atomic_path(out) as tmp:
+        (tmp / "figures").mkdir(parents=True)
+        for name, png in images.items():
+            (tmp / "figures" / f"{name}.png").write_bytes(png)
+        (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        (tmp / "report.html").write_text(render_html(report, images), encoding="utf-8")
+
+
+@cli
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data", default="data/prepared")
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--evaluation", default="evaluation")
+    ap.add_argument("--out", default="reports")
+    args = ap.parse_args(argv)
+
+    inputs = load_inputs(args.params, args.data, args.runs, args.evaluation)
+    report = build_report(inputs)
+    out = Path(args.out)
+    write_report(report, out, repo_root() / FIGURE_CACHE)
+    if inputs.record.tracking_key is not None:
+        from pipeline.tracking.journal import Journal
+
+        journal = Journal()
+        for name in ("report.md", "report.html"):
+            journal.artifact(inputs.record.tracking_key, out / name, "report")
+        for png in sorted((out / "figures").glob("*.png")):
+            journal.artifact(inputs.record.tracking_key, png, "report/figures")
+        journal.flush_in_background()
+    print(f"report: {out / 'report.md'}, {out / 'report.html'} ({len(report.figures())} figures)")
+
+
+if __name__ == "__main__":
+    main()

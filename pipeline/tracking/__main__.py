@@ -1,0 +1,28 @@
+"""python -m pipeline.tracking flush [--timeout S]: send the journal to the tracking store now."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.core.errors import cli
+from pipeline.core.provenance import repo_root
+from pipeline.tracking import flusher
+from pipeline.tracking.journal import Journal
+
+
+@cli
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.tracking", description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=["flush"])
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds to keep retrying an unreachable store")
+    args = ap.parse_args(argv)
+    journal = Journal(repo_root())
+    ok = flusher.run(journal.root, journal.uri, watch=None, give_up_s=args.timeout, linger_s=0.0, wait=True)
+    if not ok:
+        print(journal.status_line() or "error: the tracking store is unavailable", file=sys.stderr)
+        raise SystemExit(1)
+    print(f"tracking journal sent to {journal.uri}")
+
+
+if __name__ == "__main__":
+    main()

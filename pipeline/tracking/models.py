@@ -1,0 +1,63 @@
+"""Checkpoints as MLflow models (run by the flusher, which alone loads torch and MLflow).
+
+The logged model takes what the data set holds, uint8 images (N, 3, 32, 32),
+and returns logits: the checkpoint's network behind the normalisation it was
+trained with (models.layers.Classifier). `mlflow.pytorch.load_model` gives it
+back; it predicts the same classes as the checkpoint in runs/.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def classifier_from_checkpoint(path: str | Path):
+    """The checkpoint's network with its normalisation in front, in eval mode, on the CPU."""
+    import torch
+
+    import models
+    from models.layers import Classifier
+    from pipeline.training import NORMS
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = ckpt["config"]
+    net = models.create_model(cfg["model"], **cfg.get("knobs", {}))
+    net.load_state_dict(ckpt["model"])
+    mean, std = NORMS[cfg["norm"]]
+    return Classifier(net, mean, std).eval(), ckpt
+
+
+def log_checkpoint_model(run_id: str, checkpoint: Path, name: str) -> str:
+    """Log `checkpoint` as the pytorch-flavour model `name` of run `run_id`; its model id."""
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    model, ckpt = classifier_from_checkpoint(checkpoint)
+    example = np.asarray(ckpt["example"], dtype=np.uint8) if "example" in ckpt else np.zeros((1, 3, 32, 32), np.uint8)
+    with torch.no_grad():
+        out = model(torch.from_numpy(example)).numpy()
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model, name=name, signature=infer_signature(example, out), input_example=example,
+            code_paths=[str(PROJECT / "models")], pip_requirements=_requirements(),
+            metadata={"checkpoint_epoch": ckpt.get("epoch"), "arm": ckpt.get("arm"), "seed": ckpt.get("seed")})
+        mlflow.set_tag(f"model_id.{name}", info.model_id)
+    return info.model_id
+
+
+def register(run_id: str, name: str, registered_name: str) -> None:
+    import mlflow
+
+    model_id = mlflow.MlflowClient().get_run(run_id).data.tags.get(f"model_id.{name}")
+    uri = f"models:/{model_id}" if model_id else f"runs:/{run_id}/{name}"
+    mlflow.register_model(uri, registered_name)
+
+
+def _requirements() -> list[str]:
+    from importlib import metadata
+
+    return [f"{p}=={metadata.version(p)}" for p in ("torch", "torchvision", "pydantic")]

@@ -1,0 +1,1 @@
+"""Stage `train` (python -m pipeline.train): see pipeline/train/stage.py."""

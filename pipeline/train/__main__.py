@@ -1,0 +1,3 @@
+from pipeline.train.stage import main
+
+main()

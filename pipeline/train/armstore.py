@@ -1,0 +1,219 @@
+"""Finished and interrupted arms, kept by fingerprint so no work is lost.
+
+An arm x seed's fingerprint is the sha256 of its resolved training config, its
+seed, the data it trains on (checksum and subset), the code that computes it
+(pipeline.core.provenance.ARM_CODE, comments and docstrings left out), the
+versions of torch, torchvision and numpy, and the device type. The store sits at
+the repository root (`.arm-cache/`, found from inside queued DVC experiments
+too), so every experiment shares it:
+
+- `<fp>/done/`: a finished run's files, read-only, and `manifest.json` with the
+  sha256 of each. An entry is restored only after every checksum matches; a
+  damaged one is moved to `quarantine/` (one line says so) and the arm trains again.
+  Outputs under runs/ are hard links to these files: each checkpoint is stored once.
+- `<fp>/state.pt`: the full training state after the last finished epoch, so a
+  killed run resumes where it stopped; `<fp>/run.json` names its tracking run.
+- `<fp>.lock`: held while one process trains that fingerprint.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import stat
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from pipeline.core.config import TrainConfig
+from pipeline.core.contracts import ArmFiles, TrainState
+from pipeline.core.io import atomic_path, link_or_copy, sha256_file, sweep
+
+STORE = ".arm-cache"
+MANIFEST = "manifest.json"
+
+
+def fingerprint(cfg: TrainConfig, seed: int, data_id: dict, code: str, versions: dict, device_type: str) -> str:
+    blob = json.dumps({"config": cfg.model_dump(), "seed": seed, "data": data_id, "code": code,
+                       "versions": versions, "device": device_type}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class ArmStore:
+    def __init__(self, root: Path):
+        self.root = Path(root) / STORE
+
+    def folder(self, fp: str) -> Path:
+        return self.root / fp
+
+    def lock(self, fp: str):
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / f"{fp}.lock"))
+
+    # --- finished arms
+
+    def done(self, fp: str) -> tuple[Path, ArmFiles] | None:
+        """The verified finished entry, or None (a damaged one is moved aside)."""
+        d = self.folder(fp) / "done"
+        if not d.exists():
+            return None
+        problem = self._check(d, fp)
+        if problem is None:
+            return d, ArmFiles.model_validate_json((d / MANIFEST).read_bytes())
+        self.quarantine(d, f"arm cache entry {fp[:12]} is damaged ({problem})")
+        return None
+
+    @staticmethod
+    def _check(d: Path, fp: str) -> str | None:
+        try:
+            manifest = ArmFiles.model_validate_json((d / MANIFEST).read_bytes())
+        except Exception as exc:  # missing, garbled, or another format
+            return f"{MANIFEST}: {type(exc).__name__}"
+        if manifest.fingerprint != fp:
+            return f"{MANIFEST} belongs to {manifest.fingerprint[:12]}"
+        present = {p.name for p in d.iterdir()} - {MANIFEST}
+        if present != set(manifest.files):
+            return f"files {sorted(present ^ set(manifest.files))} missing or unexpected"
+        for name, digest in manifest.files.items():
+            if sha256_file(d / name) != digest:
+                return f"{name}: checksum mismatch"
+        return None
+
+    def finish(self, fp: str, manifest: dict):
+        """Context manager: a folder to write a finished run into. On leaving, its
+        files get checksums and read-only permissions and it becomes `done/` whole."""
+        return _Finish(self.folder(fp) / "done", fp, manifest)
+
+    def quarantine(self, path: Path, why: str) -> None:
+        dest = self.root / "quarantine" / f"{path.parent.name}-{path.name}-{dt.datetime.now():%Y%m%dT%H%M%S%f}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+        say(f"warning: {why}; moved to {dest}; that arm x seed trains again")
+
+    @staticmethod
+    def restore(src: Path, dest: Path) -> None:
+        """A finished run into the workspace, atomically: hard links (no extra space)
+        where the file system allows, else copies."""
+        with atomic_path(dest) as tmp:
+            tmp.mkdir()
+            for f in src.iterdir():
+                if f.name != MANIFEST:
+                    link_or_copy(f, tmp / f.name)
+
+    # --- interrupted arms
+
+    def load_state(self, fp: str, device_type: str) -> tuple[TrainState, dict] | None:
+        """The saved state and its side record (tracking run key) of an interrupted
+        run, or None. A state that is unreadable, incomplete or from another device
+        type is moved aside with one line."""
+        import torch
+
+        path = self.folder(fp) / "state.pt"
+        if not path.exists():
+            return None
+        try:
+            state = TrainState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:  # cut short by a full disk, or not a state at all
+            self.quarantine(path, f"the saved training state {path} cannot be resumed ({type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())[:160]})")
+            return None
+        if state.device != device_type:
+            self.quarantine(path, f"the saved state {path} was trained on {state.device}, this run is on {device_type}")
+            return None
+        try:
+            side = json.loads((self.folder(fp) / "run.json").read_text())
+        except (OSError, ValueError):
+            side = {}
+        return state, side
+
+    def save_state(self, fp: str, state: TrainState, side: dict) -> None:
+        import torch
+
+        with atomic_path(self.folder(fp) / "state.pt") as tmp:
+            torch.save(state.to_dict(), tmp)
+        with atomic_path(self.folder(fp) / "run.json") as tmp:
+            tmp.write_text(json.dumps(side) + "\n")
+
+    def drop_state(self, fp: str) -> None:
+        for name in ("state.pt", "run.json"):
+            (self.folder(fp) / name).unlink(missing_ok=True)
+
+    def sweep(self) -> None:
+        """What killed runs left: temporaries, and states of arms that finished after all."""
+        if not self.root.is_dir():
+            return
+        sweep(self.root)
+        for d in self.root.iterdir():
+            if d.is_dir() and d.name != "quarantine":
+                sweep(d)
+                if (d / "done").is_dir() and (d / "state.pt").exists():
+                    self.drop_state(d.name)
+
+
+class _Finish:
+    def __init__(self, dest: Path, fp: str, manifest: dict):
+        self.dest, self.fp, self.manifest = dest, fp, manifest
+
+    def __enter__(self) -> Path:
+        self._ctx = atomic_path(self.dest)
+        self.tmp = self._ctx.__enter__()
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            files = {p.name: sha256_file(p) for p in sorted(self.tmp.iterdir())}
+            (self.tmp / MANIFEST).write_text(ArmFiles(fingerprint=self.fp, files=files, **self.manifest)
+                                             .model_dump_json(indent=1) + "\n")
+            for p in self.tmp.iterdir():
+                p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        return self._ctx.__exit__(*exc)
+
+
+class StateWriter:
+    """Saves an arm's training state after each epoch in a background thread, so
+    the write overlaps the next epoch instead of stalling the GPU (a ResNet-18
+    state with its AdamW moments is about 180 MB). One write is in flight at
+    most; a failed write raises at the next save or at close. Use as a context
+    manager: leaving it waits for the last write."""
+
+    def __init__(self, store: ArmStore, fp: str):
+        self._store, self._fp = store, fp
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
+        self._pending: Future | None = None
+
+    def save(self, state: TrainState, side: dict) -> None:
+        """`state` must not share memory with anything training goes on changing."""
+        self.wait()
+        self._pending = self._pool.submit(self._store.save_state, self._fp, state, side)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> "StateWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that also removes read-only files (finished entries are read-only)."""
+    def onerror(func, p, _exc):
+        os.chmod(p, stat.S_IWUSR | stat.S_IRUSR)
+        func(p)
+
+    shutil.rmtree(path, onerror=onerror)

@@ -1,0 +1,435 @@
+"""Stage `train`: every arm of the study's grid, for every seed.
+
+Reads params.yaml once (pipeline.core.config) and the prepared arrays (stage
+`untar`); writes, per arm x seed, `runs/<arm>/seed=<k>/` with the last (and
+best) checkpoint, the per-epoch history and the final metrics; `runs/study.json`
+(what ran, for the later stages); a per-arm summary for `dvc metrics`/`dvc exp
+show`; and learning curves for `dvc plots`. Every run is also an MLflow child
+run under one parent run per execution, through the tracking journal.
+
+This process is the driver: it alone writes files. Jobs (pipeline.training.job)
+run in it or on a Ray cluster (pipeline.train.engine); each epoch's state comes
+back and is saved before anything else happens with it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.core import dataset
+from pipeline.core.config import Arm, Params, load_params
+from pipeline.core.contracts import (
+    CHECKPOINTS,
+    HISTORY_FIELDS,
+    ArmFiles,
+    HistoryRow,
+    RunMetrics,
+    StudyRecord,
+    StudyRun,
+    read_history,
+    read_json,
+    run_dir,
+    write_history,
+)
+from pipeline.core.errors import PipelineError, cli
+from pipeline.core.io import atomic_path, write_json
+from pipeline.core.provenance import code_digest, code_version, dvc_experiment, library_versions, repo_root
+from pipeline.train.armstore import ArmStore, StateWriter, fingerprint
+from pipeline.training.job import Data, Finished, JobSpec
+from pipeline.training.subset import load_subset
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def load_data(folder: Path, params: Params) -> tuple[Data, dict]:
+    """The study's (subset) splits and the manifest of the prepared data."""
+    manifest = dataset.load_manifest(folder)
+    d = params.data
+    tx, ty, _ = load_subset(folder, "train", d.train_limit, d.subset_seed)
+    vx, vy, _ = load_subset(folder, "test", d.test_limit, d.subset_seed)
+    digest = f"{manifest['data_sha256']}:{d.train_limit}:{d.test_limit}:{d.subset_seed}"
+    return Data(digest, tx, ty, vx, vy), manifest
+
+
+def summarize(per_run: dict[tuple[str, int], RunMetrics], arms: list[str], seeds: list[int], study: str) -> dict:
+    """Per-arm mean and std over seeds: the numbers `dvc exp show` lists."""
+    out = {}
+    for arm in arms:
+        rows = [per_run[(arm, s)] for s in seeds]
+        entry = {"n_seeds": len(rows)}
+        for key in ("test_acc", "train_acc", "gap", "best_test_acc"):
+            vals = [getattr(r, key) for r in rows]
+            entry[key] = statistics.fmean(vals)
+            entry[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out[arm] = entry
+    return {"study": study, "arms": out}
+
+
+def write_curves(path: Path, runs: Path, arms: list[str], seeds: list[int]) -> None:
+    """Every arm x seed's history in one long CSV, with `arm` and `seed` columns
+    (drawn by the templates of `dvc plots`)."""
+    import csv
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=("run", "arm", "seed") + HISTORY_FIELDS)
+        w.writeheader()
+        for arm in arms:
+            for seed in seeds:
+                for row in read_history(run_dir(runs, arm, seed) / "history.csv"):
+                    w.writerow({"run": f"{arm} seed={seed}", "arm": arm, "seed": seed, **row.model_dump()})
+
+
+@dataclass
+class Identity:
+    """Everything besides config and seed that decides what an arm computes."""
+
+    data_id: dict
+    code: str
+    versions: dict
+    device_type: str
+
+    def fingerprint(self, arm: Arm, seed: int) -> str:
+        return fingerprint(arm.train, seed, self.data_id, self.code, self.versions, self.device_type)
+
+
+@dataclass
+class Running:
+    spec: JobSpec
+    lock: object
+    writer: StateWriter
+    run_key: str | None
+    started: float = field(default_factory=time.monotonic)
+
+
+class Driver:
+    """Runs a study's jobs through an engine and writes everything they produce."""
+
+    def __init__(self, params: Params, store: ArmStore, runs: Path, identity: Identity, engine, journal,
+                 parent: str | None, provenance: dict, retrain: bool, device: str, progress):
+        self.params, self.store, self.runs, self.identity = params, store, runs, identity
+        self.engine, self.journal, self.parent, self.provenance = engine, journal, parent, provenance
+        self.retrain, self.device, self.progress = retrain, device, progress
+        self.results: dict[tuple[str, int], RunMetrics] = {}
+        self.record: list[StudyRun] = []
+        self.running: dict[str, Running] = {}
+
+    # --- tracking
+
+    def _child(self, arm: Arm, seed: int, fp: str, extra_tags: dict | None = None) -> str | None:
+        if self.journal is None:
+            return None
+        tags = {"arm": arm.name, "seed": seed, **{f"axis.{k}": v for k, v in arm.axes.items()},
+                "git_commit": self.provenance["code_version"], "dvc_experiment": self.provenance["dvc_experiment"],
+                "data_sha256": self.provenance["data_sha256"], "fingerprint": fp, **(extra_tags or {})}
+        key = self.journal.start(self.params.study, f"{arm.name} seed={seed}", tags=tags, parent=self.parent)
+        self.journal.params(key, {**_flat(arm.train.model_dump()), "seed": seed, "arm": arm.name,
+                                  **self.provenance["data_params"]})
+        for context, rows in (("train", self.provenance["n_train"]), ("test", self.provenance["n_test"])):
+            self.journal.dataset(key, name=self.provenance["data_name"], digest=self.provenance["data_sha256"],
+                                 source=self.provenance["data_source"], context=context, rows=rows)
+        return key
+
+    def _log_epoch(self, key: str | None, row: HistoryRow) -> None:
+        if key is not None:
+            self.journal.metrics(key, {k: v for k, v in row.model_dump().items() if k != "epoch"}, step=row.epoch)
+            self.journal.metrics(key, system_metrics(self.device), step=row.epoch)
+
+    # --- jobs
+
+    def run(self, jobs: list[JobSpec], arms: dict[str, Arm]) -> None:
+        pending = list(jobs)
+        while pending or self.running:
+            while pending and self.engine.busy() < self.engine.slots:
+                self._start(pending.pop(0), arms)
+            if self.running:
+                for spec, event in self.engine.events():
+                    self._handle(spec, event, arms[spec.arm])
+
+    def _start(self, spec: JobSpec, arms: dict[str, Arm]) -> None:
+        arm = arms[spec.arm]
+        from filelock import Timeout
+
+        lock = self.store.lock(spec.fp)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # a parallel experiment training the same arm finishes it first
+            print(f"{spec.label}: another process is training it; waiting", flush=True)
+            lock.acquire()
+        try:
+            entry = None if self.retrain else self.store.done(spec.fp)
+            if entry is not None:
+                self._restore(spec, arm, *entry)
+                lock.release()
+                return
+            saved = self.store.load_state(spec.fp, self.identity.device_type)
+            state, side = saved if saved is not None else (None, {})
+            key = side.get("run_key") if self.journal is not None else None
+            if state is not None:
+                print(f"{spec.label}: resuming after epoch {state.epoch}", flush=True)
+                self.progress.resumed(spec, state.epoch)
+            if key is not None and state is not None:
+                self.journal.resume(key, self.parent)
+            else:
+                key = self._child(arm, spec.seed, spec.fp)
+            writer = StateWriter(self.store, spec.fp).__enter__()
+            self.running[spec.fp] = Running(spec, lock, writer, key)
+            self.engine.submit(spec, state)
+            self.progress.started(spec, self.engine.where(spec))
+        except BaseException:
+            lock.release()
+            raise
+
+    def _handle(self, spec: JobSpec, event, arm: Arm) -> None:
+        job = self.running[spec.fp]
+        kind = type(event).__name__
+        if kind == "Epoch":
+            job.writer.save(event.state, {"run_key": job.run_key})  # on disk before anything else
+            row = event.row
+            self._log_epoch(job.run_key, row)
+            self.progress.epoch(spec, row)
+        elif kind == "Finished":
+            job.writer.wait()
+            self._finish(job, arm, event)
+        elif kind == "Failed":
+            self._release(job)
+            if self.journal is not None and job.run_key is not None:
+                self.journal.end(job.run_key, "FAILED")
+            raise _job_error(spec, event.error)
+
+    def _release(self, job: Running) -> None:
+        try:
+            job.writer.__exit__(None, None, None)
+        finally:
+            job.lock.release()
+            self.running.pop(job.spec.fp, None)
+
+    def _finish(self, job: Running, arm: Arm, done: Finished) -> None:
+        import torch
+
+        spec, cfg = job.spec, arm.train
+        metrics = RunMetrics.from_history(done.history)
+        manifest = {"trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "device": self.identity.device_type, "code_version": self.provenance["code_version"]}
+        example = self.provenance["example"]
+        with self.store.finish(spec.fp, manifest) as tmp:
+            torch.save(checkpoint(done.model, arm, spec.seed, cfg.epochs, self.provenance, example), tmp / "model.pt")
+            if cfg.keep_best and done.best_state is not None:
+                torch.save(checkpoint(done.best_state, arm, spec.seed, done.best_epoch, self.provenance, example),
+                           tmp / "best.pt")
+            write_history(tmp / "history.csv", done.history)
+            (tmp / "diagnostics.json").write_text(json.dumps(done.diagnostics) + "\n")
+            (tmp / "metrics.json").write_text(metrics.model_dump_json(indent=2) + "\n")
+        self.store.drop_state(spec.fp)
+        folder = self.store.folder(spec.fp) / "done"
+        ArmStore.restore(folder, run_dir(self.runs, spec.arm, spec.seed))
+        self._release(job)
+        if job.run_key is not None:
+            key = job.run_key
+            self.journal.metrics(key, {f"final_{k}": v for k, v in metrics.model_dump().items()})
+            for name in ("history.csv", "metrics.json", "diagnostics.json"):
+                self.journal.artifact(key, folder / name)
+            for which, file in CHECKPOINTS.items():
+                if (folder / file).exists():
+                    self.journal.model(key, folder / file, f"{which}_model")
+            self.journal.end(key)
+        self.results[(spec.arm, spec.seed)] = metrics
+        self.record.append(StudyRun(arm=spec.arm, seed=spec.seed, restored=False, fingerprint=spec.fp,
+                                    trained_at=manifest["trained_at"], code_version=manifest["code_version"],
+                                    tracking_key=job.run_key))
+        self.progress.finished(spec, metrics)
+
+    def _restore(self, spec: JobSpec, arm: Arm, folder: Path, files: ArmFiles) -> None:
+        """A finished arm x seed with this fingerprint exists: link it in, do not train it again."""
+        dest = run_dir(self.runs, spec.arm, spec.seed)
+        metrics = read_json(folder / "metrics.json", RunMetrics, "the arm cache entry is damaged")
+        history = read_history(folder / "history.csv")
+        ArmStore.restore(folder, dest)
+        key = None
+        if self.journal is not None:
+            key = self._child(arm, spec.seed, spec.fp, {"restored": "true", "trained_at": files.trained_at})
+            for row in history:
+                self.journal.metrics(key, {k: v for k, v in row.model_dump().items() if k != "epoch"}, step=row.epoch)
+            self.journal.metrics(key, {f"final_{k}": v for k, v in metrics.model_dump().items()})
+            for name in ("history.csv", "metrics.json", "diagnostics.json"):
+                self.journal.artifact(key, folder / name)
+            self.journal.end(key)
+        self.results[(spec.arm, spec.seed)] = metrics
+        self.record.append(StudyRun(arm=spec.arm, seed=spec.seed, restored=True, fingerprint=spec.fp,
+                                    trained_at=files.trained_at, code_version=files.code_version, tracking_key=key))
+        self.progress.restored(spec, metrics, files)
+
+    def abort(self, status: str) -> None:
+        """Ctrl-C, a signal or an error: stop the jobs, keep their saved states."""
+        self.engine.cancel()
+        for job in list(self.running.values()):
+            if self.journal is not None and job.run_key is not None:
+                self.journal.end(job.run_key, status)
+            self._release(job)
+
+
+def checkpoint(weights: dict, arm: Arm, seed: int, epoch: int, provenance: dict, example) -> dict:
+    """A checkpoint that loads with `torch.load(weights_only=True)` and says what made it."""
+    return {
+        "model": weights,
+        "model_name": arm.train.model,
+        "config": arm.train.model_dump(),
+        "arm": arm.name,
+        "seed": seed,
+        "epoch": epoch,
+        "example": example,  # a few test images (uint8 tensor), the input example of the logged model
+        **{k: provenance[k] for k in ("code_version", "dvc_experiment", "data_sha256")},
+    }
+
+
+def system_metrics(device: str) -> dict[str, float]:
+    """What MLflow's system-metrics tab shows (its metric names), sampled once per epoch."""
+    out = {}
+    try:
+        import psutil
+
+        out["system/cpu_utilization_percentage"] = psutil.cpu_percent(interval=None)
+        mem = psutil.virtual_memory()
+        out["system/system_memory_usage_megabytes"] = (mem.total - mem.available) / 2**20
+        out["system/system_memory_usage_percentage"] = mem.percent
+    except ImportError:
+        pass
+    if device.startswith("cuda"):
+        import torch
+
+        out["system/gpu_0_memory_usage_megabytes"] = torch.cuda.memory_allocated(device) / 2**20
+        out["system/gpu_0_max_memory_usage_megabytes"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _job_error(spec: JobSpec, exc: BaseException) -> BaseException:
+    if isinstance(exc, PipelineError):
+        return exc
+    if type(exc).__name__ == "OutOfMemoryError":
+        return PipelineError(f"{spec.label}: batch_size {spec.cfg.batch_size} does not fit in the memory of "
+                             f"{spec.device}; set a smaller batch_size (or fewer parallel jobs)")
+    return exc
+
+
+@cli
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data", default="data/prepared", help="output of the untar stage")
+    ap.add_argument("--runs", default="runs", help="per arm x seed outputs")
+    ap.add_argument("--metrics", default="metrics/train.json")
+    ap.add_argument("--curves", default="plots/curves.csv")
+    ap.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--retrain", action="store_true",
+                    help="train every arm even when the arm cache holds a finished one")
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params)  # every arm is validated before anything trains
+    # cuBLAS reads this when CUDA starts; deterministic arms need it
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    import torch
+
+    from pipeline.train.progress import Progress
+    from pipeline.training.loop import resolve_device, set_determinism
+
+    device = resolve_device(params.run.device)
+    set_determinism(params.run.deterministic)
+    data, manifest = load_data(Path(args.data), params)
+    root = repo_root()
+    store = ArmStore(root)
+    store.sweep()
+    identity = Identity(
+        data_id={"data_sha256": manifest["data_sha256"], "train_limit": params.data.train_limit,
+                 "test_limit": params.data.test_limit, "subset_seed": params.data.subset_seed},
+        code=code_digest(), versions=library_versions(), device_type=device.type)
+    provenance = {
+        "code_version": code_version(), "dvc_experiment": dvc_experiment(),
+        "data_sha256": manifest["data_sha256"], "data_name": manifest.get("name", "CIFAR-10"),
+        "data_source": params.data.url, "n_train": len(data.train_y), "n_test": len(data.test_y),
+        "data_params": {f"data.{k}": v for k, v in params.data.model_dump().items()},
+        "example": torch.from_numpy(data.test_x[:4].copy()),
+    }
+    runs = Path(args.runs)
+    arms = {a.name: a for a in params.arms}
+    jobs = [JobSpec(arm.name, seed, arm.train, identity.fingerprint(arm, seed), str(device), params.run.eval_batch_size)
+            for arm, seed in params.runs()]
+
+    signal.signal(signal.SIGTERM, _sigterm)
+    journal = parent = None
+    if not args.no_mlflow:
+        from pipeline.tracking.journal import Journal
+
+        journal = Journal(root)
+        journal.reap()
+        parent = journal.start(params.study, f"{params.study} {provenance['dvc_experiment']}", tags={
+            "git_commit": provenance["code_version"], "dvc_experiment": provenance["dvc_experiment"],
+            "data_sha256": provenance["data_sha256"], "preset": params.preset,
+            "arms": ", ".join(a.name for a in params.arms), "seeds": list(params.seeds)},
+            description=f"Ablation study {params.study} (preset {params.preset}): arms "
+                        f"{', '.join(a.name for a in params.arms)}; seeds {list(params.seeds)}; "
+                        f"data {provenance['data_name']} ({provenance['n_train']:,} train / "
+                        f"{provenance['n_test']:,} test images).")
+        journal.params(parent, {"preset": params.preset, "seeds": list(params.seeds), **provenance["data_params"]})
+        journal.flush_in_background()
+
+    from pipeline.train.engine import LocalEngine
+
+    progress = Progress(enabled=not args.no_progress and sys.stderr.isatty())
+    engine = LocalEngine(data, on_step=progress.step)
+    driver = Driver(params, store, runs, identity, engine, journal, parent, provenance, args.retrain,
+                    str(device), progress)
+    progress.plan(params, jobs, device, engine, store, identity, retrain=args.retrain, data=data)
+    try:
+        driver.run(jobs, arms)
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        driver.abort(status)
+        if journal is not None:
+            journal.end(parent, status)
+        progress.close()
+        raise
+    progress.close()
+
+    seeds = list(params.seeds)
+    arm_names = [a.name for a in params.arms]
+    write_json(args.metrics, summarize(driver.results, arm_names, seeds, params.study))
+    write_curves(Path(args.curves), runs, arm_names, seeds)
+    order = {(a, s): i for i, (a, s) in enumerate((a, s) for a in arm_names for s in seeds)}
+    record = StudyRecord(study=params.study, arms=arm_names, seeds=seeds, seeds_reason="as listed in params.yaml",
+                         runs=sorted(driver.record, key=lambda r: order[(r.arm, r.seed)]),
+                         tracking_key=parent, device=str(device))
+    with atomic_path(runs / "study.json") as tmp:
+        tmp.write_text(record.model_dump_json(indent=1) + "\n")
+    if journal is not None:
+        journal.artifact(parent, args.metrics)
+        journal.end(parent)
+        line = journal.status_line()
+        if line:
+            print(f"warning: {line}", file=sys.stderr)
+    for name, entry in summarize(driver.results, arm_names, seeds, params.study)["arms"].items():
+        print(f"{name}: test acc {entry['test_acc']:.4f} ± {entry['test_acc_std']:.4f} "
+              f"(std, n={entry['n_seeds']} seeds)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""One arm x seed, from its spec to a trained model: the work a worker does.
+
+`run_job` touches no files: it takes the data and, for a resumed run, the saved
+state; it yields each epoch (with the state to save) and finally the trained
+weights. The driver (pipeline.train.stage) alone writes outputs, so the same
+job runs in the driver's process or on any node of a Ray cluster.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from pipeline.core.config import TrainConfig
+from pipeline.core.contracts import HistoryRow, TrainState
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    arm: str
+    seed: int
+    cfg: TrainConfig
+    fp: str
+    device: str  # resolved: "cpu", "cuda", "cuda:1"
+    eval_batch: int | str
+
+    @property
+    def label(self) -> str:
+        return f"{self.arm} seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class Data:
+    """The study's images and labels (numpy, uint8 / int64), identified by `digest`."""
+
+    digest: str
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.train_x, self.train_y, self.test_x, self.test_y))
+
+
+@dataclass
+class Finished:
+    """A trained arm x seed: the last weights, the best ones, what happened."""
+
+    model: dict
+    best_state: dict | None
+    best_epoch: int
+    history: list[HistoryRow]
+    diagnostics: dict | None
+    node: str
+
+
+_ON_DEVICE: dict[tuple[str, str], tuple] = {}  # (data digest, device) -> (train, test) tensors
+
+
+def tensors(data: Data, device):
+    """The data on `device`, copied there once per process (jobs of a study share it)."""
+    from pipeline.training.loop import Tensors
+
+    key = (data.digest, str(device))
+    if key not in _ON_DEVICE:
+        _ON_DEVICE.clear()  # one study's data at a time
+        _ON_DEVICE[key] = (Tensors.from_numpy(_own(data.train_x), _own(data.train_y), device),
+                           Tensors.from_numpy(_own(data.test_x), _own(data.test_y), device))
+    return _ON_DEVICE[key]
+
+
+def _own(a: np.ndarray) -> np.ndarray:
+    """A writable array (one from Ray's object store is a read-only view)."""
+    return a if a.flags.writeable else a.copy()
+
+
+def run_job(spec: JobSpec, data: Data, resume: TrainState | None,
+            on_step: Callable[[], None] | None = None) -> Iterator:
+    """Train `spec` (from `resume`, if given): yields `Epoch`s, then one `Finished`."""
+    import models
+    from pipeline.training.loop import eval_batch_size, host_copy, resolve_device, seed_everything, train_epochs
+
+    device = resolve_device(spec.device)
+    train, test = tensors(data, device)
+    seed_everything(spec.seed)
+    model = models.create_model(spec.cfg.model, **spec.cfg.knobs).to(device)
+    result = yield from train_epochs(model, train, test, spec.cfg, spec.seed, resume=resume, on_step=on_step,
+                                     eval_batch=eval_batch_size(spec.eval_batch, device), states=True)
+    yield Finished(model=host_copy(model), best_state=result.best_state, best_epoch=result.best_epoch,
+                   history=result.history, diagnostics=result.diagnostics, node=socket.gethostname())

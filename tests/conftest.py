@@ -1,0 +1,158 @@
+"""Shared fixtures and helpers.
+
+- `prepared`: a small prepared data set (the untar stage's format) of synthetic,
+  learnable images, made once per session.
+- `project(tmp_path, **params)`: a git + DVC repository of this project's code
+  with a small generated official-format archive, for end-to-end runs.
+- `run(cmd, cwd)`: a shell command in such a project, with the venv on PATH.
+- `study_files`: a real 2-arm x 2-seed study through the stages' main()s (slow).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.core import dataset
+from pipeline.core.io import sha256_file
+from tests.archives import write_official
+from tests.synthetic import images
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+REAL_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+REAL_SHA256 = "2ca76c958b9e50d95e55a63e11fddfedcef00332cb5172550a6380cb2c0eaab4"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def write_prepared(folder: Path, train_per_class: int = 10, test_per_class: int = 6) -> Path:
+    """Synthetic prepared arrays and a manifest like the untar stage's."""
+    folder.mkdir(parents=True)
+    splits = {"train": images(train_per_class, seed=1), "test": images(test_per_class, seed=2)}
+    for split, (x, y) in splits.items():
+        np.save(folder / f"{split}_x.npy", x, allow_pickle=False)
+        np.save(folder / f"{split}_y.npy", y, allow_pickle=False)
+    arrays = {name: sha256_file(folder / name) for name in dataset.ARRAY_FILES}
+    manifest = {"format": "synthetic", "name": "synthetic CIFAR-shaped images", "classes": list(dataset.CLASSES),
+                "splits": {s: {"count": int(len(y))} for s, (_, y) in splits.items()},
+                "arrays": arrays, "data_sha256": dataset.data_sha256(arrays)}
+    (folder / dataset.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    return write_prepared(tmp_path_factory.mktemp("data") / "prepared")
+
+
+# --------------------------------------------------------------------------- projects
+
+
+def env(extra: dict | None = None) -> dict:
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "RAY_"))}
+    out["PATH"] = f"{BIN}{os.pathsep}{out['PATH']}"
+    out["GIT_AUTHOR_NAME"] = out["GIT_COMMITTER_NAME"] = "test"
+    out["GIT_AUTHOR_EMAIL"] = out["GIT_COMMITTER_EMAIL"] = "test@example.invalid"
+    return {**out, **(extra or {})}
+
+
+def run(cmd: str, cwd: Path, check: bool = True, timeout: int = 600, extra_env: dict | None = None):
+    out = subprocess.run(cmd, shell=True, cwd=cwd, env=env(extra_env), capture_output=True, text=True,
+                         timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{cmd!r} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def make_project(tmp: Path, per_class: int = 12, **params) -> Path:
+    """A git + DVC repository holding this project's code and a small official-format archive."""
+    proj = tmp / "proj"
+    proj.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy2(REPO / name, proj / name)
+    for name in ("pipeline", "models"):
+        shutil.copytree(REPO / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
+    archive = tmp / "cifar-10-python.tar.gz"
+    write_official(archive, per_class=per_class)
+    p = yaml.safe_load((proj / "params.yaml").read_text())
+    p.update({"seeds": [0, 1], "epochs": 2, "batch_size": 32})
+    p["data"].update({"url": str(archive), "sha256": sha256_file(archive), "md5": None, "verify_counts": False})
+    p.update(params)
+    (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    run("git init -q && dvc init -q && dvc config core.analytics false", proj)
+    shutil.copytree(REPO / ".dvc" / "plots", proj / ".dvc" / "plots")  # the plot templates
+    shutil.copy2(REPO / ".dvc" / "config", proj / ".dvc" / "config")
+    run("git add -A && git commit -qm init", proj)
+    return proj
+
+
+@pytest.fixture
+def project(tmp_path):
+    return lambda **params: make_project(tmp_path, **params)
+
+
+def flush_tracking(proj: Path) -> None:
+    """Send the tracking journal to the store now (the stages leave that to a background flusher)."""
+    run(f"{sys.executable} -m pipeline.tracking flush", proj)
+
+
+def mlflow_runs(db: Path) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "select r.run_uuid, r.status, (select value from tags t where t.run_uuid = r.run_uuid "
+            "and t.key = 'mlflow.parentRunId'), r.name from runs r").fetchall()
+        steps = dict(conn.execute("select run_uuid, count(distinct step) from metrics "
+                                  "where key = 'test_acc' group by run_uuid").fetchall())
+    return [{"id": r, "status": s, "parent": p, "name": n, "epochs": steps.get(r, 0)} for r, s, p, n in rows]
+
+
+# --------------------------------------------------------------------------- a real small study
+
+
+def run_study(root: Path, data: Path, seeds=(0, 1), tag: str = "", mlflow: bool = False, **extra) -> dict[str, Path]:
+    """params<tag>.yaml -> runs<tag>/ -> evaluation<tag>/ -> reports<tag>/ through the stages' main()s.
+    Call with the cwd at `root`."""
+    from pipeline.evaluate.stage import main as evaluate
+    from pipeline.report.stage import main as report
+    from pipeline.train.stage import main as train
+
+    paths = {k: root / f"{k}{tag}" for k in ("runs", "evaluation", "reports", "metrics", "curves")}
+    paths["params"] = root / f"params{tag}.yaml"
+    p = {"study": "report-test", "preset": "simple_cnn", "seeds": list(seeds), "epochs": 1, "batch_size": 32,
+         "device": "cpu", "report": {"bootstrap": 200}, **extra}
+    paths["params"].write_text(yaml.safe_dump(p, sort_keys=False))
+    train(["--params", str(paths["params"]), "--data", str(data), "--runs", str(paths["runs"]),
+           "--metrics", str(paths["metrics"] / "train.json"), "--curves", str(paths["curves"]) + ".csv",
+           "--no-progress"] + ([] if mlflow else ["--no-mlflow"]))
+    evaluate(["--params", str(paths["params"]), "--data", str(data), "--runs", str(paths["runs"]),
+              "--out", str(paths["evaluation"]), "--metrics", str(paths["metrics"] / "evaluate.json"),
+              "--headline", str(paths["metrics"] / "study.json")])
+    report(["--params", str(paths["params"]), "--data", str(data), "--runs", str(paths["runs"]),
+            "--evaluation", str(paths["evaluation"]), "--out", str(paths["reports"])])
+    paths["data"] = data
+    paths["root"] = root
+    return paths
+
+
+@pytest.fixture(scope="session")
+def study_files(tmp_path_factory, prepared):
+    """A 2-arm x 2-seed study made by the real stages, and a 1-seed variant restored
+    from the arm cache (session-wide: several test modules read it)."""
+    root = tmp_path_factory.mktemp("study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("CIFAR_ABLATE_TRACKING", "off")  # no background flusher: a test flushes when it needs to
+        two = run_study(root, prepared, seeds=(0, 1), mlflow=True)
+        one = run_study(root, prepared, seeds=(0,), tag="1")
+    return {"root": root, "two": two, "one": one, "db": root / "mlflow.db"}
