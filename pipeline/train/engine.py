@@ -24,7 +24,7 @@ class LocalEngine:
 
     name = "this process"
 
-    def __init__(self, data: Data, on_step: Callable[[], None] | None = None):
+    def __init__(self, data: Data, on_step: Callable[[int], None] | None = None):
         self.data, self.on_step = data, on_step
         self._job: tuple[JobSpec, Iterator] | None = None
 

@@ -37,6 +37,7 @@ class Progress:
         self.t0 = time.monotonic()
         self.rate: float | None = None  # images/s, measured
         self.bar = None
+        self._stepped = 0  # images of the current epoch the bar was moved by, step by step
 
     # --- before
 
@@ -105,15 +106,19 @@ class Progress:
             if self.bar is not None:
                 self.bar.total = self.total
 
-    def step(self) -> None:
-        pass  # the bar moves per epoch; a per-step callback would cost a Python call per batch
+    def step(self, images: int) -> None:
+        """A training step of a job in this process: the bar moves with it."""
+        self._stepped += images
+        if self.bar is not None:
+            self.bar.update(images)
 
     def epoch(self, spec: JobSpec, row: HistoryRow) -> None:
         job = self.jobs.get(spec.fp)
         if job is not None:
             self.done += job.images_per_epoch
-            if self.bar is not None:
+            if self.bar is not None and not self._stepped:  # a remote job: the bar moves per epoch
                 self.bar.update(job.images_per_epoch)
+            self._stepped = 0
             self._postfix()
         self._say(f"{spec.label} epoch {row.epoch}/{spec.cfg.epochs}: train loss {row.train_loss:.4f} "
                   f"acc {row.train_acc:.4f}, test loss {row.test_loss:.4f} acc {row.test_acc:.4f}, "

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core import dataset
-from pipeline.core.config import Arm, Params, load_params
+from pipeline.core.config import Arm, Params, TrainConfig, load_params
 from pipeline.core.contracts import (
     CHECKPOINTS,
     HISTORY_FIELDS,
@@ -98,8 +98,8 @@ class Identity:
     versions: dict
     device_type: str
 
-    def fingerprint(self, arm: Arm, seed: int) -> str:
-        return fingerprint(arm.train, seed, self.data_id, self.code, self.versions, self.device_type)
+    def fingerprint(self, cfg: TrainConfig, seed: int) -> str:
+        return fingerprint(cfg, seed, self.data_id, self.code, self.versions, self.device_type)
 
 
 @dataclass
@@ -125,14 +125,14 @@ class Driver:
 
     # --- tracking
 
-    def _child(self, arm: Arm, seed: int, fp: str, extra_tags: dict | None = None) -> str | None:
+    def _child(self, arm: Arm, seed: int, fp: str, cfg: TrainConfig, extra_tags: dict | None = None) -> str | None:
         if self.journal is None:
             return None
         tags = {"arm": arm.name, "seed": seed, **{f"axis.{k}": v for k, v in arm.axes.items()},
                 "git_commit": self.provenance["code_version"], "dvc_experiment": self.provenance["dvc_experiment"],
                 "data_sha256": self.provenance["data_sha256"], "fingerprint": fp, **(extra_tags or {})}
         key = self.journal.start(self.params.study, f"{arm.name} seed={seed}", tags=tags, parent=self.parent)
-        self.journal.params(key, {**_flat(arm.train.model_dump()), "seed": seed, "arm": arm.name,
+        self.journal.params(key, {**_flat(cfg.model_dump()), "seed": seed, "arm": arm.name,
                                   **self.provenance["data_params"]})
         for context, rows in (("train", self.provenance["n_train"]), ("test", self.provenance["n_test"])):
             self.journal.dataset(key, name=self.provenance["data_name"], digest=self.provenance["data_sha256"],
@@ -180,7 +180,7 @@ class Driver:
             if key is not None and state is not None:
                 self.journal.resume(key, self.parent)
             else:
-                key = self._child(arm, spec.seed, spec.fp)
+                key = self._child(arm, spec.seed, spec.fp, spec.cfg)
             writer = StateWriter(self.store, spec.fp).__enter__()
             self.running[spec.fp] = Running(spec, lock, writer, key)
             self.engine.submit(spec, state)
@@ -216,15 +216,15 @@ class Driver:
     def _finish(self, job: Running, arm: Arm, done: Finished) -> None:
         import torch
 
-        spec, cfg = job.spec, arm.train
+        spec, cfg = job.spec, job.spec.cfg
         metrics = RunMetrics.from_history(done.history)
         manifest = {"trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                     "device": self.identity.device_type, "code_version": self.provenance["code_version"]}
         example = self.provenance["example"]
         with self.store.finish(spec.fp, manifest) as tmp:
-            torch.save(checkpoint(done.model, arm, spec.seed, cfg.epochs, self.provenance, example), tmp / "model.pt")
+            torch.save(checkpoint(done.model, spec, cfg.epochs, self.provenance, example), tmp / "model.pt")
             if cfg.keep_best and done.best_state is not None:
-                torch.save(checkpoint(done.best_state, arm, spec.seed, done.best_epoch, self.provenance, example),
+                torch.save(checkpoint(done.best_state, spec, done.best_epoch, self.provenance, example),
                            tmp / "best.pt")
             write_history(tmp / "history.csv", done.history)
             (tmp / "diagnostics.json").write_text(json.dumps(done.diagnostics) + "\n")
@@ -256,7 +256,7 @@ class Driver:
         ArmStore.restore(folder, dest)
         key = None
         if self.journal is not None:
-            key = self._child(arm, spec.seed, spec.fp, {"restored": "true", "trained_at": files.trained_at})
+            key = self._child(arm, spec.seed, spec.fp, spec.cfg, {"restored": "true", "trained_at": files.trained_at})
             for row in history:
                 self.journal.metrics(key, {k: v for k, v in row.model_dump().items() if k != "epoch"}, step=row.epoch)
             self.journal.metrics(key, {f"final_{k}": v for k, v in metrics.model_dump().items()})
@@ -277,14 +277,14 @@ class Driver:
             self._release(job)
 
 
-def checkpoint(weights: dict, arm: Arm, seed: int, epoch: int, provenance: dict, example) -> dict:
+def checkpoint(weights: dict, spec: JobSpec, epoch: int, provenance: dict, example) -> dict:
     """A checkpoint that loads with `torch.load(weights_only=True)` and says what made it."""
     return {
         "model": weights,
-        "model_name": arm.train.model,
-        "config": arm.train.model_dump(),
-        "arm": arm.name,
-        "seed": seed,
+        "model_name": spec.cfg.model,
+        "config": spec.cfg.model_dump(),
+        "arm": spec.arm,
+        "seed": spec.seed,
         "epoch": epoch,
         "example": example,  # a few test images (uint8 tensor), the input example of the logged model
         **{k: provenance[k] for k in ("code_version", "dvc_experiment", "data_sha256")},
@@ -350,7 +350,7 @@ def main(argv=None) -> None:
     import torch
 
     from pipeline.train.progress import Progress
-    from pipeline.training.loop import resolve_device, set_determinism
+    from pipeline.training.loop import resolve_device, resolve_precision, set_determinism
 
     device = resolve_device(params.run.device)
     set_determinism(params.run.deterministic)
@@ -371,7 +371,11 @@ def main(argv=None) -> None:
     }
     runs = Path(args.runs)
     arms = {a.name: a for a in params.arms}
-    jobs = [JobSpec(arm.name, seed, arm.train, identity.fingerprint(arm, seed), str(device), params.run.eval_batch_size)
+    # what each arm computes on this device (precision: auto made concrete), and its fingerprint
+    resolved = {a.name: a.train.model_copy(update={"precision": resolve_precision(a.train.precision, device)})
+                for a in params.arms}
+    jobs = [JobSpec(arm.name, seed, resolved[arm.name], identity.fingerprint(resolved[arm.name], seed), str(device),
+                    params.run.eval_batch_size, params.run.deterministic, torch.get_num_threads())
             for arm, seed in params.runs()]
 
     signal.signal(signal.SIGTERM, _sigterm)

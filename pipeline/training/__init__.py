@@ -20,5 +20,7 @@ NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "onecycle", "cosine")  # stepped once per batch
-PRECISIONS = ("fp32", "bf16", "fp16")
+# auto: mixed precision where a GPU gains from it, bf16 where it supports it, else
+# fp16 with a gradient scaler; fp32 on the CPU (resolved by loop.resolve_precision)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")

@@ -340,26 +340,29 @@ SSR_CUTOUT_K = 9
 
 
 def _apply_ssr_cutout(x: torch.Tensor, u: torch.Tensor, c: Constants) -> torch.Tensor:
-    """dilated_net recipe, albumentations semantics, in this order:
+    """dilated_net recipe, albumentations 1.x semantics (the API the recipe's
+    arguments belong to), in this order:
 
     1. HorizontalFlip(p=0.5).
     2. ShiftScaleRotate(shift_limit=0.0625, scale_limit=0.1, rotate_limit=7, p=0.5):
        per image dx, dy ~ U(-0.0625, 0.0625) of the width/height, scale ~
        U(0.9, 1.1), angle ~ U(-7, 7) degrees, about the image centre, bilinear,
-       border BORDER_REFLECT_101 (albumentations' default). grid_sample with
+       border BORDER_REFLECT_101 (the 1.x default; 2.x deprecates the transform
+       for Affine, whose default border is constant). grid_sample with
        padding_mode="reflection" and align_corners=True reproduces
        REFLECT_101 exactly (see _shift_scale_rotate). Differences from
        cv2.warpAffine: cv2 quantises sample positions to 1/32 pixel and rounds
        the result back to uint8; here the result stays float32.
-    3. CoarseDropout with one 16x16 hole, p=0.5, filled with the dataset mean:
-       the hole's centre is uniform over all pixels and the hole is clipped
-       at the borders, like Cutout (DeVries & Taylor 2017); albumentations
-       instead keeps holes wholly inside. The mean fill is written as an exact
-       0 after normalisation (albumentations would fill a rounded uint8 mean).
+    3. CoarseDropout(max_holes=1, max_height=16, max_width=16, fill_value=mean,
+       p=0.5) (1.x arguments; 2.x renamed them num_holes_range, hole_height_range,
+       fill): one 16x16 hole whose top-left corner is uniform over the positions
+       that keep the whole hole inside the image, as 1.x draws it
+       (randint(0, H - 16), inclusive). The mean fill is written as an exact 0
+       after normalisation (albumentations would fill a rounded uint8 mean).
     4. Normalize with `norm`.
 
     Uniform columns: 0 flip, 1 SSR on, 2 angle, 3 scale, 4 dx, 5 dy,
-    6 hole on, 7 hole centre row, 8 hole centre column.
+    6 hole on, 7 hole top, 8 hole left.
     """
     _, _, h, w = x.shape
     flip = _bcast(u[:, 0] < 0.5)
@@ -376,11 +379,9 @@ def _apply_ssr_cutout(x: torch.Tensor, u: torch.Tensor, c: Constants) -> torch.T
     # and avoids a data-dependent subset (which would sync a CUDA stream).
     xf = torch.where(_bcast(u[:, 1] < 0.5), warped, xf)
     xf = _normalize_unit_(xf, c)
-    cy = _uniform_int(u[:, 7], 0, h - 1)
-    cx = _uniform_int(u[:, 8], 0, w - 1)
-    half = CUTOUT_SIZE // 2
-    hole = _box_mask(h, w, (cy - half).clamp(min=0), (cx - half).clamp(min=0),
-                     (cy + half).clamp(max=h), (cx + half).clamp(max=w), u[:, 6] < 0.5)
+    top = _uniform_int(u[:, 7], 0, h - CUTOUT_SIZE)
+    left = _uniform_int(u[:, 8], 0, w - CUTOUT_SIZE)
+    hole = _box_mask(h, w, top, left, top + CUTOUT_SIZE, left + CUTOUT_SIZE, u[:, 6] < 0.5)
     return xf.masked_fill_(hole, 0.0)
 
 

@@ -21,10 +21,12 @@ from pipeline.core.contracts import HistoryRow, TrainState
 class JobSpec:
     arm: str
     seed: int
-    cfg: TrainConfig
+    cfg: TrainConfig  # precision resolved for the device
     fp: str
-    device: str  # resolved: "cpu", "cuda", "cuda:1"
+    device: str  # "cpu", "cuda", "cuda:1"
     eval_batch: int | str
+    deterministic: bool = False
+    threads: int | None = None  # CPU threads; the same count everywhere keeps CPU results bitwise equal
 
     @property
     def label(self) -> str:
@@ -79,11 +81,17 @@ def _own(a: np.ndarray) -> np.ndarray:
 
 
 def run_job(spec: JobSpec, data: Data, resume: TrainState | None,
-            on_step: Callable[[], None] | None = None) -> Iterator:
+            on_step: Callable[[int], None] | None = None) -> Iterator:
     """Train `spec` (from `resume`, if given): yields `Epoch`s, then one `Finished`."""
-    import models
-    from pipeline.training.loop import eval_batch_size, host_copy, resolve_device, seed_everything, train_epochs
+    import torch
 
+    import models
+    from pipeline.training.loop import (eval_batch_size, host_copy, resolve_device, seed_everything,
+                                        set_determinism, train_epochs)
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    set_determinism(spec.deterministic)
     device = resolve_device(spec.device)
     train, test = tensors(data, device)
     seed_everything(spec.seed)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Generator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,8 +83,18 @@ def set_determinism(deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def streams(seed: int) -> tuple[int, int]:
+    """A run's seed split into two independent streams (numpy's SeedSequence):
+    one for the model (initial weights, dropout), one for the data (order,
+    augmentation). One integer seeding both would start the first permutation
+    from the numbers that drew the initial weights."""
+    model, data = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
+    return int(model >> 1), int(data >> 1)  # as non-negative int64 seeds
+
+
 def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)  # CPU and every CUDA device: weight init and dropout
+    """Seed the model stream: weight initialisation and dropout, on the CPU and every CUDA device."""
+    torch.manual_seed(streams(seed)[0])
 
 
 def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -105,7 +116,21 @@ def build_schedule(cfg: TrainConfig, opt, steps_per_epoch: int):
     return None
 
 
+def resolve_precision(precision: str, device: torch.device, bf16_supported: bool | None = None) -> str:
+    """`auto` made concrete for `device`: bf16 on a GPU that has it (Ampere and
+    later), fp16 with a gradient scaler on older GPUs (a T4, the resnet18
+    recipe's own), fp32 on the CPU, where mixed precision buys nothing."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported(including_emulation=False)
+    return "bf16" if bf16_supported else "fp16"
+
+
 def autocast(precision: str, device: torch.device):
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -170,22 +195,25 @@ def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed:
 
 
 def train_epochs(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed: int, *,
-                 eval_batch: int = 256, states: bool = True, on_step: Callable[[], None] | None = None,
+                 eval_batch: int = 256, states: bool = True, on_step: Callable[[int], None] | None = None,
                  resume: TrainState | None = None, diagnostics: bool = True) -> Generator[Epoch, None, Result]:
     """Train `model` on `train` per `cfg`, evaluating on `test` after every epoch;
     yield each epoch, return the `Result`.
 
     The model must already be on the training device (and seeded: call
-    `seed_everything` before building it). Data order and augmentation draw from
-    their own generator seeded with `seed`, so runs are reproducible.
+    `seed_everything(seed)` before building it). Data order and augmentation draw
+    from their own generator, on the data stream of `seed` (see `streams`), so
+    runs are reproducible.
 
-    With `states`, each epoch carries everything needed to go on (weights,
+    `on_step(images)` is called after every step (a progress bar; it must not
+    read the device). With `states`, each epoch carries everything needed to go on (weights,
     optimizer, schedule, every RNG state, history); passing it back as `resume`
     continues the run so that it ends bitwise equal to one that was never
     interrupted (on the CPU; on CUDA with deterministic kernels).
     """
     device = train.x.device
-    gen = torch.Generator(device=device).manual_seed(seed)
+    cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)})
+    gen = torch.Generator(device=device).manual_seed(streams(seed)[1])
     aug = Augmenter(cfg.aug, cfg.norm, device)
     # NHWC: faster convolutions with cuDNN and oneDNN alike (1.1-1.5x measured on 2 CPU cores)
     model = model.to(memory_format=torch.channels_last)
@@ -254,7 +282,7 @@ def train_epochs(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConf
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             if on_step is not None:
-                on_step()
+                on_step(len(y))
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t0
