@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import os
 import re
+import stat
 import sys
 import time
 import urllib.parse
@@ -32,13 +33,23 @@ CHUNK = 1 << 20  # bytes per file read/write
 NET_CHUNK = 1 << 16  # bytes per network read; what a dropped read was holding is lost
 CONNECT_TIMEOUT_S = 15.0
 READ_TIMEOUT_S = 60.0  # longest silence from the server before the attempt counts as dropped
+STALL_S = 60.0  # an attempt that gains less than STALL_BYTES in this long counts as dropped,
+STALL_BYTES = 64 << 10  # however often the server sends a byte or two
 RETRY_WAIT_S = 2.0  # wait before the n-th retry: n * RETRY_WAIT_S seconds
 
-_BY_HAND = "download it by hand and set data.url to the local path"
+_BY_HAND = ("download it by hand, then set data.url to its local path and data.sha256 to its checksum "
+            "(see 'Data' in the README)")
 
 
 class _Dropped(Exception):
     """The connection broke after it was made; worth resuming."""
+
+
+class _TooBig(Exception):
+    """More bytes came than data.max_bytes allows."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
 
 
 def _digest(path: Path, algo: str) -> str:
@@ -57,7 +68,11 @@ def _bar(total: int | None, initial: int, name: str, progress: bool) -> tqdm:
 
 def _local_source(url: str) -> Path | None:
     """The file a file:// URL or plain path names; None for http(s)."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL"
+        raise PipelineError(f"data.url = {url!r} is not a valid URL ({exc}); give an http(s) URL, a file:// URL "
+                            f"or a local path") from None
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
         return None
@@ -74,19 +89,33 @@ def _local_source(url: str) -> Path | None:
                         f"(data.url must be an http(s) URL, a file:// URL or a local path)")
 
 
-def _copy_local(url: str, src: Path, part: Path, progress: bool) -> None:
+def _copy_local(url: str, src: Path, part: Path, progress: bool, cap: int) -> None:
     try:
-        size = src.stat().st_size
-        fin = open(src, "rb")
+        st = src.stat()  # before opening: opening a FIFO would wait for a writer
     except FileNotFoundError:
         raise PipelineError(f"cannot read {url}: no such file (a relative path is relative to "
                             f"{repo_root()}); check data.url") from None
-    except IsADirectoryError:
-        raise PipelineError(f"cannot read {url}: it is a folder, not an archive; check data.url") from None
     except OSError as exc:
         raise PipelineError(f"cannot read {url}: {exc.strerror or exc}; check data.url") from None
-    with fin, open(part, "wb") as fout, _bar(size, 0, src.name, progress) as bar:
+    if stat.S_ISDIR(st.st_mode):
+        raise PipelineError(f"cannot read {url}: it is a folder, not an archive; check data.url")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or
+                stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise PipelineError(f"refusing data.url = {url}: it is {kind}, not an archive file")
+    if st.st_size > cap:
+        raise PipelineError(f"refusing data.url = {url}: it has {st.st_size:,} bytes, more than the "
+                            f"{cap:,} allowed (data.max_bytes)")
+    try:
+        fin = open(src, "rb")
+    except OSError as exc:
+        raise PipelineError(f"cannot read {url}: {exc.strerror or exc}; check data.url") from None
+    with fin, open(part, "wb") as fout, _bar(st.st_size, 0, src.name, progress) as bar:
+        done = 0
         while block := fin.read(CHUNK):
+            done += len(block)
+            if done > cap:  # it grew while being copied
+                raise _TooBig(cap)
             fout.write(block)
             bar.update(len(block))
 
@@ -122,7 +151,7 @@ def _content_range_start(value: str | None) -> tuple[int | None, int | None]:
     return int(m.group(1)), (None if m.group(2) == "*" else int(m.group(2)))
 
 
-def _http_attempt(session: requests.Session, url: str, part: Path, progress: bool) -> None:
+def _http_attempt(session: requests.Session, url: str, part: Path, progress: bool, cap: int) -> None:
     """One GET, resuming from `part` when it has bytes. Raises _Dropped when worth retrying."""
     have = part.stat().st_size if part.exists() else 0
     # identity: the archive's own bytes, never re-compressed or decoded in transit
@@ -150,6 +179,8 @@ def _http_attempt(session: requests.Session, url: str, part: Path, progress: boo
                                 f"check the URL or {_BY_HAND}")
         length = resp.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() else None
+        if length is not None and (have if resp.status_code == 206 else 0) + length > cap:
+            raise _TooBig(cap)
         if resp.status_code == 206:
             start, total = _content_range_start(resp.headers.get("Content-Range"))
             if start != have:  # not the range we asked for: start over
@@ -165,10 +196,19 @@ def _http_attempt(session: requests.Session, url: str, part: Path, progress: boo
             mode, done, total = "wb", 0, length
         try:
             with open(part, mode) as f, _bar(total, done, part.name.removesuffix(".part"), progress) as bar:
-                for block in resp.raw.stream(NET_CHUNK, decode_content=False):
+                mark, mark_t = done, time.monotonic()  # progress is STALL_BYTES within STALL_S
+                # read1: what has arrived (at most NET_CHUNK), so a slow server is noticed
+                while block := resp.raw.read1(NET_CHUNK, decode_content=False):
                     f.write(block)
                     done += len(block)
                     bar.update(len(block))
+                    if done > cap:
+                        raise _TooBig(cap)
+                    now = time.monotonic()
+                    if done - mark >= STALL_BYTES:
+                        mark, mark_t = done, now
+                    elif now - mark_t > STALL_S:
+                        raise _Dropped(f"less than {STALL_BYTES:,} bytes in {STALL_S:.0f} s")
         except (requests.ConnectionError, requests.Timeout,
                 requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError) as exc:
             raise _Dropped(_reason(exc)) from None
@@ -176,12 +216,12 @@ def _http_attempt(session: requests.Session, url: str, part: Path, progress: boo
             raise _Dropped(f"the connection closed after {done:,} of {total:,} bytes")
 
 
-def _http_fetch(url: str, part: Path, progress: bool, retries: int) -> None:
+def _http_fetch(url: str, part: Path, progress: bool, retries: int, cap: int) -> None:
     failures = 0
     with requests.Session() as session:
         while True:
             try:
-                _http_attempt(session, url, part, progress)
+                _http_attempt(session, url, part, progress, cap)
                 return
             except _Dropped as exc:
                 failures += 1
@@ -197,7 +237,7 @@ def _http_fetch(url: str, part: Path, progress: bool, retries: int) -> None:
 
 
 def fetch(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha256: str | None = None,
-          progress: bool = True, retries: int = 3) -> str:
+          progress: bool = True, retries: int = 3, max_bytes: int = 1 << 30) -> str:
     """Fetch `url` to `dest`, verified; return the hex digest checked (sha256 when none was given).
 
     sha256 wins over md5. With neither, the archive is accepted unverified
@@ -217,17 +257,24 @@ def fetch(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha256: 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     t0 = time.perf_counter()
-    if src is not None:
-        _copy_local(url, src, part, progress)
-    else:
-        _http_fetch(url, part, progress, retries)
+    try:
+        if src is not None:
+            _copy_local(url, src, part, progress, max_bytes)
+        else:
+            _http_fetch(url, part, progress, retries, max_bytes)
+    except _TooBig as big:
+        part.unlink(missing_ok=True)
+        raise PipelineError(f"refusing data.url = {url}: it sends more than {big.cap:,} bytes (data.max_bytes; "
+                            f"the official archive has 170,498,071); nothing was kept") from None
 
     got = _digest(part, algo or "sha256")
     if algo and got != expected:
         part.unlink(missing_ok=True)  # a corrupt part must not be resumed
-        raise PipelineError(f"checksum mismatch for {url}: expected {algo} {expected}, got {got}; "
-                            f"the download is corrupt or data.{algo} is wrong "
-                            f"(set data.sha256/data.md5 to the archive's real checksum)")
+        other = "data.md5" if algo == "sha256" else "data.sha256"
+        raise PipelineError(f"checksum mismatch for {url}: expected {algo} {expected} (data.{algo}), got {got}; "
+                            f"the download is corrupt, or data.url names another archive than data.{algo} "
+                            f"describes: set data.sha256 (it wins over data.md5) to that archive's checksum, "
+                            f"or {other} to null (see 'Data' in the README for offline use)")
     if not algo:
         print(f"warning: data.sha256 and data.md5 are both null, so {url} is unverified; "
               f"its sha256 is {got} (set data.sha256 to pin it)", file=sys.stderr)
@@ -246,8 +293,8 @@ def main(argv=None):
     ap.add_argument("--retries", type=int, default=3, help="resumes after a dropped connection")
     args = ap.parse_args(argv)
     cfg = load_data_config(args.params)
-    fetch(cfg.url, args.out, md5=cfg.md5, sha256=cfg.sha256,
-          progress=not args.no_progress, retries=args.retries)
+    fetch(cfg.url, args.out, md5=cfg.md5, sha256=cfg.sha256, progress=not args.no_progress,
+          retries=args.retries, max_bytes=cfg.download_cap)
 
 
 if __name__ == "__main__":

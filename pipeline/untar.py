@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import lzma
+import math
 import os
 import pickle
 import shutil
@@ -35,7 +36,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.core.dataset import ARRAY_FILES, CLASSES, IMAGE_SHAPE, MANIFEST, SPLITS, data_sha256
 from pipeline.core.errors import PipelineError, cli
-from pipeline.core.io import atomic_path, sha256_file, write_json
+from pipeline.core.io import atomic_path, host_tag, sha256_file, sweep, write_json
 from pipeline.core.schema import load_data_config
 
 # Against tar bombs. CIFAR-10 has ~60,030 members and unpacks to ~185 MB
@@ -219,19 +220,44 @@ _SAFE_GLOBALS = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Builds dicts, lists, bytes, str, numbers and numpy arrays; refuses every other global."""
+    """Builds dicts, lists, bytes, str, numbers and numpy arrays; refuses every other
+    global, and any array declared larger than the pickle that holds it: an array
+    pickled with its data is never larger than the file, while numpy allocates a
+    declared shape (uninitialised) before anything else is read."""
 
-    def __init__(self, file, member: str):
+    def __init__(self, file, member: str, size: int):
         super().__init__(file, encoding="bytes")  # as the official loader: Python 2 str -> bytes
-        self.member = member
+        self.member, self.size = member, size
+        check = self._check_shape
+
+        class Array(np.ndarray):  # what the pickle gets for numpy.ndarray: its calls are checked
+            def __new__(cls, shape, *args, **kwargs):
+                check(shape)
+                return np.ndarray.__new__(np.ndarray, shape, *args, **kwargs)
+
+        def reconstruct(subtype, shape, dtype):
+            check(shape)
+            return _reconstruct(np.ndarray if subtype is Array else subtype, shape, dtype)
+
+        self._replace = {np.ndarray: Array, _reconstruct: reconstruct}
+
+    def _check_shape(self, shape) -> None:
+        dims = shape if isinstance(shape, (tuple, list)) else (shape,)
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+            raise PipelineError(f"archive member '{self.member}' declares an array of shape {shape!r}; "
+                                f"not CIFAR-10")
+        if math.prod(dims) > self.size:
+            raise PipelineError(f"refusing archive member '{self.member}': it declares an array of "
+                                f"{math.prod(dims):,} elements in {self.size:,} bytes; not CIFAR-10")
 
     def find_class(self, module, name):
         try:
-            return _SAFE_GLOBALS[(module, name)]
+            found = _SAFE_GLOBALS[(module, name)]
         except KeyError:
             raise PipelineError(
                 f"refusing to unpickle {module}.{name} from archive member '{self.member}': CIFAR-10 "
                 f"batches hold only dicts, lists, strings, numbers and numpy arrays") from None
+        return self._replace.get(found, found)
 
     def persistent_load(self, pid):
         raise PipelineError(f"refusing a persistent id in archive member '{self.member}'")
@@ -240,7 +266,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _unpickle(path: Path, member: str) -> dict:
     try:
         with open(path, "rb") as f:
-            obj = _RestrictedUnpickler(f, member).load()
+            obj = _RestrictedUnpickler(f, member, os.fstat(f.fileno()).st_size).load()
     except PipelineError:
         raise
     except Exception as exc:  # a damaged pickle raises almost anything
@@ -406,7 +432,9 @@ def prepare(archive_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                 splits = _read_imagefolder(tf, archive, files)
                 jpeg = all(m.name.lower().endswith((".jpg", ".jpeg")) for _, m in files)
             else:
-                tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.extract.", dir=out.parent))
+                sweep(out.parent)  # what a killed run left
+                tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{host_tag()}-{os.getpid()}.", suffix=".tmp",
+                                            dir=out.parent))
                 try:
                     tf.extractall(tmp, members=[m for _, m in checked], filter="data")
                 except tarfile.FilterError as exc:  # not expected after _plan; refuse all the same

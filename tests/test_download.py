@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import http.server
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +115,9 @@ def test_checksum_mismatch_leaves_nothing(tmp_path, source, capsys):
         _main(_params(tmp_path, str(source), sha256=WRONG), out_dir / "cifar10.tar.gz")
     assert exc.value.code == 2
     line = _error_line(capsys)
-    assert line == (f"error: checksum mismatch for {source}: expected sha256 {WRONG}, got {SHA256}; "
-                    f"the download is corrupt or data.sha256 is wrong "
-                    f"(set data.sha256/data.md5 to the archive's real checksum)")
+    assert line.startswith(f"error: checksum mismatch for {source}: expected sha256 {WRONG} (data.sha256), "
+                           f"got {SHA256}; ")
+    assert "data.sha256" in line and "data.md5" in line and "README" in line  # both keys, and where to read more
     _folder_is(out_dir, [])
 
 
@@ -168,10 +170,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         chunk = body[start:]
+        if srv.endless:  # no Content-Length, and bytes for ever
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b"\0" * 65536)
+            except OSError:
+                return
         self.send_header("Content-Length", str(len(chunk)))
         # As some servers label a .tar.gz; the client must still save the bytes as they are.
         self.send_header("Content-Encoding", "gzip")
         self.end_headers()
+        if srv.drip:  # a byte now and then: never silent for long, never done
+            try:
+                for b in chunk:
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                    time.sleep(srv.drip)
+            except OSError:
+                return
+            return
         if srv.drops:  # send part of the body, then hang up
             srv.drops -= 1
             self.wfile.write(chunk[:len(chunk) // 3])
@@ -186,6 +205,7 @@ def server():
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
     srv.payload, srv.honor_range, srv.drops, srv.requests = PAYLOAD, True, 0, []
+    srv.drip, srv.endless = 0.0, False
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/cifar.tar.gz"
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
@@ -271,7 +291,7 @@ def test_http_404(tmp_path, server, capsys):
         _main(_params(tmp_path, url), tmp_path / "out.tar.gz")
     line = _error_line(capsys)
     assert f"cannot download {url}: HTTP 404" in line
-    assert "download it by hand and set data.url to the local path" in line
+    assert "download it by hand, then set data.url to its local path and data.sha256" in line
 
 
 def test_unreachable_url(tmp_path, capsys):
@@ -284,6 +304,55 @@ def test_unreachable_url(tmp_path, capsys):
     assert exc.value.code == 2
     line = _error_line(capsys)
     assert line.startswith(f"error: cannot download {url}: ")
-    assert "refused" in line.lower() and "set data.url to the local path" in line
+    assert "refused" in line.lower() and "set data.url to its local path" in line
     assert "object at 0x" not in line
     _folder_is(tmp_path, ["params.yaml"])
+
+
+# ------------------------------------------------------------------ bounded inputs
+
+def test_a_device_or_fifo_is_refused_without_reading_it(tmp_path, capsys):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for url in ("/dev/zero", str(fifo)):  # /dev/zero would fill the disk; a FIFO would hang
+        with pytest.raises(SystemExit):
+            _main(_params(tmp_path, url), tmp_path / "data" / "cifar10.tar.gz")
+        line = _error_line(capsys)
+        assert "not an archive file" in line and ("a device" in line or "a FIFO" in line)
+    _folder_is(tmp_path / "data", [])
+
+
+def test_a_local_file_larger_than_the_cap_is_refused(tmp_path, source, capsys):
+    with pytest.raises(download.PipelineError, match=r"more than the 1,000 allowed \(data.max_bytes\)"):
+        download.fetch(str(source), tmp_path / "out.tar.gz", sha256=SHA256, progress=False, max_bytes=1000)
+    assert not list(tmp_path.glob("out.tar.gz*"))
+
+
+def test_an_endless_download_stops_at_the_cap_and_keeps_nothing(tmp_path, server):
+    server.endless = True
+    dest = tmp_path / "cifar10.tar.gz"
+    with pytest.raises(download.PipelineError, match=r"sends more than 1,000,000 bytes \(data.max_bytes"):
+        download.fetch(server.url, dest, sha256=SHA256, progress=False, max_bytes=1_000_000)
+    assert not list(tmp_path.glob("cifar10.tar.gz*"))
+
+
+def test_a_content_length_over_the_cap_is_refused_before_reading(tmp_path, server):
+    with pytest.raises(download.PipelineError, match="data.max_bytes"):
+        download.fetch(server.url, tmp_path / "c.tar.gz", sha256=SHA256, progress=False, max_bytes=1000)
+    assert server.requests == [None]
+
+
+def test_a_server_that_drips_a_byte_at_a_time_times_out(tmp_path, server, monkeypatch, capsys):
+    monkeypatch.setattr(download, "STALL_S", 0.5)
+    server.drip = 0.05  # 20 bytes a second: never 60 s of silence, yet no real progress
+    t0 = time.monotonic()
+    with pytest.raises(download.PipelineError, match="less than 65,536 bytes in 0 s"):
+        download.fetch(server.url, tmp_path / "c.tar.gz", sha256=SHA256, progress=False, retries=1)
+    assert time.monotonic() - t0 < 10
+
+
+def test_a_malformed_url_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _main(_params(tmp_path, "http://[::1:80/x.tar.gz"), tmp_path / "c.tar.gz")
+    line = _error_line(capsys)
+    assert "is not a valid URL" in line and "Invalid IPv6 URL" in line

@@ -360,13 +360,39 @@ def test_missing_archive_names_the_download_stage(tmp_path, params, capsys):
     assert "run `dvc repro download` first" in _one_line(capsys)
 
 
+def _load(payload: bytes):
+    return untar._RestrictedUnpickler(io.BytesIO(payload), "m", len(payload)).load()
+
+
 def test_restricted_unpickler_allows_only_numpy_arrays():
     ok = pickle.dumps({b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), b"labels": [1, 2]}, protocol=4)
-    got = untar._RestrictedUnpickler(io.BytesIO(ok), "m").load()
+    got = _load(ok)
     np.testing.assert_array_equal(got[b"data"], np.arange(6).reshape(2, 3))
+    assert type(got[b"data"]) is np.ndarray
     for payload in (pickle.dumps(Path("x"), protocol=4), pickle.dumps(print, protocol=4)):
         with pytest.raises(PipelineError, match="refusing to unpickle"):
-            untar._RestrictedUnpickler(io.BytesIO(payload), "m").load()
+            _load(payload)
+
+
+class _Declares:
+    """Pickles as a call that allocates an array of a declared shape, with no data."""
+
+    def __init__(self, make, args):
+        self.make, self.args = make, args
+
+    def __reduce__(self):
+        return self.make, self.args
+
+
+@pytest.mark.parametrize("make, args", [
+    (np.ndarray, ((100_000, 3072), "u1")),                        # numpy.ndarray(shape, dtype)
+    (untar._reconstruct, (np.ndarray, (100_000, 3072), b"B")),    # the helper array pickles use
+])
+def test_an_array_declared_larger_than_its_pickle_is_refused_before_allocation(make, args):
+    payload = pickle.dumps({b"data": _Declares(make, args), b"labels": [0]}, protocol=4)
+    assert len(payload) < 400
+    with pytest.raises(PipelineError, match=r"declares an array of 307,200,000 elements in \d+ bytes"):
+        _load(payload)
 
 
 # --------------------------------------------------------------- the real thing

@@ -17,7 +17,7 @@ from pathlib import Path
 _TMP = re.compile(r"^\..+\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
 
 
-def _host() -> str:
+def host_tag() -> str:
     return socket.gethostname().replace(".", "_") or "host"
 
 
@@ -32,7 +32,7 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep(path.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{host_tag()}-{os.getpid()}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
         yield target
@@ -56,7 +56,7 @@ def sweep(folder: str | os.PathLike) -> list[Path]:
         return gone
     for entry in entries:
         m = _TMP.match(entry.name)
-        if m and m["host"] == _host() and not pid_alive(int(m["pid"])):
+        if m and m["host"] == host_tag() and not pid_alive(int(m["pid"])):
             shutil.rmtree(entry.path, ignore_errors=True)
             gone.append(Path(entry.path))
     return gone

@@ -17,6 +17,8 @@ import argparse
 import gc
 import hashlib
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -143,12 +145,20 @@ def evaluate_study(params: Params, record: StudyRecord, runs: Path, data: Path, 
 
 
 def _load_cached(folder: Path, arm: str, seed: int):
+    """A cached evaluation, or None; a damaged one is removed (with one line) and redone."""
+    if not folder.exists():
+        return None
     try:
         ev = CheckpointEval.model_validate_json((folder / "eval.json").read_bytes())
         with np.load(folder / "predictions.npz") as z:
             arrays = {k: z[k] for k in ("pred", "correct", "confidence")}
         filters = np.load(folder / "filters.npy")
-    except (OSError, ValueError, KeyError):
+        if not (len(arrays["pred"]) == len(arrays["correct"]) == len(arrays["confidence"])):
+            raise ValueError("arrays of different lengths")
+    except Exception as exc:  # noqa: BLE001  truncated, garbled or partly missing
+        print(f"warning: the cached evaluation {folder} is damaged ({type(exc).__name__}); evaluating again",
+              file=sys.stderr, flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
         return None
     return ev.model_copy(update={"arm": arm, "seed": seed}), arrays, filters
 

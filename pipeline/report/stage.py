@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,22 +106,33 @@ def _tracking(study: str, record: StudyRecord) -> dict[str, str]:
 
 
 def draw_figures(report: Report, cache: Path | None) -> dict[str, bytes]:
-    """{figure name: PNG}, each drawn only if no identical figure was drawn before."""
+    """{figure name: PNG}, each drawn only if no identical figure was drawn before.
+
+    A cached figure is `<key of its inputs>.<sha256 of the PNG>.png`: one that no
+    longer matches its checksum is removed, with one line, and drawn again."""
     from pipeline.report import figures
 
     out = {}
     for fig in report.figures():
         key = hashlib.sha256(pickle.dumps((fig.draw, _canonical(fig.args)), protocol=4)).hexdigest()
-        path = cache / f"{key}.png" if cache is not None else None
-        if path is not None and path.exists():
-            out[fig.name] = path.read_bytes()
-            continue
-        png = getattr(figures, fig.draw)(**fig.args)
-        if path is not None:
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(png)
+        png = _cached_png(cache, key) if cache is not None else None
+        if png is None:
+            png = getattr(figures, fig.draw)(**fig.args)
+            if cache is not None:
+                with atomic_path(cache / f"{key}.{hashlib.sha256(png).hexdigest()}.png") as tmp:
+                    tmp.write_bytes(png)
         out[fig.name] = png
     return out
+
+
+def _cached_png(cache: Path, key: str) -> bytes | None:
+    for path in cache.glob(f"{key}.*.png"):
+        png = path.read_bytes()
+        if hashlib.sha256(png).hexdigest() == path.name.split(".")[1]:
+            return png
+        print(f"warning: the cached figure {path} is damaged; drawing it again", file=sys.stderr, flush=True)
+        path.unlink(missing_ok=True)
+    return None
 
 
 def _canonical(v):

@@ -251,17 +251,27 @@ def run(root: Path, uri: str, watch: int | None, give_up_s: float = GIVE_UP_S, l
     f = Flusher(root, uri)
     f.dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(f.dir / "flusher.lock"))
-    try:
-        lock.acquire(timeout=give_up_s + 60 if wait else 0)
-    except Timeout:
-        return wait is False  # another flusher has it; it lingers and will see our events
+    while True:
+        try:
+            lock.acquire(timeout=give_up_s + 60 if wait else 0)
+        except Timeout:
+            return wait is False  # another flusher has it; it lingers and will see our events
+        ok = _flush_while_needed(f, lock, watch, give_up_s, linger_s)
+        # events that came after the last look, while another flusher gave way to this one
+        if not ok or not f.pending():
+            return ok
+
+
+def _flush_while_needed(f: "Flusher", lock, watch: int | None, give_up_s: float, linger_s: float) -> bool:
     try:
         idle_since, failing_since, wait = time.monotonic(), None, 1.0
+        _status(f, None)
         while True:
             try:
                 sent = f.flush_once()
+                if failing_since is not None:
+                    _status(f, None)
                 failing_since, wait = None, 1.0
-                _status(f, None)
             except Exception as exc:  # a store that is locked, slow or gone
                 f._client, f._experiments, f._checked = None, {}, set()
                 now = time.monotonic()
@@ -277,11 +287,10 @@ def run(root: Path, uri: str, watch: int | None, give_up_s: float = GIVE_UP_S, l
             if sent:
                 idle_since = time.monotonic()
             elif not (watch is not None and pid_alive(watch)) and time.monotonic() - idle_since > linger_s:
-                break
+                return True
             time.sleep(POLL_S)
     finally:
         lock.release()
-    return not f.pending()
 
 
 def _status(f: Flusher, error: str | None) -> None:

@@ -1,16 +1,31 @@
-"""Where jobs run: in this process, one at a time, or on a Ray cluster.
+"""Where jobs run: in this process, one at a time, or on Ray (this machine or a cluster).
 
 An engine takes `JobSpec`s with their resume states and hands back, as they
 happen, `(spec, event)` pairs: each `Epoch` (with the state to save), then
-`Finished`, or `Failed`. The driver does everything else.
+`Finished`; or `Failed` (the job's own error) or `Lost` (its worker or node
+died: the driver resubmits it from its last saved state). The driver does
+everything else, so the data and results cross the network and nothing else.
+
+Choosing one (`make_engine`): a cluster address (params `cluster`, or
+RAY_ADDRESS) sends every job there; otherwise several jobs at once on this
+machine (a GPU, or `parallel` > 1) start Ray here; otherwise the jobs run in
+this process, which on a CPU is also the fastest (it has no idle capacity to
+share, and starting Ray would cost seconds for nothing).
 """
 from __future__ import annotations
 
+import os
+import socket
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from pipeline.core.contracts import TrainState
+from pipeline.core.errors import PipelineError
 from pipeline.training.job import Data, JobSpec, run_job
+
+GPU_JOBS_MAX = 8  # jobs sharing one GPU at most
+GIB = 1 << 30
 
 
 @dataclass
@@ -18,19 +33,22 @@ class Failed:
     error: BaseException
 
 
+@dataclass
+class Lost:
+    """The job's worker process or node died; nothing is wrong with the job."""
+
+    reason: str
+
+
 class LocalEngine:
-    """One job at a time in this process: nothing to start, no data to move. On one
-    CPU this is also the fastest way (the CPU has no idle capacity to share)."""
+    """One job at a time in this process: nothing to start, no data to move."""
 
     name = "this process"
+    slots = 1
 
     def __init__(self, data: Data, on_step: Callable[[int], None] | None = None):
         self.data, self.on_step = data, on_step
         self._job: tuple[JobSpec, Iterator] | None = None
-
-    @property
-    def slots(self) -> int:
-        return 1
 
     def busy(self) -> int:
         return int(self._job is not None)
@@ -53,10 +71,233 @@ class LocalEngine:
         yield spec, event
 
     def where(self, spec: JobSpec) -> str:
-        return "local"
+        return socket.gethostname()
+
+    def measure(self, spec: JobSpec) -> float:
+        from pipeline.train.estimate import measure
+
+        return measure(spec, self.data)
 
     def cancel(self) -> None:
         self._job = None
 
     def close(self) -> None:
         pass
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+def _remote_job(spec: JobSpec, data: Data, resume: TrainState | None):
+    """The job on a Ray worker: every event goes back to the driver as it happens."""
+    import ray
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts; deterministic arms need it
+    yield f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:6]}"  # first: where it runs
+    yield from run_job(spec, data, resume)
+
+
+def _remote_measure(spec: JobSpec, data: Data) -> float:
+    from pipeline.train.estimate import measure
+
+    return measure(spec, data)
+
+
+def _probe() -> tuple[str, bool]:
+    """On a worker with a GPU: the device type, and whether it has bf16 (for precision: auto)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu", False
+    return "cuda", bool(torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+def connect(address: str | None) -> tuple[str, bool | None]:
+    """Join the cluster at `address` (or start Ray here): the device type its jobs
+    get (cuda when it has GPUs) and, for cuda, whether those have bf16."""
+    try:
+        import ray
+    except ImportError:
+        raise PipelineError("Ray is not installed, and this study asks for it (a cluster address or several jobs "
+                            "at once): pip install 'ray==2.60.0'") from None
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+            else:
+                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, configure_logging=False,
+                         log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:
+            raise PipelineError(f"cannot reach the Ray cluster {address}: {' '.join(str(exc).split())[:200]}; "
+                                f"check `cluster` in params.yaml or RAY_ADDRESS") from None
+    if ray.cluster_resources().get("GPU", 0) < 1:
+        return "cpu", None
+    return ray.get(ray.remote(num_gpus=1, num_cpus=0)(_probe).remote())
+
+
+@dataclass
+class _Running:
+    spec: JobSpec
+    gen: object  # ray.ObjectRefGenerator
+    node: str = "starting"
+
+
+class RayEngine:
+    """Every job as a Ray task (a generator streaming its epochs back). The data go
+    into Ray's object store once and reach each node once; a job asks for the CPUs
+    and the share of a GPU it needs."""
+
+    def __init__(self, data: Data, address: str | None, jobs: list[JobSpec], parallel: int | str,
+                 device_type: str):
+        import ray
+
+        self._ray = ray
+        t0 = time.perf_counter()
+        connect(address)
+        self.start_seconds = time.perf_counter() - t0
+        self.address = address
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        self.name = (f"Ray cluster {address} ({len(nodes)} node(s))" if address else "Ray on this machine")
+        t0 = time.perf_counter()
+        self.data_ref = ray.put(data)
+        self.put_seconds = time.perf_counter() - t0
+        self.options = job_resources(jobs, nodes, parallel, device_type, (len(data.train_y), len(data.test_y)))
+        self.slots = capacity(self.options, nodes, len(jobs))
+        self._remote = ray.remote(max_retries=0)(_remote_job)
+        self.running: dict[str, _Running] = {}
+
+    def busy(self) -> int:
+        return len(self.running)
+
+    def submit(self, spec: JobSpec, resume: TrainState | None) -> None:
+        gen = self._remote.options(**self.options).remote(spec, self.data_ref, resume)
+        self.running[spec.fp] = _Running(spec, gen)
+
+    def events(self) -> Iterator[tuple[JobSpec, object]]:
+        """The events that are ready now (waits for at least one)."""
+        ray = self._ray
+        by_gen = {id(r.gen): r for r in self.running.values()}
+        ready, _ = ray.wait([r.gen for r in self.running.values()], num_returns=1, timeout=None)
+        for gen in ready:
+            job = by_gen[id(gen)]
+            try:
+                event = ray.get(next(gen))
+            except StopIteration:
+                self.running.pop(job.spec.fp, None)
+                continue
+            except ray.exceptions.RayTaskError as exc:  # the job's own error, raised in the worker
+                self.running.pop(job.spec.fp, None)
+                yield job.spec, Failed(exc.as_instanceof_cause())
+                continue
+            except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError,
+                    ray.exceptions.OwnerDiedError, ray.exceptions.RaySystemError,
+                    ray.exceptions.LocalRayletDiedError) as exc:
+                self.running.pop(job.spec.fp, None)
+                yield job.spec, Lost(f"{type(exc).__name__} on {job.node}")
+                continue
+            if isinstance(event, str):
+                job.node = event
+                continue
+            if type(event).__name__ == "Finished":
+                self.running.pop(job.spec.fp, None)
+            yield job.spec, event
+
+    def where(self, spec: JobSpec) -> str:
+        job = self.running.get(spec.fp)
+        return job.node if job is not None else ""
+
+    def measure(self, spec: JobSpec) -> float:
+        """Training speed, measured on a worker with the job's resources."""
+        return self._ray.get(self._ray.remote(_remote_measure).options(**self.options).remote(spec, self.data_ref))
+
+    def cancel(self) -> None:
+        for job in self.running.values():
+            try:
+                self._ray.cancel(job.gen, force=True)
+            except Exception:  # noqa: BLE001  already gone
+                pass
+        self.running.clear()
+
+    def close(self) -> None:
+        self._ray.shutdown()
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def job_memory(spec: JobSpec, n_train: int, n_test: int) -> int:
+    """Bytes of GPU memory a job needs, estimated: the data (uint8), weights,
+    gradients and optimizer moments (fp32), and the activations of one batch kept
+    for the backward pass (counted in one forward pass of one image on the CPU),
+    with 50% headroom for the allocator and the kernels' workspace."""
+    import torch
+
+    import models
+
+    model = models.create_model(spec.cfg.model, **spec.cfg.knobs).eval()
+    counted = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: counted.append(out.numel() if torch.is_tensor(out) else 0))
+             for m in model.modules() if next(m.children(), None) is None]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    params = sum(p.numel() for p in model.parameters())
+    act_bytes = 2 if spec.cfg.precision in ("bf16", "fp16") else 4
+    need = (3 * 32 * 32 + 8) * (n_train + n_test) + 16 * params + sum(counted) * spec.cfg.batch_size * act_bytes * 2
+    return int(need * 1.5)
+
+
+def job_resources(jobs: list[JobSpec], nodes: list[dict], parallel: int | str, device_type: str,
+                  sizes: tuple[int, int]) -> dict:
+    """The Ray resources one job asks for. On GPUs: the share of one GPU its memory
+    estimate needs (at least 1/8: several small models per GPU, one large model
+    per larger slice) and one CPU. On CPUs: an equal share of a node's cores
+    (`parallel` jobs per node; the jobs' torch threads stay at the node's count, so
+    results do not depend on it)."""
+    cpus = min((n["Resources"].get("CPU", 1) for n in nodes if n["Resources"].get("CPU")), default=1)
+    if device_type == "cuda":
+        gpu_mem = min((n["Resources"].get("GPU_memory_bytes", 0) for n in nodes), default=0) or _local_gpu_memory()
+        need = max(job_memory(j, *sizes) for j in {j.cfg.model_dump_json(): j for j in jobs}.values())
+        share = min(1.0, max(1.0 / GPU_JOBS_MAX, need / gpu_mem)) if gpu_mem else 1.0
+        if parallel != "auto":
+            share = max(share, 1.0 / int(parallel))
+        return {"num_gpus": round(share, 4), "num_cpus": 1}
+    per_node = 1 if parallel == "auto" else max(1, int(parallel))
+    return {"num_cpus": max(1, int(cpus // per_node)), "num_gpus": 0}
+
+
+def _local_gpu_memory() -> int:
+    try:
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def capacity(options: dict, nodes: list[dict], n_jobs: int) -> int:
+    """How many jobs of this size fit on the cluster at once (at least one)."""
+    total = 0
+    for n in nodes:
+        res = n["Resources"]
+        fits = [res.get("CPU", 0) // options["num_cpus"]] if options.get("num_cpus") else []
+        if options.get("num_gpus"):
+            fits.append(int(res.get("GPU", 0) / options["num_gpus"] + 1e-9))
+        total += int(min(fits)) if fits else 0
+    return max(1, min(n_jobs, total))
+
+
+def make_engine(data: Data, jobs: list[JobSpec], parallel: int | str, cluster: str | None, device_type: str,
+                on_step: Callable[[int], None] | None):
+    """The engine for this study (see the module docstring)."""
+    address = cluster_address(cluster)
+    local_many = device_type == "cuda" or (parallel != "auto" and int(parallel) > 1)
+    if not address and (not local_many or len(jobs) <= 1):
+        return LocalEngine(data, on_step)
+    return RayEngine(data, address, jobs, parallel, device_type)
+
+
+def cluster_address(cluster: str | None) -> str | None:
+    """params `cluster`, else RAY_ADDRESS, else None (no cluster)."""
+    return cluster or os.environ.get("RAY_ADDRESS") or None

@@ -6,10 +6,11 @@ import time
 from pipeline.training.job import Data, JobSpec, tensors
 
 
-def measure(spec: JobSpec, data: Data, steps: int = 3) -> float:
+def measure(spec: JobSpec, data: Data, warmup: int = 3, seconds: float = 1.0, max_steps: int = 30) -> float:
     """Images per second of `spec`'s training steps (plus its share of the per-epoch
-    evaluation), timed over a few batches after one warm-up. Touches no RNG a run
-    uses, and no state: the model is a throwaway."""
+    evaluation), timed over about `seconds` of batches after a few warm-up steps
+    (the first steps of a process run slower, while kernels are chosen). Touches
+    no RNG a run uses, and no state: the model is a throwaway."""
     import torch
     import torch.nn.functional as F
 
@@ -26,12 +27,8 @@ def measure(spec: JobSpec, data: Data, steps: int = 3) -> float:
         opt = build_optimizer(cfg, model.parameters())
         aug = Augmenter(cfg.aug, cfg.norm, device)
         gen = torch.Generator(device=device).manual_seed(0)
-        t0 = 0.0
-        for i in range(steps + 1):
-            if i == 1:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
+
+        def step():
             idx = torch.randint(0, len(train), (bs,), device=device, generator=gen)
             x = aug(train.x[idx], gen).contiguous(memory_format=torch.channels_last)
             with autocast(cfg.precision, device):
@@ -39,10 +36,17 @@ def measure(spec: JobSpec, data: Data, steps: int = 3) -> float:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-    train_rate = steps * bs / seconds
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        for _ in range(warmup):
+            step()
+        t0, steps = time.perf_counter(), 0
+        while steps < max_steps and (steps < 2 or time.perf_counter() - t0 < seconds):
+            step()
+            steps += 1
+        elapsed = time.perf_counter() - t0
+    train_rate = steps * bs / elapsed
     # an epoch also evaluates the test set, at about three times the training rate
     n_train, n_test = len(data.train_y), len(data.test_y)
     return n_train / (n_train / train_rate + n_test / (3 * train_rate))

@@ -54,10 +54,8 @@ class Progress:
                 f"{'/'.join(map(str, epochs))} epoch(s) on {device}, {engine.slots} at a time ({engine.name}); "
                 f"{len(self.jobs)} to train, {cached} in the arm cache")
         if self.jobs and data is not None:
-            from pipeline.train.estimate import measure
-
             first = next(j for j in jobs if j.fp in self.jobs)
-            self.rate = measure(first, data) * engine.slots
+            self.rate = engine.measure(first) * engine.slots
             line += (f"; about {duration(self.total / self.rate)} of training "
                      f"({self.rate:,.0f} img/s measured on {first.arm})")
         print(line, flush=True)

@@ -109,6 +109,10 @@ class Running:
     writer: StateWriter
     run_key: str | None
     started: float = field(default_factory=time.monotonic)
+    lost: int = 0  # times its worker or node died
+
+
+MAX_LOST = 3  # a job whose workers die this often fails the study
 
 
 class Driver:
@@ -200,6 +204,18 @@ class Driver:
         elif kind == "Finished":
             job.writer.wait()
             self._finish(job, arm, event)
+        elif kind == "Lost":
+            job.writer.wait()  # the last state it sent is on disk: go on from there, elsewhere
+            job.lost += 1
+            if job.lost > MAX_LOST:
+                self._release(job)
+                raise PipelineError(f"{spec.label}: its worker died {job.lost} times (last: {event.reason}); "
+                                    f"its last saved epoch is kept, run the stage again to resume")
+            saved = self.store.load_state(spec.fp, self.identity.device_type)
+            state = saved[0] if saved is not None else None
+            print(f"{spec.label}: {event.reason}; resuming after epoch {state.epoch if state else 0} on another "
+                  f"worker", flush=True)
+            self.engine.submit(spec, state)
         elif kind == "Failed":
             self._release(job)
             if self.journal is not None and job.run_key is not None:
@@ -349,10 +365,17 @@ def main(argv=None) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
+    from pipeline.train.engine import cluster_address, connect
     from pipeline.train.progress import Progress
     from pipeline.training.loop import resolve_device, resolve_precision, set_determinism
 
-    device = resolve_device(params.run.device)
+    address = cluster_address(params.run.cluster)
+    bf16 = None
+    if address:  # the cluster decides the device: cuda if it has GPUs (unless params say cpu)
+        device_type, bf16 = connect(address)
+        device = torch.device("cpu" if params.run.device == "cpu" else device_type)
+    else:
+        device = resolve_device(params.run.device)
     set_determinism(params.run.deterministic)
     data, manifest = load_data(Path(args.data), params)
     root = repo_root()
@@ -372,7 +395,7 @@ def main(argv=None) -> None:
     runs = Path(args.runs)
     arms = {a.name: a for a in params.arms}
     # what each arm computes on this device (precision: auto made concrete), and its fingerprint
-    resolved = {a.name: a.train.model_copy(update={"precision": resolve_precision(a.train.precision, device)})
+    resolved = {a.name: a.train.model_copy(update={"precision": resolve_precision(a.train.precision, device, bf16)})
                 for a in params.arms}
     jobs = [JobSpec(arm.name, seed, resolved[arm.name], identity.fingerprint(resolved[arm.name], seed), str(device),
                     params.run.eval_batch_size, params.run.deterministic, torch.get_num_threads())
@@ -396,23 +419,25 @@ def main(argv=None) -> None:
         journal.params(parent, {"preset": params.preset, "seeds": list(params.seeds), **provenance["data_params"]})
         journal.flush_in_background()
 
-    from pipeline.train.engine import LocalEngine
+    from pipeline.train.engine import make_engine
 
     progress = Progress(enabled=not args.no_progress and sys.stderr.isatty())
-    engine = LocalEngine(data, on_step=progress.step)
+    todo = [j for j in jobs if args.retrain or not (store.folder(j.fp) / "done").is_dir()]
+    engine = make_engine(data, todo, params.run.parallel, params.run.cluster, device.type, progress.step)
     driver = Driver(params, store, runs, identity, engine, journal, parent, provenance, args.retrain,
                     str(device), progress)
-    progress.plan(params, jobs, device, engine, store, identity, retrain=args.retrain, data=data)
     try:
+        progress.plan(params, jobs, device, engine, store, identity, retrain=args.retrain, data=data)
         driver.run(jobs, arms)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
         driver.abort(status)
         if journal is not None:
             journal.end(parent, status)
-        progress.close()
         raise
-    progress.close()
+    finally:
+        progress.close()
+        engine.close()
 
     seeds = list(params.seeds)
     arm_names = [a.name for a in params.arms]
