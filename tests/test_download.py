@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import http.server
+import os
 import re
 import socket
 import threading

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pipeline.core.errors import cli
@@ -16,6 +17,8 @@ def main(argv=None) -> None:
     ap.add_argument("command", choices=["flush"])
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds to keep retrying an unreachable store")
     args = ap.parse_args(argv)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the flusher has its own backoff
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     journal = Journal(repo_root())
     ok = flusher.run(journal.root, journal.uri, watch=None, give_up_s=args.timeout, linger_s=0.0, wait=True)
     if not ok:

@@ -225,13 +225,15 @@ class Flusher:
 
 
 def _log_dataset(client, run_id: str, ev: dict) -> None:
-    from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
-    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
 
-    src = ev["source"]
-    source = HTTPDatasetSource(src) if src.startswith(("http://", "https://")) else LocalArtifactDatasetSource(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": a local file is a local file
+        source = resolve_dataset_source(ev["source"])
     ds = MetaDataset(source=source, name=ev["name"], digest=ev["digest"][:36])
     entity = ds._to_mlflow_entity()
     client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", ev["context"])])])

@@ -187,6 +187,10 @@ class Journal:
 
 def _flusher_env() -> dict:
     env = dict(os.environ)
+    # the flusher retries with its own backoff, and says so; MLflow's client alone
+    # would retry a dead server for minutes before anyone heard of it
+    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     here = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

@@ -139,8 +139,10 @@ class Driver:
         self.journal.params(key, {**_flat(cfg.model_dump()), "seed": seed, "arm": arm.name,
                                   **self.provenance["data_params"]})
         for context, rows in (("train", self.provenance["n_train"]), ("test", self.provenance["n_test"])):
-            self.journal.dataset(key, name=self.provenance["data_name"], digest=self.provenance["data_sha256"],
-                                 source=self.provenance["data_source"], context=context, rows=rows)
+            # one dataset per split (MLflow keeps one input per name and digest): the archive's checksum
+            self.journal.dataset(key, name=f"{self.provenance['data_name']} {context}",
+                                 digest=self.provenance["archive_sha256"], source=self.provenance["data_source"],
+                                 context=context, rows=rows)
         return key
 
     def _log_epoch(self, key: str | None, row: HistoryRow) -> None:
@@ -389,6 +391,7 @@ def main(argv=None) -> None:
         "code_version": code_version(), "dvc_experiment": dvc_experiment(),
         "data_sha256": manifest["data_sha256"], "data_name": manifest.get("name", "CIFAR-10"),
         "data_source": params.data.url, "n_train": len(data.train_y), "n_test": len(data.test_y),
+        "archive_sha256": manifest.get("source", {}).get("sha256") or manifest["data_sha256"],
         "data_params": {f"data.{k}": v for k, v in params.data.model_dump().items()},
         "example": torch.from_numpy(data.test_x[:4].copy()),
     }

@@ -1,0 +1,235 @@
+"""Fault injection: the pipeline is killed at every stage and at the end of an arm,
+every kind of cache file is damaged, the MLflow store is locked, removed and
+unreachable, the disk fills up. Each time: no traceback, at most one clear line,
+and after a plain `dvc repro` the metrics equal those of an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from tests.conftest import BIN, env, flush_tracking, make_project, mlflow_runs, run
+
+pytestmark = pytest.mark.slow
+
+PARAMS = dict(seeds=[0, 1], epochs=3, batch_size=32)
+
+
+def _results(proj) -> dict:
+    """What a study computes: the headline and every run's final metrics (not its timings)."""
+    out = {"headline": json.loads((proj / "metrics/study.json").read_text())}
+    for f in sorted(proj.glob("runs/*/seed=*/metrics.json")):
+        m = json.loads(f.read_text())
+        m.pop("train_seconds")
+        out[f"{f.parent.parent.name}/{f.parent.name}"] = m
+    return out
+
+
+def _no_traceback(*outputs: str) -> None:
+    for text in outputs:
+        assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    proj = make_project(tmp_path_factory.mktemp("reference"), **PARAMS)
+    run("dvc repro", proj)
+    return _results(proj)
+
+
+def _kill_when(proj, marker: str, after_s: float = 0.3, cmd=("dvc", "repro")) -> str:
+    """Start `dvc repro`, kill -9 its whole process group once `marker` is printed."""
+    proc = subprocess.Popen([str(BIN / cmd[0]), *cmd[1:]], cwd=proj, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            time.sleep(after_s)
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    text = "".join(seen)
+    assert marker in text, text[-3000:]
+    return text
+
+
+def test_kill_9_at_every_stage_and_at_the_end_of_an_arm(tmp_path, reference):
+    proj = make_project(tmp_path, **PARAMS)
+    outputs = [
+        _kill_when(proj, "Running stage 'untar'", 0.5),
+        _kill_when(proj, "epoch 2/3", 0.0),  # mid-arm: its state after epoch 2 is saved
+        _kill_when(proj, "seed=0: test acc", 0.0),  # an arm just finished
+        _kill_when(proj, "Running stage 'evaluate'", 1.5),
+        _kill_when(proj, "Running stage 'report'", 1.5),
+    ]
+    final = run("dvc repro", proj)
+    _no_traceback(*outputs, final.stdout, final.stderr)
+    assert _results(proj) == reference
+    # nothing a killed run left: no temporaries anywhere, no state of a finished arm
+    assert not [p for p in proj.rglob("*.tmp") if ".dvc" not in p.parts]
+    assert not list(proj.glob(".arm-cache/*/state.pt"))
+    flush_tracking(proj)
+    assert all(r["status"] != "RUNNING" for r in mlflow_runs(proj / "mlflow.db"))
+
+
+def test_every_kind_of_damaged_cache_file_is_set_aside_and_redone(tmp_path, reference):
+    proj = make_project(tmp_path, **PARAMS)
+    run("dvc repro", proj)
+    entries = sorted(proj.glob(".arm-cache/*/done"))
+    assert len(entries) == 4
+    os.truncate(entries[0] / "model.pt", 100)
+    (entries[1] / "metrics.json").write_text("{garbled")
+    (entries[2] / "history.csv").write_text("epoch,train_loss\n1,x\n")
+    # an arm killed before it finished, whose saved state is malformed
+    fp3 = entries[3].parent
+    subprocess.run(["rm", "-rf", str(entries[3])], check=True)
+    torch.save({"epoch": 2, "model": {}}, fp3 / "state.pt")
+    evals = sorted(proj.glob(".cache/evaluations/*/eval.json"))
+    evals[0].write_text("not json")
+    figures = sorted(proj.glob(".cache/figures/*.png"))
+    os.truncate(figures[0], 10)
+
+    out = run("dvc repro -f", proj)
+    _no_traceback(out.stdout, out.stderr)
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning: ")]
+    assert sum("arm cache entry" in w and "damaged" in w for w in warnings) == 3, warnings
+    assert sum("cannot be resumed" in w for w in warnings) == 1, warnings
+    assert any("cached evaluation" in w for w in warnings) and any("cached figure" in w for w in warnings)
+    assert _results(proj) == reference
+    assert len(list(proj.glob(".arm-cache/quarantine/*"))) == 4
+
+
+def test_editing_an_output_never_reaches_a_cache(tmp_path, reference):
+    """Outputs under runs/ share their files with the arm cache (stored once), never
+    with DVC's cache; DVC's cache holds copies. Editing either kind of output is
+    detected, redone, and leaves every cache intact."""
+    proj = make_project(tmp_path, **PARAMS)
+    run("dvc repro", proj)
+    ckpt = proj / "runs" / "aug=none" / "seed=0" / "model.pt"
+    os.truncate(ckpt, 1000)
+    with open(proj / "evaluation" / "summary.json", "a") as f:
+        f.write("edited")
+    out = run("dvc repro", proj)
+    _no_traceback(out.stdout, out.stderr)
+    assert "arm cache entry" in out.stderr  # the shared file told the arm cache: that run trained again
+    assert _results(proj) == reference
+    torch.load(ckpt, weights_only=True)  # whole again
+    for obj in (proj / ".dvc" / "cache" / "files" / "md5").rglob("*"):  # every DVC cache object matches its name
+        if obj.is_file() and not obj.name.endswith(".dir"):
+            import hashlib
+
+            assert hashlib.md5(obj.read_bytes()).hexdigest() == obj.parent.name + obj.name
+    assert "up to date" in run("dvc status", proj).stdout
+
+
+def test_a_locked_then_removed_tracking_store_never_costs_training(tmp_path, reference):
+    proj = make_project(tmp_path, **PARAMS)
+    run("dvc repro untar", proj)
+    run("python -m pipeline.tracking flush", proj)  # nothing yet; but the store must exist to be locked
+    db = proj / "mlflow.db"
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=proj, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    locked = threading.Event()
+
+    def hold_the_store():
+        while not list(proj.glob(".arm-cache/*/state.pt")):
+            time.sleep(0.05)
+        conn = sqlite3.connect(db, timeout=60)
+        conn.execute("BEGIN EXCLUSIVE")  # as another process writing for a long time
+        locked.set()
+        time.sleep(20)
+        conn.rollback()
+        conn.close()
+        db.unlink()  # and then the store is gone
+
+    holder = threading.Thread(target=hold_the_store)
+    holder.start()
+    out = proc.communicate(timeout=900)[0]
+    holder.join()
+    assert locked.is_set() and proc.returncode == 0, out
+    _no_traceback(out)
+    assert _results(proj) == reference
+    flush_tracking(proj)  # the journal is sent again to the new store, whole
+    runs = mlflow_runs(db)
+    assert len([r for r in runs if r["parent"] is not None]) == 4
+    assert all(r["status"] == "FINISHED" for r in runs)
+    assert all(r["epochs"] == 3 for r in runs if r["parent"] is not None)
+
+
+def test_an_unreachable_tracking_store_is_one_line_and_catches_up_later(tmp_path, reference):
+    from tests.services import free_port, start_mlflow_server
+
+    proj = make_project(tmp_path, seeds=[0], epochs=2, batch_size=32, aug="none")
+    port = free_port()  # a team server that is down
+    extra = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    out = run("dvc repro train", proj, extra_env=extra)
+    _no_traceback(out.stdout, out.stderr)
+    lines = [line for line in out.stderr.splitlines() if "tracking store" in line]
+    assert len(lines) == 1 and "unavailable" in lines[0] and "sent at the next run" in lines[0], out.stderr
+    store = tmp_path / "server.db"
+    _, stop = start_mlflow_server(f"sqlite:///{store}", tmp_path / "artifacts", tmp_path / "server.log", port=port)
+    try:  # the server is back
+        run("python -m pipeline.tracking flush", proj, extra_env=extra)
+    finally:
+        stop()
+    runs = mlflow_runs(store)
+    assert len(runs) == 2 and all(r["status"] == "FINISHED" for r in runs)
+
+
+def _stage_with_a_full_disk(proj, stage: str, patch: str) -> subprocess.CompletedProcess:
+    """Run a stage's main() after `patch` (Python source) makes some write raise ENOSPC."""
+    args = {"train": ["--params", "params.yaml", "--data", "data/prepared", "--runs", "runs", "--metrics",
+                      "metrics/train.json", "--curves", "plots/curves.csv", "--no-progress"],
+            "evaluate": ["--params", "params.yaml", "--data", "data/prepared", "--runs", "runs", "--out",
+                         "evaluation", "--metrics", "metrics/evaluate.json", "--headline", "metrics/study.json"]}
+    script = proj.parent / f"full_disk_{stage}.py"
+    script.write_text(f"import errno, os, sys\n{patch}\nfrom pipeline.{stage}.stage import main\nmain(sys.argv[1:])\n")
+    return subprocess.run([sys.executable, str(script), *args[stage]], cwd=proj, env=env(), capture_output=True,
+                          text=True, timeout=600)
+
+
+FULL_ON_SECOND_SAVE = """
+import torch
+_save, _calls = torch.save, [0]
+def save(*a, **k):
+    _calls[0] += 1
+    if _calls[0] == 2:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "state.pt")
+    return _save(*a, **k)
+torch.save = save
+"""
+
+FULL_ON_ARRAYS = """
+import numpy
+def savez_compressed(*a, **k):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+numpy.savez_compressed = savez_compressed
+"""
+
+
+def test_a_full_disk_while_training_or_evaluating_is_one_line_and_keeps_what_was_there(tmp_path, reference):
+    proj = make_project(tmp_path, **PARAMS)
+    run("dvc repro untar", proj)
+    out = _stage_with_a_full_disk(proj, "train", FULL_ON_SECOND_SAVE)
+    assert out.returncode == 2, out.stderr
+    _no_traceback(out.stdout, out.stderr)
+    assert out.stderr.strip().splitlines()[-1].startswith("error: No space left on device")
+    states = list(proj.glob(".arm-cache/*/state.pt"))
+    assert len(states) == 1 and torch.load(states[0], weights_only=True)["epoch"] == 1  # the epoch before
+    run("dvc repro", proj)
+    before = (proj / "evaluation" / "summary.json").read_bytes()
+    run("rm -rf .cache/evaluations", proj)  # so the evaluation has to write its arrays again
+    out = _stage_with_a_full_disk(proj, "evaluate", FULL_ON_ARRAYS)
+    assert out.returncode == 2 and "No space left on device" in out.stderr, out.stderr
+    _no_traceback(out.stdout, out.stderr)
+    assert (proj / "evaluation" / "summary.json").read_bytes() == before
+    assert _results(proj) == reference

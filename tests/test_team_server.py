@@ -1,0 +1,76 @@
+"""A team tracking server: with MLFLOW_TRACKING_URI=http://... pointing at a real
+`mlflow server` whose store is PostgreSQL, a small study's parent and child runs,
+metrics, models and report arrive there (checked through MLflow's REST API)."""
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+
+import pytest
+
+from tests.conftest import make_project, run
+from tests.services import start_mlflow_server, start_postgres
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def team_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("team")
+    uri = os.environ.get("CIFAR_ABLATE_TEST_POSTGRES")
+    stop_pg = None
+    if not uri:
+        uri, stop_pg = start_postgres()
+    base, stop = start_mlflow_server(uri, folder / "artifacts", folder / "mlflow.log")
+    try:
+        yield base
+    finally:
+        stop()
+        if stop_pg:
+            stop_pg()
+
+
+def _api(base: str, path: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method="GET" if body is None else "POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_a_study_is_recorded_on_a_team_server_with_postgresql(tmp_path, team_server):
+    proj = make_project(tmp_path, seeds=[0, 1], epochs=1, study="team-study")
+    extra = {"MLFLOW_TRACKING_URI": team_server}
+    run("dvc repro", proj, extra_env=extra)
+    run("python -m pipeline.tracking flush", proj, extra_env=extra)
+    assert not (proj / "mlflow.db").exists()  # nothing went to the embedded store
+
+    exp = _api(team_server, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=team-study")["experiment"]
+    runs = _api(team_server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]],
+                                                              "max_results": 100})["runs"]
+    tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs}
+    parents = [r for r in runs if "mlflow.parentRunId" not in tags[r["info"]["run_id"]]]
+    children = [r for r in runs if "mlflow.parentRunId" in tags[r["info"]["run_id"]]]
+    assert len(parents) == 1 and len(children) == 4
+    parent_id = parents[0]["info"]["run_id"]
+    assert all(tags[c["info"]["run_id"]]["mlflow.parentRunId"] == parent_id for c in children)
+    assert all(r["info"]["status"] == "FINISHED" for r in runs)
+    for child in children:
+        history = _api(team_server, f"/api/2.0/mlflow/metrics/get-history?run_id={child['info']['run_id']}"
+                                    f"&metric_key=test_acc")["metrics"]
+        assert [m["step"] for m in history] == [1]
+        inputs = child.get("inputs", {}).get("dataset_inputs", [])
+        assert {i["tags"][0]["value"] for i in inputs} == {"train", "test"}
+    parent = _api(team_server, f"/api/2.0/mlflow/runs/get?run_id={parent_id}")["run"]
+    assert {"a0.test_acc", "a1.test_acc", "a1.diff"} <= {m["key"] for m in parent["data"]["metrics"]}
+    listed = _api(team_server, f"/api/2.0/mlflow/artifacts/list?run_id={parent_id}&path=report")
+    assert {"report/report.md", "report/report.html"} <= {f["path"] for f in listed.get("files", [])}
+    # the logged models load back from the server and predict what the checkpoints predict
+    code = ("import mlflow, mlflow.pytorch, torch, json, sys; mlflow.set_tracking_uri(sys.argv[1]); "
+            "ms = mlflow.search_logged_models(experiment_ids=[sys.argv[2]], output_format='list'); "
+            "m = mlflow.pytorch.load_model(f'models:/{ms[0].model_id}'); "
+            "print(len(ms), m(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape)")
+    out = run(f"python -c \"{code}\" {team_server} {exp['experiment_id']}", proj)
+    n_models, shape = out.stdout.split(" ", 1)
+    assert int(n_models) == 8 and "torch.Size([2, 10])" in shape  # last and best of each arm x seed
