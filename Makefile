@@ -31,6 +31,9 @@ $(CHROMIUM):
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q
 
-# Browse every run: http://127.0.0.1:5000
+# Browse every run. The study opens on its runs table in MLflow's model-training
+# view: http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning
 mlflow-ui: $(STAMP)
+	@echo "MLflow UI: http://127.0.0.1:5000/#/?workflowType=machine_learning (Ctrl-C to stop)"
+	$(PY) -m pipeline.tracking flush --timeout 5 || true
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -141,6 +141,7 @@ def run_study(root: Path, data: Path, seeds=(0, 1), tag: str = "", mlflow: bool 
             "--evaluation", str(paths["evaluation"]), "--out", str(paths["reports"])])
     paths["data"] = data
     paths["root"] = root
+    paths["reports"] = paths["reports"] / p["study"]
     return paths
 
 

@@ -176,12 +176,52 @@ def test_mlflow_server_lists_the_study_and_its_ui_renders(study, browser, tmp_pa
         listed = _api(base, f"/api/2.0/mlflow/artifacts/list?run_id={parent_id}&path=report")
         assert {"report/report.md", "report/report.html"} <= {f["path"] for f in listed.get("files", [])}
 
+        # the logged model loads back and predicts the classes its checkpoint predicts
+        child = next(iter(children.values()))
+        _same_predictions(study, f"sqlite:///{study['db']}", child["info"]["run_id"], record)
+
         page = browser.new_page()
         try:
-            page.goto(base + "/", wait_until="domcontentloaded", timeout=30_000)
-            page.wait_for_selector("#root > *", state="attached", timeout=30_000)
-            assert "MLflow" in page.title()
+            # as `make mlflow-ui` opens it: the model-training view, on the runs table
+            page.goto(f"{base}/#/experiments/{exp['experiment_id']}?workflowType=machine_learning",
+                      wait_until="domcontentloaded", timeout=30_000)
+            page.get_by_text(parent["info"]["run_name"]).first.wait_for(timeout=60_000)
+            assert page.get_by_role("heading", name="Runs").count() >= 1
+            assert page.get_by_text("matching runs").count() >= 1
+            # the parent shows the study's headline; a child its logged models and datasets
+            page.goto(f"{base}/#/experiments/{exp['experiment_id']}/runs/{parent_id}", wait_until="domcontentloaded")
+            page.get_by_text("a1.diff", exact=True).first.wait_for(timeout=60_000)
+            text = page.inner_text("body")
+            assert "a0.test_acc" in text and "a1.p_adjusted" in text and "verdict.a1" in text
+            page.goto(f"{base}/#/experiments/{exp['experiment_id']}/runs/{child['info']['run_id']}",
+                      wait_until="domcontentloaded")
+            page.get_by_text("Logged models (2)").first.wait_for(timeout=60_000)
+            text = page.inner_text("body")
+            assert "synthetic CIFAR-shaped images train" in text
         finally:
             page.close()
     finally:
         _stop(proc)
+
+
+def _same_predictions(study, uri: str, run_id: str, record) -> None:
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    import models
+    from pipeline.core.contracts import run_dir
+
+    mlflow.set_tracking_uri(uri)
+    tags = mlflow.MlflowClient().get_run(run_id).data.tags
+    served = mlflow.pytorch.load_model(f"models:/{tags['model_id.last_model']}").eval()
+    ckpt = torch.load(run_dir(study["runs"], tags["arm"], int(tags["seed"])) / "model.pt", weights_only=True)
+    net = models.create_model(ckpt["config"]["model"], **ckpt["config"]["knobs"])
+    net.load_state_dict(ckpt["model"])
+    net.eval()
+    x = torch.from_numpy(np.load(study["data"] / "test_x.npy")[:64])
+    from pipeline.training.augment import normalize
+
+    with torch.no_grad():
+        assert torch.equal(served(x).argmax(1), net(normalize(x, ckpt["config"]["norm"])).argmax(1))

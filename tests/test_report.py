@@ -321,7 +321,7 @@ def test_missing_evaluation_fails_in_one_line_and_writes_nothing(study_files, tm
 def test_a_failed_render_keeps_the_previous_report(study_files, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = study_files["two"]
-    out = tmp_path / "reports"
+    out = tmp_path / "reports" / "report-test"
     shutil.copytree(p["reports"], out)
     before = (out / "report.html").read_bytes()
 
@@ -333,6 +333,6 @@ def test_a_failed_render_keeps_the_previous_report(study_files, tmp_path, monkey
     monkeypatch.setattr(render_module, "render_html", boom)
     with pytest.raises(RuntimeError):
         stage.main(["--params", str(p["params"]), "--data", str(p["data"]), "--runs", str(p["runs"]),
-                    "--evaluation", str(p["evaluation"]), "--out", str(out)])
+                    "--evaluation", str(p["evaluation"]), "--out", str(out.parent)])
     assert (out / "report.html").read_bytes() == before
     assert sorted(x.name for x in tmp_path.iterdir() if x.name != ".cache") == ["reports"]

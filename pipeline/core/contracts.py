@@ -165,6 +165,7 @@ class ArmFiles(Contract):
     trained_at: str  # UTC, ISO 8601
     device: str
     code_version: str
+    tracking_key: str | None = None  # the run that trained it, which holds its logged models
 
 
 class StudyRun(Contract):
@@ -175,6 +176,7 @@ class StudyRun(Contract):
     trained_at: str
     code_version: str  # of the code that trained it
     tracking_key: str | None = None  # the run's key in the tracking journal
+    model_key: str | None = None  # the run holding its logged models (the one that trained it)
 
 
 class StudyRecord(Contract):

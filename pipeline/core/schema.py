@@ -76,6 +76,10 @@ class ReportConfig(BaseModel):
     confidence: number(ge=0.5, lt=1) = 0.95
     bootstrap: integer(ge=100, le=1_000_000) = 2000  # resamples for paired bootstrap intervals
     top_confusions: integer(ge=1, le=90) = 6
+    # register the winning arm's model (highest mean test accuracy; its median seed's last
+    # checkpoint) in the MLflow Model Registry under this name; null = register nothing
+    register_model: Annotated[str, Field(pattern=r"^[\w.\- ]{1,100}$"),
+                              Says("a model name of letters, digits, '.', '_', '-' or spaces")] | None = None
 
 
 class RunSettings(BaseModel):

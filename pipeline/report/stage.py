@@ -1,4 +1,4 @@
-"""Stage `report`: the study's results as reports/report.md and one self-contained report.html.
+"""Stage `report`: the study's results as reports/<study>/report.md and one self-contained report.html.
 
 Reads what the earlier stages wrote (runs/study.json, evaluation/summary.json
 and the per-run predictions and filters, runs/*/history.csv, diagnostics.json,
@@ -168,12 +168,12 @@ def main(argv=None) -> None:
     ap.add_argument("--data", default="data/prepared")
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--evaluation", default="evaluation")
-    ap.add_argument("--out", default="reports")
+    ap.add_argument("--out", default="reports", help="each study's report goes in a folder of its name here")
     args = ap.parse_args(argv)
 
     inputs = load_inputs(args.params, args.data, args.runs, args.evaluation)
     report = build_report(inputs)
-    out = Path(args.out)
+    out = Path(args.out) / inputs.params.study  # a study's report stays beside those of earlier studies
     write_report(report, out, repo_root() / FIGURE_CACHE)
     if inputs.record.tracking_key is not None:
         from pipeline.tracking.journal import Journal
@@ -183,8 +183,31 @@ def main(argv=None) -> None:
             journal.artifact(inputs.record.tracking_key, out / name, "report")
         for png in sorted((out / "figures").glob("*.png")):
             journal.artifact(inputs.record.tracking_key, png, "report/figures")
+        if inputs.params.report.register_model:
+            register_winner(journal, inputs, inputs.params.report.register_model)
         journal.flush_in_background()
     print(f"report: {out / 'report.md'}, {out / 'report.html'} ({len(report.figures())} figures)")
+
+
+def winner(inputs: Inputs) -> tuple[str, int]:
+    """The arm with the highest mean test accuracy (last checkpoint), and its median seed:
+    a representative model, not the luckiest one."""
+    last = inputs.summary.checkpoints["last"]
+    arm = max(inputs.record.arms, key=lambda a: last.arms[a].test_acc.mean)
+    accs = sorted((h[-1].test_acc, s) for s, h in inputs.histories[arm].items())
+    return arm, accs[(len(accs) - 1) // 2][1]
+
+
+def register_winner(journal, inputs: Inputs, name: str) -> None:
+    arm, seed = winner(inputs)
+    run = next(r for r in inputs.record.runs if r.arm == arm and r.seed == seed)
+    if run.model_key is None:
+        print(f"warning: {arm} seed={seed} has no logged model to register (trained without MLflow)",
+              file=sys.stderr)
+        return
+    journal.register(run.model_key, "last_model", name)
+    journal.tags(inputs.record.tracking_key, {"registered_model": f"{name}: {arm} seed={seed}"})
+    print(f"registering {arm} seed={seed} (last checkpoint) as model '{name}'")
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ def log_checkpoint_model(run_id: str, checkpoint: Path, name: str) -> str:
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
+        info = mlflow.pytorch.log_model(  # pickled: load_model gives back the nn.Module, for any batch size
             model, name=name, signature=infer_signature(example, out), input_example=example,
+            serialization_format="pickle",
             code_paths=[str(PROJECT / "models")], pip_requirements=_requirements(),
             metadata={"checkpoint_epoch": ckpt.get("epoch"), "arm": ckpt.get("arm"), "seed": ckpt.get("seed")})
         mlflow.set_tag(f"model_id.{name}", info.model_id)

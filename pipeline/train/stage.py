@@ -237,7 +237,8 @@ class Driver:
         spec, cfg = job.spec, job.spec.cfg
         metrics = RunMetrics.from_history(done.history)
         manifest = {"trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "device": self.identity.device_type, "code_version": self.provenance["code_version"]}
+                    "device": self.identity.device_type, "code_version": self.provenance["code_version"],
+                    "tracking_key": job.run_key}
         example = self.provenance["example"]
         with self.store.finish(spec.fp, manifest) as tmp:
             torch.save(checkpoint(done.model, spec, cfg.epochs, self.provenance, example), tmp / "model.pt")
@@ -263,7 +264,7 @@ class Driver:
         self.results[(spec.arm, spec.seed)] = metrics
         self.record.append(StudyRun(arm=spec.arm, seed=spec.seed, restored=False, fingerprint=spec.fp,
                                     trained_at=manifest["trained_at"], code_version=manifest["code_version"],
-                                    tracking_key=job.run_key))
+                                    tracking_key=job.run_key, model_key=job.run_key))
         self.progress.finished(spec, metrics)
 
     def _restore(self, spec: JobSpec, arm: Arm, folder: Path, files: ArmFiles) -> None:
@@ -283,7 +284,8 @@ class Driver:
             self.journal.end(key)
         self.results[(spec.arm, spec.seed)] = metrics
         self.record.append(StudyRun(arm=spec.arm, seed=spec.seed, restored=True, fingerprint=spec.fp,
-                                    trained_at=files.trained_at, code_version=files.code_version, tracking_key=key))
+                                    trained_at=files.trained_at, code_version=files.code_version, tracking_key=key,
+                                    model_key=files.tracking_key))
         self.progress.restored(spec, metrics, files)
 
     def abort(self, status: str) -> None:
