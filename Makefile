@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: repro test setup mlflow-ui
+.PHONY: repro test setup mlflow-ui gpu-check
 
 setup: $(STAMP)
 
@@ -37,3 +37,9 @@ mlflow-ui: $(STAMP)
 	@echo "MLflow UI: http://127.0.0.1:5000/#/?workflowType=machine_learning (Ctrl-C to stop)"
 	$(PY) -m pipeline.tracking flush --timeout 5 || true
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# On a machine with CUDA: the GPU tests, then the default study and the resnet18
+# recipe end to end; one table, appended to bench/RESULTS.md. Offline, name a
+# local copy of the data: make gpu-check ARCHIVE=path/to/cifar10.tar.gz SHA256=...
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py $(if $(ARCHIVE),--archive $(ARCHIVE) --sha256 $(SHA256))

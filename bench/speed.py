@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--repo", type=Path, default=pipeline_stages.REPO,
                     help="the repository whose committed state dvc repro runs (default: this one)")
     ap.add_argument("--data", help="untar output for the loop comparison (default: the one dvc repro made)")
+    ap.add_argument("--exp", default="aug=none", help="the one-arm experiment timed after the repro")
     compare_loops.add_arguments(ap)
     args = ap.parse_args()
 
@@ -43,6 +44,7 @@ def main() -> None:
         print("== dvc repro, by stage ==", flush=True)
         clone = tmp / "repo"
         stages = pipeline_stages.time_stages(args.set, clone, args.repo)
+        exp_seconds = pipeline_stages.time_experiment(clone, args.exp)
         print("\n== classic loop vs trainer ==", flush=True)
         rows = compare_loops.compare(args, args.data or clone / "data" / "prepared")
     finally:
@@ -50,7 +52,9 @@ def main() -> None:
 
     print("\n== summary ==")
     print(f"dvc repro without download: {stages['total'] - stages['download']:.1f} s "
-          f"(training loops {stages['training_loops']:.1f} s summed over jobs)")
+          f"(training loops {stages['training_loops']:.1f} s summed over jobs, evaluation forward passes "
+          f"{stages['forward']:.1f} s, overhead {stages['overhead']:.1f} s)")
+    print(f"dvc exp run -S {args.exp} with nothing to train: {exp_seconds:.1f} s")
     for r in rows:
         print(f"{r['preset']:<14}trainer {r['speedup']:.2f}x the classic loop's images/s")
 

@@ -28,7 +28,11 @@ def test_speed_benchmark_prints_stages_and_loop_ratios(tmp_path):
         assert re.search(rf"^  {stage}\s+\d+\.\d s$", text, re.M), (stage, text)
     assert re.search(r"^  train stage: study \S+: 2 arm\(s\) x 1 seed\(s\) x 1 epoch\(s\) on cpu, 1 at a time",
                      text, re.M), text
-    assert re.search(r"dvc repro without download: \d+\.\d s", text), text
+    assert re.search(r"dvc repro without download: \d+\.\d s \(training loops [\d.]+ s summed over jobs, "
+                     r"evaluation forward passes [\d.]+ s, overhead [\d.]+ s\)", text), text
+    assert re.search(r"^dvc exp run -S aug=none with nothing to train: \d+\.\d s$", text, re.M), text
+    assert re.search(r"^dvc exp run -S aug=none right after: [\d.]+ s \(1 run\(s\) restored, 0 epoch\(s\) "
+                     r"trained\)$", text, re.M), text
     table = r"\s+\d+\s+\d+\.\d\d\s+\d+\s+\d+\.\d\d\s+\d+\.\d\dx\s+[\d.]+%\s+[\d.]+%$"
     for preset in ("simple_cnn", "tutorial_cnn"):
         assert re.search(rf"^{preset}{table}", text, re.M), text

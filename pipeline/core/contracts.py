@@ -172,6 +172,7 @@ class StudyRun(Contract):
     arm: str
     seed: int
     restored: bool  # from the arm cache, not trained by this execution
+    wall_seconds: float = 0.0  # from start to finish in this execution (0 when restored)
     fingerprint: str
     trained_at: str
     code_version: str  # of the code that trained it
@@ -238,7 +239,8 @@ class Comparison(Contract):
     p_adjusted: float | None  # Holm over the study's comparisons (= welch.p with one comparison)
     power: Power
     per_class: tuple[ClassDiff, ...]  # per-class accuracy over seeds, Holm over the classes
-    paired_bootstrap: Bootstrap  # over test images: do these trained models differ?
+    # over test images (do these trained models differ?); the last checkpoint only
+    paired_bootstrap: Bootstrap | None
     mcnemar_per_seed: list[McNemar]
     verdict: str
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
 import subprocess
 from importlib import metadata
@@ -85,12 +86,52 @@ def _semantic_source(text: str, name: str) -> str:
 
 def code_digest(folders=ARM_CODE, root: Path = PACKAGE_ROOT) -> str:
     """sha256 over every .py file under `folders` (relative to `root`), by path and
-    by what the code does (comments and docstrings left out)."""
+    by what the code does (comments and docstrings left out). Each file's part is
+    remembered by its size and modification time (parsing is the slow part)."""
+    known = _digest_cache()
     h = hashlib.sha256()
     for folder in folders:
         for f in sorted((root / folder).rglob("*.py")):
             if "__pycache__" in f.parts:
                 continue
             rel = f.relative_to(root).as_posix()
-            h.update(rel.encode() + b"\0" + _semantic_source(f.read_text(encoding="utf-8"), rel).encode() + b"\0")
+            st = f.stat()
+            stamp = f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+            part = known.get(stamp)
+            if part is None:
+                part = hashlib.sha256(_semantic_source(f.read_text(encoding="utf-8"), rel).encode()).hexdigest()
+                known[stamp] = part
+                _DIRTY[0] = True
+            h.update(rel.encode() + b"\0" + part.encode() + b"\0")
+    _save_digest_cache(known)
     return h.hexdigest()
+
+
+_DIGESTS: dict[str, str] | None = None
+_DIRTY = [False]
+
+
+def _digest_cache_path() -> Path:
+    return repo_root() / ".cache" / "code-digests.json"
+
+
+def _digest_cache() -> dict[str, str]:
+    global _DIGESTS
+    if _DIGESTS is None:
+        try:
+            _DIGESTS = json.loads(_digest_cache_path().read_text())
+        except (OSError, ValueError):
+            _DIGESTS = {}
+    return _DIGESTS
+
+
+def _save_digest_cache(known: dict[str, str]) -> None:
+    if not _DIRTY[0]:
+        return
+    try:
+        from pipeline.core.io import write_json
+
+        write_json(_digest_cache_path(), known)
+        _DIRTY[0] = False
+    except OSError:
+        pass  # a cache: without it, only slower

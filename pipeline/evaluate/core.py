@@ -90,6 +90,7 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, dict]], arms
         tests = {a: stats.welch([r.test_acc for r in rows[a]], base_acc, confidence) for a in others}
         adjusted = dict(zip(others, stats.adjust([tests[a].p for a in others], CORRECTION)))
         comparisons = {}
+        full = which == "last"  # the best checkpoint is optimistic: a reference, tested over seeds only
         for a in others:
             correct = np.stack([evals[(a, s, which)][1]["correct"] for s in seeds])
             w = tests[a]
@@ -97,10 +98,11 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, dict]], arms
                 welch=w, p_adjusted=adjusted[a],
                 power=stats.power([r.test_acc for r in rows[a]], base_acc, alpha, TARGET_DIFFERENCE),
                 per_class=stats.per_class_over_seeds(np.array([r.per_class_acc for r in rows[a]]), base_class,
-                                                     confidence, CORRECTION),
+                                                     confidence, CORRECTION) if full else (),
                 paired_bootstrap=stats.paired_bootstrap(correct, base_correct, n_resamples=bootstrap,
-                                                        confidence=confidence, seed=0, groups=labels),
-                mcnemar_per_seed=[stats.mcnemar(correct[i], base_correct[i]) for i in range(len(seeds))],
+                                                        confidence=confidence, seed=0, groups=labels) if full else None,
+                mcnemar_per_seed=([stats.mcnemar(correct[i], base_correct[i]) for i in range(len(seeds))]
+                                  if full else []),
                 verdict=stats.verdict(w.ci, adjusted[a], alpha, w.reason,
                                       "Holm" if len(others) > 1 else None))
         out[which] = CheckpointSummary(arms=summaries, comparisons=comparisons)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,7 @@ def evaluate_study(params: Params, record: StudyRecord, runs: Path, data: Path, 
                           "device": params.run.device, "eval_batch_size": params.run.eval_batch_size})
     top_n = params.report.top_confusions
     out = {}
+    done, seconds, images = 0, 0.0, 0
     for arm in record.arms:
         for seed in record.seeds:
             src = run_dir(runs, arm, seed)
@@ -138,9 +140,15 @@ def evaluate_study(params: Params, record: StudyRecord, runs: Path, data: Path, 
                                      .encode()).hexdigest()
                 hit = _load_cached(cache / key, arm, seed)
                 if hit is None:
+                    t0 = time.perf_counter()
                     hit = evaluator.evaluate(path, arm, seed, which, history, top_n)
+                    seconds += time.perf_counter() - t0
+                    done += 1
+                    images += sum(len(t) for t in evaluator.tensors())
                     _store(cache / key, *hit)
                 out[(arm, seed, which)] = hit
+    print(f"evaluated {done} of {len(out)} checkpoints ({images:,} images, {seconds:.1f} s); "
+          f"{len(out) - done} from the cache", flush=True)
     return out
 
 

@@ -263,6 +263,7 @@ class Driver:
             self.journal.end(key)
         self.results[(spec.arm, spec.seed)] = metrics
         self.record.append(StudyRun(arm=spec.arm, seed=spec.seed, restored=False, fingerprint=spec.fp,
+                                    wall_seconds=time.monotonic() - job.started,
                                     trained_at=manifest["trained_at"], code_version=manifest["code_version"],
                                     tracking_key=job.run_key, model_key=job.run_key))
         self.progress.finished(spec, metrics)
@@ -344,7 +345,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def _job_error(spec: JobSpec, exc: BaseException) -> BaseException:
     if isinstance(exc, PipelineError):
         return exc
-    if type(exc).__name__ == "OutOfMemoryError":
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "OutOfMemoryError" in type(exc).__name__:
         return PipelineError(f"{spec.label}: batch_size {spec.cfg.batch_size} does not fit in the memory of "
                              f"{spec.device}; set a smaller batch_size (or fewer parallel jobs)")
     return exc
@@ -371,7 +374,7 @@ def main(argv=None) -> None:
 
     from pipeline.train.engine import cluster_address, connect
     from pipeline.train.progress import Progress
-    from pipeline.training.loop import resolve_device, resolve_precision, set_determinism
+    from pipeline.training.loop import resolve_device, resolve_precision
 
     address = cluster_address(params.run.cluster)
     bf16 = None
@@ -380,7 +383,7 @@ def main(argv=None) -> None:
         device = torch.device("cpu" if params.run.device == "cpu" else device_type)
     else:
         device = resolve_device(params.run.device)
-    set_determinism(params.run.deterministic)
+    # deterministic kernels are set by each job (pipeline.training.job), where they run
     data, manifest = load_data(Path(args.data), params)
     root = repo_root()
     store = ArmStore(root)
