@@ -128,7 +128,8 @@ def run_study(root: Path, data: Path, seeds=(0, 1), tag: str = "", mlflow: bool 
 
     paths = {k: root / f"{k}{tag}" for k in ("runs", "evaluation", "reports", "metrics", "curves")}
     paths["params"] = root / f"params{tag}.yaml"
-    p = {"study": "report-test", "preset": "simple_cnn", "seeds": list(seeds), "epochs": 1, "batch_size": 32,
+    p = {"study": "report-test", "preset": "simple_cnn", "seeds": seeds if isinstance(seeds, dict) else list(seeds),
+         "epochs": 1, "batch_size": 32,
          "device": "cpu", "report": {"bootstrap": 200}, **extra}
     paths["params"].write_text(yaml.safe_dump(p, sort_keys=False))
     train(["--params", str(paths["params"]), "--data", str(data), "--runs", str(paths["runs"]),

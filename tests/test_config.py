@@ -93,6 +93,10 @@ def test_yaml_1_2_floats(tmp_path):
     ({"momentum": 1.0}, "momentum = 1.0"),
     ({"seeds": []}, "seeds = []"),
     ({"seeds": [1, 1]}, "distinct seeds"),
+    ({"seeds": {"min": 2, "max": 4}}, "seeds.halfwidth: missing; expected a number > 0 and <= 100"),
+    ({"seeds": {"min": 3, "max": 2, "halfwidth": 1}}, "seeds.max = 2: expected an integer >= seeds.min (3)"),
+    ({"seeds": {"min": 1, "halfwidth": 1}}, "seeds.min = 1"),
+    ({"seeds": {"halfwidth": 1, "mx": 5}}, "seeds.mx: unknown key (did you mean 'max'?)"),
     ({"aug": []}, "aug = []: expected a non-empty list"),
     ({"device": "tpu"}, "device = 'tpu': expected auto, cpu, cuda or cuda:N"),
     ({"eval_batch_size": "big"}, "eval_batch_size = 'big': expected auto or an integer in [1, 1048576]"),
@@ -119,6 +123,13 @@ def test_bad_input_is_one_clear_line(raw, needle):
     msg = str(e.value)
     assert needle in msg
     assert "\n" not in msg
+
+
+def test_seeds_on_demand_start_with_the_minimum():
+    p = parse_params({"seeds": {"min": 2, "max": 5, "halfwidth": 1.5}})
+    assert p.seeds == (0, 1)
+    assert (p.seed_plan.min, p.seed_plan.max, p.seed_plan.halfwidth, p.seed_plan.confidence) == (2, 5, 1.5, 0.95)
+    assert parse_params({"seeds": [3, 4]}).seed_plan is None
 
 
 def test_errors_name_the_file(tmp_path):

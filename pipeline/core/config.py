@@ -31,6 +31,7 @@ from pipeline.core.schema import (
     DataConfig,
     ReportConfig,
     RunSettings,
+    SeedPlan,
     bad,
     check_section,
     check_value,
@@ -87,11 +88,12 @@ class Arm:
 class Params:
     study: str  # MLflow experiment name
     preset: str
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # the seeds to train first (all of them, unless seed_plan adds more)
     data: DataConfig
     arms: tuple[Arm, ...]
     report: ReportConfig
     run: RunSettings
+    seed_plan: SeedPlan | None = None  # seeds on demand
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -126,7 +128,7 @@ def parse_params(raw: Any) -> Params:
     study = raw.get("study") or preset
     if not isinstance(study, str) or not re.fullmatch(r"[\w.\-]{1,100}", study):
         raise bad("study", study, "a name of letters, digits, '.', '_' or '-', or null")
-    seeds = _seeds(raw.get("seeds", [0]))
+    seeds, seed_plan = _seeds(raw.get("seeds", [0]))
     data = check_section(DataConfig, "data", raw.get("data"))
     report = check_section(ReportConfig, "report", raw.get("report"))
     run_raw = {k: raw[k] for k in RUN_KEYS if raw.get(k) is not None}
@@ -164,19 +166,25 @@ def parse_params(raw: Any) -> Params:
 
     if report.baseline is not None and report.baseline not in [a.name for a in arms]:
         raise bad("report.baseline", report.baseline, f"one of the arms: {', '.join(a.name for a in arms)}")
-    return Params(study=study, preset=preset, seeds=seeds, data=data, arms=tuple(arms), report=report,
-                  run=run, raw=raw)
+    return Params(study=study, preset=preset, seeds=seeds, seed_plan=seed_plan, data=data, arms=tuple(arms),
+                  report=report, run=run, raw=raw)
 
 
-def _seeds(v) -> tuple[int, ...]:
+def _seeds(v) -> tuple[tuple[int, ...], SeedPlan | None]:
+    """A seed, a list of seeds, or seeds on demand ({min, max, halfwidth})."""
+    if isinstance(v, dict):
+        plan = check_section(SeedPlan, "seeds", v)
+        if plan.max < plan.min:
+            raise bad("seeds.max", plan.max, f"an integer >= seeds.min ({plan.min})")
+        return tuple(range(plan.min)), plan
     seeds = [v] if isinstance(v, int) and not isinstance(v, bool) else v
     ok = isinstance(seeds, list) and seeds and all(
         isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in seeds)
     if not ok:
-        raise bad("seeds", v, "a non-negative integer or a non-empty list of them")
+        raise bad("seeds", v, "a non-negative integer, a non-empty list of them, or {min, max, halfwidth}")
     if len(set(seeds)) != len(seeds):
         raise bad("seeds", seeds, "distinct seeds")
-    return tuple(seeds)
+    return tuple(seeds), None
 
 
 def _options(key: str, tp, v) -> list:

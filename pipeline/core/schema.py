@@ -82,6 +82,19 @@ class ReportConfig(BaseModel):
                               Says("a model name of letters, digits, '.', '_', '-' or spaces")] | None = None
 
 
+class SeedPlan(BaseModel):
+    """Seeds on demand: train `min` seeds per arm, then add seeds (0, 1, 2, ... in turn)
+    until every difference to the baseline has a CI half-width of at most
+    `halfwidth` points, or `max` seeds ran. It stops on precision, never on a p-value."""
+
+    model_config = STRICT
+
+    min: integer(ge=2, le=1000) = 3
+    max: integer(ge=2, le=1000) = 10
+    halfwidth: number(gt=0, le=100)  # points (1 point = 1% accuracy) of the test-accuracy difference
+    confidence: number(ge=0.5, lt=1) = 0.95
+
+
 class RunSettings(BaseModel):
     """Where and how the arms run; none of it changes what an arm computes on the CPU."""
 
@@ -209,6 +222,8 @@ def check_section(model: type[BaseModel], section: str, raw: Any) -> BaseModel:
     except ValidationError as exc:
         key = exc.errors()[0]["loc"][0]
         tp = field_type(model, key)
+        if key not in raw:
+            raise ConfigError(f"{where}{key}: missing; expected {describe(tp)}") from None
         raise bad(f"{where}{key}", raw[key], describe(tp) + did_you_mean(raw[key], tp)) from None
 
 

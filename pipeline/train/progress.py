@@ -45,12 +45,14 @@ class Progress:
              data=None) -> None:
         cached = 0 if retrain else sum((store.folder(j.fp) / "done").is_dir() for j in jobs)
         epochs = sorted({a.train.epochs for a in params.arms})
-        n_train = len(data.train_y) if data is not None else 0
+        n_train = self.n_train = len(data.train_y) if data is not None else 0
         for j in jobs:
             if retrain or not (store.folder(j.fp) / "done").is_dir():
                 self.jobs[j.fp] = _Job(j.cfg.epochs, n_train)
         self.total = sum(j.epochs_left * j.images_per_epoch for j in self.jobs.values())
-        line = (f"study {params.study}: {len(params.arms)} arm(s) x {len(params.seeds)} seed(s) x "
+        plan = params.seed_plan
+        on_demand = f" (up to {plan.max} on demand)" if plan is not None else ""
+        line = (f"study {params.study}: {len(params.arms)} arm(s) x {len(params.seeds)} seed(s){on_demand} x "
                 f"{'/'.join(map(str, epochs))} epoch(s) on {device}, {engine.slots} at a time ({engine.name}); "
                 f"{len(self.jobs)} to train, {cached} in the arm cache")
         if self.jobs and data is not None:
@@ -64,6 +66,15 @@ class Progress:
 
             self.bar = tqdm(total=self.total, unit="img", unit_scale=True, dynamic_ncols=True, leave=False,
                             mininterval=1.0, desc=params.study, file=sys.stderr)
+
+    def add(self, jobs: list[JobSpec], store, retrain: bool) -> None:
+        """More jobs for this execution (seeds on demand)."""
+        for j in jobs:
+            if retrain or not (store.folder(j.fp) / "done").is_dir():
+                self.jobs[j.fp] = _Job(j.cfg.epochs, self.n_train)
+                self.total += j.cfg.epochs * self.n_train
+        if self.bar is not None:
+            self.bar.total = self.total
 
     # --- while
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import signal
 import statistics
@@ -298,6 +299,47 @@ class Driver:
             self._release(job)
 
 
+def widest_interval(results: dict[tuple[str, int], RunMetrics], arms: list[str], baseline: str,
+                    seeds: list[int], confidence: float) -> float:
+    """The widest CI half-width (a fraction) of the test-accuracy differences to the
+    baseline over these seeds (of the arm's own mean, with one arm); inf when undefined."""
+    from pipeline.core import stats
+
+    acc = {a: [results[(a, s)].test_acc for s in seeds] for a in arms}
+    intervals = ([stats.welch(acc[a], acc[baseline], confidence).ci for a in arms if a != baseline]
+                 or [stats.mean_ci(acc[baseline], confidence).ci])
+    return max(iv.half_width if iv.half_width is not None else math.inf for iv in intervals)
+
+
+def more_seeds(params: Params, driver: Driver, progress, jobs_for, arms: dict, seeds: list[int]):
+    """Seeds on demand: add seeds until every difference is as precise as asked, or
+    the maximum ran. Each round adds the seeds the observed spread says are needed
+    (at least one). Never looks at a p-value. Returns (seeds, why they stopped)."""
+    plan = params.seed_plan
+    target = plan.halfwidth / 100
+    names = [a.name for a in params.arms]
+    while True:
+        widest = widest_interval(driver.results, names, params.baseline.name, seeds, plan.confidence)
+        shown = "undefined" if math.isinf(widest) else f"{100 * widest:.2f} points"
+        if widest <= target:
+            return seeds, (f"{len(seeds)} seeds ran: the widest {plan.confidence * 100:g}% interval of a difference "
+                           f"to the baseline is ±{shown}, within the ±{plan.halfwidth:g} asked for (seeds: "
+                           f"min {plan.min}, max {plan.max})")
+        if len(seeds) >= plan.max:
+            return seeds, (f"{len(seeds)} seeds ran, the maximum asked for: the widest {plan.confidence * 100:g}% "
+                           f"interval of a difference to the baseline is still ±{shown}, wider than the "
+                           f"±{plan.halfwidth:g} asked for")
+        # half-width ~ t * sd * sqrt(2 / n): the n that would reach the target, if the spread holds
+        need = len(seeds) + 1 if math.isinf(widest) else math.ceil(len(seeds) * (widest / target) ** 2)
+        new = list(range(len(seeds), min(plan.max, max(need, len(seeds) + 1))))
+        print(f"seeds on demand: with {len(seeds)} seeds the widest interval is ±{shown} (asked: "
+              f"±{plan.halfwidth:g}); adding seeds {', '.join(map(str, new))}", flush=True)
+        new_jobs = jobs_for(new)
+        progress.add(new_jobs, driver.store, driver.retrain)
+        driver.run(new_jobs, arms)
+        seeds = seeds + new
+
+
 def checkpoint(weights: dict, spec: JobSpec, epoch: int, provenance: dict, example) -> dict:
     """A checkpoint that loads with `torch.load(weights_only=True)` and says what made it."""
     return {
@@ -405,9 +447,13 @@ def main(argv=None) -> None:
     # what each arm computes on this device (precision: auto made concrete), and its fingerprint
     resolved = {a.name: a.train.model_copy(update={"precision": resolve_precision(a.train.precision, device, bf16)})
                 for a in params.arms}
-    jobs = [JobSpec(arm.name, seed, resolved[arm.name], identity.fingerprint(resolved[arm.name], seed), str(device),
-                    params.run.eval_batch_size, params.run.deterministic, torch.get_num_threads())
-            for arm, seed in params.runs()]
+
+    def jobs_for(seeds) -> list[JobSpec]:
+        return [JobSpec(arm.name, seed, resolved[arm.name], identity.fingerprint(resolved[arm.name], seed),
+                        str(device), params.run.eval_batch_size, params.run.deterministic, torch.get_num_threads())
+                for arm in params.arms for seed in seeds]
+
+    jobs = jobs_for(params.seeds)
 
     signal.signal(signal.SIGTERM, _sigterm)
     journal = parent = None
@@ -434,9 +480,12 @@ def main(argv=None) -> None:
     engine = make_engine(data, todo, params.run.parallel, params.run.cluster, device.type, progress.step)
     driver = Driver(params, store, runs, identity, engine, journal, parent, provenance, args.retrain,
                     str(device), progress)
+    seeds, reason = list(params.seeds), "as listed in params.yaml"
     try:
         progress.plan(params, jobs, device, engine, store, identity, retrain=args.retrain, data=data)
         driver.run(jobs, arms)
+        if params.seed_plan is not None:
+            seeds, reason = more_seeds(params, driver, progress, jobs_for, arms, seeds)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
         driver.abort(status)
@@ -447,18 +496,18 @@ def main(argv=None) -> None:
         progress.close()
         engine.close()
 
-    seeds = list(params.seeds)
     arm_names = [a.name for a in params.arms]
     write_json(args.metrics, summarize(driver.results, arm_names, seeds, params.study))
     write_curves(Path(args.curves), runs, arm_names, seeds)
     order = {(a, s): i for i, (a, s) in enumerate((a, s) for a in arm_names for s in seeds)}
-    record = StudyRecord(study=params.study, arms=arm_names, seeds=seeds, seeds_reason="as listed in params.yaml",
+    record = StudyRecord(study=params.study, arms=arm_names, seeds=seeds, seeds_reason=reason,
                          runs=sorted(driver.record, key=lambda r: order[(r.arm, r.seed)]),
                          tracking_key=parent, device=str(device))
     with atomic_path(runs / "study.json") as tmp:
         tmp.write_text(record.model_dump_json(indent=1) + "\n")
     if journal is not None:
         journal.artifact(parent, args.metrics)
+        journal.tags(parent, {"seeds": seeds, "seeds_reason": reason})
         journal.end(parent)
         line = journal.status_line()
         if line:

@@ -1,0 +1,113 @@
+"""Seeds on demand: add seeds until every difference is as precise as asked, never on a p-value."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pipeline.core import stats
+from pipeline.core.config import parse_params
+from pipeline.core.contracts import StudyRecord
+from pipeline.train.stage import more_seeds, widest_interval
+from tests.conftest import run_study
+
+ARMS = ["aug=none", "aug=standard"]
+
+
+class FakeDriver:
+    """Trains nothing: each (arm, seed) gets the accuracy `table` gives it."""
+
+    def __init__(self, table):
+        self.table, self.results, self.rounds = table, {}, []
+        self.store, self.retrain = None, False
+
+    def run(self, jobs, arms):
+        self.rounds.append(sorted({j.seed for j in jobs}))
+        for j in jobs:
+            self.results[(j.arm, j.seed)] = SimpleNamespace(test_acc=self.table(j.arm, j.seed))
+
+
+class FakeProgress:
+    def add(self, jobs, store, retrain):
+        pass
+
+
+def _jobs_for(seeds):
+    return [SimpleNamespace(arm=a, seed=s) for a in ARMS for s in seeds]
+
+
+def _study(table, **plan):
+    params = parse_params({"aug": ["none", "standard"], "seeds": plan})
+    driver = FakeDriver(table)
+    driver.run(_jobs_for(params.seeds), None)
+    seeds, reason = more_seeds(params, driver, FakeProgress(), _jobs_for, None, list(params.seeds))
+    return params, driver, seeds, reason
+
+
+def _noisy(sd, effect=0.02):
+    rng = np.random.default_rng(7)
+    noise = {(a, s): rng.normal(0, sd) for a in ARMS for s in range(100)}
+    return lambda arm, seed: 0.7 + (effect if arm == "aug=standard" else 0) + noise[(arm, seed)]
+
+
+def test_widest_interval_is_welchs_half_width():
+    table = _noisy(0.01)
+    results = {(a, s): SimpleNamespace(test_acc=table(a, s)) for a in ARMS for s in range(4)}
+    got = widest_interval(results, ARMS, "aug=none", [0, 1, 2, 3], 0.95)
+    ci = stats.welch([table("aug=standard", s) for s in range(4)], [table("aug=none", s) for s in range(4)]).ci
+    assert got == pytest.approx(ci.half_width, rel=1e-12)
+    one = widest_interval(results, ["aug=none"], "aug=none", [0, 1, 2], 0.95)
+    assert one == pytest.approx(stats.mean_ci([table("aug=none", s) for s in range(3)]).ci.half_width)
+
+
+def test_a_precise_difference_stops_at_the_minimum():
+    _, driver, seeds, reason = _study(_noisy(0.0001), min=3, max=8, halfwidth=0.5)
+    assert seeds == [0, 1, 2] and driver.rounds == [[0, 1, 2]]
+    assert reason.startswith("3 seeds ran: the widest 95% interval") and "within the ±0.5 asked for" in reason
+
+
+def test_a_noisy_difference_stops_at_the_maximum():
+    _, driver, seeds, reason = _study(_noisy(0.03), min=2, max=6, halfwidth=0.1)
+    assert seeds == list(range(6))
+    assert [s for r in driver.rounds for s in r] == list(range(6))  # every seed trained once, in order
+    assert "6 seeds ran, the maximum asked for" in reason and "wider than the ±0.1 asked for" in reason
+
+
+def test_it_stops_as_soon_as_the_interval_is_narrow_enough():
+    table = _noisy(0.01)
+    params, driver, seeds, _ = _study(table, min=2, max=40, halfwidth=1.0)
+    target = params.seed_plan.halfwidth / 100
+    assert 2 < len(seeds) < 40
+    assert widest_interval(driver.results, ARMS, "aug=none", seeds, 0.95) <= target
+    for r in range(1, len(driver.rounds)):  # every earlier stop point was still too wide
+        before = seeds[:len(seeds) - sum(len(x) for x in driver.rounds[r:])]
+        assert widest_interval(driver.results, ARMS, "aug=none", before, 0.95) > target
+    assert len(driver.rounds) <= 4  # it adds what the observed spread says, not one seed per round
+
+
+def test_the_decision_ignores_the_size_of_the_effect():
+    """Same spread, effects of 0 and 10 points: the same seeds (a p-value would differ)."""
+    a = _study(_noisy(0.01, effect=0.0), min=2, max=20, halfwidth=1.0)[2]
+    b = _study(_noisy(0.01, effect=0.10), min=2, max=20, halfwidth=1.0)[2]
+    assert a == b
+
+
+def test_the_stages_record_and_report_the_seeds_that_ran(tmp_path, prepared, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CIFAR_ABLATE_TRACKING", "off")
+    paths = run_study(tmp_path, prepared, seeds={"min": 2, "max": 3, "halfwidth": 0.001}, aug=["none", "standard"])
+    record = StudyRecord.model_validate_json((paths["runs"] / "study.json").read_text())
+    assert record.seeds[:2] == [0, 1] and len(record.seeds) in (2, 3)
+    if len(record.seeds) == 2:  # only when the two arms agree exactly on every seed
+        assert "within the ±0.001 asked for" in record.seeds_reason
+    else:
+        assert "the maximum asked for" in record.seeds_reason
+    assert {(r.arm, r.seed) for r in record.runs} == {(a, s) for a in ARMS for s in record.seeds}
+    for arm in ARMS:
+        assert sorted(p.name for p in (paths["runs"] / arm).iterdir()) == [f"seed={s}" for s in record.seeds]
+    headline = json.loads((paths["metrics"] / "study.json").read_text())
+    assert headline["seeds"] == len(record.seeds)
+    assert f"Seeds: {record.seeds_reason}." in (paths["reports"] / "report.md").read_text()
