@@ -1,0 +1,147 @@
+"""Benchmark: what running the arms on Ray costs, against running them in this process.
+
+The same jobs (arm x seed, real training on a subset) go through the three
+ways the train stage can run them:
+
+  local       LocalEngine: one at a time in this process (the default on a CPU)
+  ray x1      RayEngine on this machine, one job at a time
+  ray x2      RayEngine on this machine, two jobs at a time
+
+and it prints the wall time of each, Ray's overhead per study (start, putting
+the data into the object store, each worker's first job, which starts its
+process and imports torch, and shutdown) and per job once the workers are
+warm (ray x1 minus local, divided by the jobs: task start, the data reaching
+the worker, the events coming back), and the bytes that cross between driver
+and worker per job.
+
+    python bench/ray_overhead.py                       # synthetic images
+    python bench/ray_overhead.py --data data/prepared  # the prepared CIFAR-10
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TARGET_STUDY_S, TARGET_JOB_S = 5.0, 0.5
+
+
+def load(folder: str | None, n_train: int, n_test: int):
+    from pipeline.training.job import Data
+
+    if folder:
+        from pipeline.core import dataset
+        from pipeline.training.subset import load_subset
+
+        manifest = dataset.load_manifest(folder)
+        tx, ty, _ = load_subset(folder, "train", n_train, 0)
+        vx, vy, _ = load_subset(folder, "test", n_test, 0)
+        return Data(f"{manifest['data_sha256']}:{n_train}:{n_test}", tx, ty, vx, vy), manifest["name"]
+    rng = np.random.default_rng(0)
+    images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)  # noqa: E731
+    labels = lambda n: np.arange(n, dtype=np.int64) % 10  # noqa: E731
+    return Data(f"synthetic:{n_train}:{n_test}", images(n_train), labels(n_train), images(n_test),
+                labels(n_test)), "synthetic images"
+
+
+def jobs(n: int, epochs: int):
+    import torch
+
+    from pipeline.core.config import parse_params
+    from pipeline.training.job import JobSpec
+    from pipeline.training.loop import resolve_precision
+
+    params = parse_params({"aug": ["none", "standard"], "seeds": list(range((n + 1) // 2)), "epochs": epochs})
+    return [JobSpec(arm.name, seed, arm.train.model_copy(update={"precision": resolve_precision(
+                arm.train.precision, torch.device("cpu"), False)}),
+                    f"bench-{arm.name}-{seed}", "cpu", "auto", False, torch.get_num_threads())
+            for arm, seed in params.runs()][:n]
+
+
+def drain(engine, todo, at_once: int) -> dict[str, int]:
+    """Run every job, `at_once` at a time; the pickled bytes each job sent back."""
+    waiting, back = list(todo), {j.fp: 0 for j in todo}
+    while waiting or engine.busy():
+        while waiting and engine.busy() < at_once:
+            engine.submit(waiting.pop(0), None)
+        for spec, event in engine.events():
+            if type(event).__name__ == "Failed":
+                raise event.error
+            back[spec.fp] += len(pickle.dumps(event, protocol=5))
+    return back
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", help="a prepared data folder (data/prepared); synthetic images without it")
+    ap.add_argument("--train-images", type=int, default=1000)
+    ap.add_argument("--test-images", type=int, default=500)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=4)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from pipeline.train.engine import LocalEngine, RayEngine
+
+    data, name = load(args.data, args.train_images, args.test_images)
+    todo = jobs(args.jobs, args.epochs)
+    print(f"{platform.node()}: {os.cpu_count()} CPU(s), torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{name}, {len(data.train_y)} train / {len(data.test_y)} test images, {args.epochs} epoch(s), "
+          f"{len(todo)} jobs (simple_cnn)", flush=True)
+
+    # a warm-up job in this process (imports, first-call costs), so `local` is the fair baseline
+    drain(LocalEngine(data), todo[:1], 1)
+    t0 = time.perf_counter()
+    local_back = drain(LocalEngine(data), todo, 1)
+    local = time.perf_counter() - t0
+
+    rows, per_job_back = {}, 0
+    for at_once in (1, 2):
+        t0 = time.perf_counter()
+        engine = RayEngine(data, None, todo, at_once, "cpu")
+        t1 = time.perf_counter()
+        # the first job on each worker also starts its process and imports torch: a once-per-study cost
+        drain(engine, todo[:at_once], at_once)
+        tw = time.perf_counter()
+        back = drain(engine, todo, at_once)
+        t2 = time.perf_counter()
+        engine.close()
+        t3 = time.perf_counter()
+        rows[at_once] = {"start": engine.start_seconds, "put": engine.put_seconds, "setup": t1 - t0,
+                         "warm": tw - t1, "jobs": t2 - tw, "shutdown": t3 - t2, "wall": t3 - t0}
+        per_job_back = max(back.values())
+
+    print(f"\n{'':<10}{'wall s':>9}{'jobs s':>9}{'start s':>9}{'put s':>8}{'warm s':>8}{'stop s':>8}")
+    print(f"{'local':<10}{local:>9.2f}{local:>9.2f}{'':>9}{'':>8}{'':>8}{'':>8}")
+    for k, r in rows.items():
+        print(f"{'ray x' + str(k):<10}{r['wall']:>9.2f}{r['jobs']:>9.2f}{r['start']:>9.2f}{r['put']:>8.2f}"
+              f"{r['warm']:>8.2f}{r['shutdown']:>8.2f}")
+    print("(warm: the first job per worker, which starts the worker process and imports torch; jobs: "
+          "every job again on the warm workers)")
+
+    one = rows[1]
+    warm_extra = one["warm"] - local / len(todo)
+    study = one["setup"] + warm_extra + one["shutdown"]
+    per_job = (one["jobs"] - local) / len(todo)
+    up = len(pickle.dumps(todo[0], protocol=5)) + len(pickle.dumps(None))
+    print(f"\nRay overhead per study (start + put + worker warm-up + shutdown): {study:.2f} s "
+          f"(target <= {TARGET_STUDY_S:g} s; of it ray.init {one['start']:.2f} s, warm-up {warm_extra:.2f} s)")
+    print(f"Ray overhead per job on a warm worker ((ray x1 - local) / jobs): {per_job:+.3f} s (target <= {TARGET_JOB_S:g} s)")
+    print(f"2 jobs at once vs 1: {rows[2]['jobs']:.2f} s vs {one['jobs']:.2f} s of jobs "
+          f"({one['jobs'] / rows[2]['jobs']:.2f}x) on {os.cpu_count()} CPU(s)")
+    print(f"bytes per job: data {data.nbytes / 1e6:.1f} MB once per node (object store); to the worker "
+          f"{up / 1e3:.1f} kB (spec, resume state); back {per_job_back / 1e6:.2f} MB (per-epoch states, "
+          f"final weights, history; local run: {max(local_back.values()) / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()
