@@ -1,13 +1,17 @@
 """Servers the tests start on 127.0.0.1 and stop again: PostgreSQL (as an
-unprivileged user, in a temporary folder) and an MLflow tracking server.
+unprivileged user, in a temporary folder), an MLflow tracking server on it, and
+a Ray head node.
 
-`.ci/run` may start them once for the whole suite and name them in
-CIFAR_ABLATE_TEST_POSTGRES (a postgresql:// URI); otherwise each fixture starts
-its own."""
+`.ci/run` starts them once for the whole suite (`python -m tests.services`,
+which prints their addresses as shell exports and keeps them up until it is
+stopped) and names them in CIFAR_ABLATE_TEST_POSTGRES (a postgresql:// URI),
+CIFAR_ABLATE_TEST_MLFLOW (the server's http:// URL) and CIFAR_ABLATE_TEST_RAY
+(the head's address) with CIFAR_ABLATE_TEST_RAY_TOKEN; a fixture whose variable is unset starts its own."""
 from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -102,3 +106,52 @@ def start_mlflow_server(backend: str, artifacts: Path, log: Path, start_s: float
         time.sleep(0.3)
     stop()
     raise RuntimeError(f"mlflow server did not answer within {start_s} s:\n{log.read_text()[-3000:]}")
+
+
+def start_ray_head(num_cpus: int = 2) -> tuple[str, str, callable]:
+    """A Ray head node on 127.0.0.1 (`ray start --head`) with token authentication, as a
+    cluster that a study is sent to with RAY_ADDRESS: (address, token, stop). A client
+    needs RAY_AUTH_MODE=token and the token in RAY_AUTH_TOKEN (or ~/.ray/auth_token)."""
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    port, token = free_port(), secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", **ray_client_env(token))
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--num-cpus", str(num_cpus), "--include-dashboard", "false", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=180)
+
+    def stop():
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+    return f"127.0.0.1:{port}", token, stop
+
+
+def ray_client_env(token: str) -> dict[str, str]:
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+
+
+def main() -> None:
+    """Start PostgreSQL, an MLflow server on it and a Ray head; print them as shell
+    exports, then keep them up until SIGTERM or SIGINT."""
+    stops = []
+    try:
+        pg, stop = start_postgres()
+        stops.append(stop)
+        folder = Path(tempfile.mkdtemp(prefix="cifar-ablate-mlflow-"))
+        base, stop = start_mlflow_server(pg, folder / "artifacts", folder / "mlflow.log")
+        stops.append(stop)
+        stops.append(lambda: shutil.rmtree(folder, ignore_errors=True))
+        ray_address, token, stop = start_ray_head()
+        stops.append(stop)
+        print(f"export CIFAR_ABLATE_TEST_POSTGRES={pg}\nexport CIFAR_ABLATE_TEST_MLFLOW={base}\n"
+              f"export CIFAR_ABLATE_TEST_RAY={ray_address}\nexport CIFAR_ABLATE_TEST_RAY_TOKEN={token}\n# ready",
+              flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    finally:
+        for stop in reversed(stops):
+            stop()
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    main()

@@ -3,6 +3,7 @@ process, and a node that dies mid-arm costs at most the epoch in flight."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,14 +13,16 @@ import torch
 import yaml
 
 from tests.conftest import REPO, env
+from tests.services import ray_client_env, start_ray_head
 
 pytestmark = pytest.mark.slow
 
 
-def _train(cwd, runs: str, extra: list[str] | None = None, **kw) -> subprocess.Popen:
+def _train(cwd, runs: str, extra: list[str] | None = None, extra_env: dict | None = None,
+           **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline.train", "--data", str(kw.pop("data")), "--runs", runs,
                              "--metrics", f"{runs}.json", "--curves", f"{runs}.csv", "--no-mlflow", "--no-progress",
-                             *(extra or [])], cwd=cwd, env=env({"PYTHONPATH": str(REPO)}),
+                             *(extra or [])], cwd=cwd, env=env({"PYTHONPATH": str(REPO), **(extra_env or {})}),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -43,6 +46,27 @@ def test_parallel_jobs_on_ray_give_the_results_of_one_process(tmp_path, prepared
     for arm in ("aug=none", "aug=standard"):
         for seed in (0, 1):
             _same_run(tmp_path / "ray" / arm / f"seed={seed}", tmp_path / "local" / arm / f"seed={seed}")
+
+
+def test_RAY_ADDRESS_sends_the_study_to_a_running_cluster(tmp_path, prepared):
+    """A head started with `ray start --head` (by `.ci/run`, else here): with its
+    address in RAY_ADDRESS the same command sends every job there, and the results
+    are those of one process."""
+    address, token, stop = os.environ.get("CIFAR_ABLATE_TEST_RAY"), os.environ.get("CIFAR_ABLATE_TEST_RAY_TOKEN"), None
+    if not address:
+        address, token, stop = start_ray_head()
+    try:
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": [0], "epochs": 1, "batch_size": 32}))
+        out = _train(tmp_path, "ray", data=prepared, extra_env={"RAY_ADDRESS": address, **ray_client_env(token)}
+                     ).communicate(timeout=600)[0]
+    finally:
+        if stop:
+            stop()
+    assert f"(Ray cluster {address} (" in out, out
+    out = _train(tmp_path, "local", ["--retrain"], data=prepared).communicate(timeout=600)[0]
+    assert "1 at a time (this process)" in out, out
+    for arm in ("aug=none", "aug=standard"):
+        _same_run(tmp_path / "ray" / arm / "seed=0", tmp_path / "local" / arm / "seed=0")
 
 
 def test_a_node_that_dies_mid_arm_loses_nothing(tmp_path, prepared):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
+import uuid
 
 import pytest
 
@@ -17,6 +18,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def team_server(tmp_path_factory):
+    """The server `.ci/run` started (CIFAR_ABLATE_TEST_MLFLOW), else one of its own on
+    PostgreSQL (CIFAR_ABLATE_TEST_POSTGRES, else one of its own too)."""
+    if os.environ.get("CIFAR_ABLATE_TEST_MLFLOW"):
+        yield os.environ["CIFAR_ABLATE_TEST_MLFLOW"]
+        return
     folder = tmp_path_factory.mktemp("team")
     uri = os.environ.get("CIFAR_ABLATE_TEST_POSTGRES")
     stop_pg = None
@@ -40,13 +46,14 @@ def _api(base: str, path: str, body: dict | None = None) -> dict:
 
 
 def test_a_study_is_recorded_on_a_team_server_with_postgresql(tmp_path, team_server):
-    proj = make_project(tmp_path, seeds=[0, 1], epochs=1, study="team-study")
+    study = f"team-study-{uuid.uuid4().hex[:8]}"  # the server may be shared with other test sessions
+    proj = make_project(tmp_path, seeds=[0, 1], epochs=1, study=study)
     extra = {"MLFLOW_TRACKING_URI": team_server}
     run("dvc repro", proj, extra_env=extra)
     run("python -m pipeline.tracking flush", proj, extra_env=extra)
     assert not (proj / "mlflow.db").exists()  # nothing went to the embedded store
 
-    exp = _api(team_server, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=team-study")["experiment"]
+    exp = _api(team_server, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={study}")["experiment"]
     runs = _api(team_server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]],
                                                               "max_results": 100})["runs"]
     tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs}

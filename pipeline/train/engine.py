@@ -125,8 +125,10 @@ def connect(address: str | None) -> tuple[str, bool | None]:
             if address:
                 ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
             else:
-                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, configure_logging=False,
-                         log_to_driver=False)
+                # "local": a Ray of its own, even where `ray start` left a cluster running on this
+                # machine (ray.init() would join that one); a cluster is used only when asked for
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                         configure_logging=False, log_to_driver=False)
         except (ConnectionError, RuntimeError) as exc:
             raise PipelineError(f"cannot reach the Ray cluster {address}: {' '.join(str(exc).split())[:200]}; "
                                 f"check `cluster` in params.yaml or RAY_ADDRESS") from None
