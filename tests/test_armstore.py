@@ -141,3 +141,83 @@ def test_restore_links_and_sweep_removes_leftovers(tmp_path):
     store.sweep()
     assert sorted(p.name for p in store.folder(fp).iterdir()) == ["done"]
     assert not dead.exists()
+
+
+# --- what an arm's fingerprint covers ------------------------------------------------------------
+
+def _modules(root):
+    """Every project module under pipeline/ and models/: dotted name -> file."""
+    return {".".join(f.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): f
+            for top in ("pipeline", "models") for f in (root / top).rglob("*.py") if "__pycache__" not in f.parts}
+
+
+def _in_arm_code(path, root) -> bool:
+    from pipeline.core.provenance import ARM_CODE
+
+    rel = path.relative_to(root).as_posix()
+    return any(rel == p or rel.startswith(p + "/") for p in ARM_CODE)
+
+
+def test_the_arm_code_imports_nothing_unhashed():
+    """Every project module that the arm's code imports (at the top or inside a
+    function) is itself hashed into the fingerprint, or is listed, with a reason,
+    as one that cannot change what an arm computes."""
+    import ast
+
+    from pipeline.core.provenance import ARM_CODE_OUTSIDE, PACKAGE_ROOT as root
+
+    modules = _modules(root)
+    outside = set()
+    for name, f in modules.items():
+        if not _in_arm_code(f, root):
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            targets = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                       [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            for target in targets:
+                hit = next((m for m in (target, target.rsplit(".", 1)[0]) if m in modules), None)
+                if hit and not _in_arm_code(modules[hit], root):
+                    outside.add((name, hit))
+    unlisted = {(a, b) for a, b in outside if b not in ARM_CODE_OUTSIDE}
+    assert not unlisted, f"arm code imports unhashed modules (add them to ARM_CODE): {sorted(unlisted)}"
+    assert {b for _, b in outside} == set(ARM_CODE_OUTSIDE), "ARM_CODE_OUTSIDE lists modules nothing imports"
+
+
+def test_the_driver_writes_an_arms_files_with_hashed_code():
+    """The files of a finished arm (the checkpoint, history.csv, metrics.json) are
+    written by functions whose code is part of the fingerprint."""
+    import inspect
+    from pathlib import Path
+
+    from pipeline.core.contracts import RunMetrics, write_history
+    from pipeline.core.provenance import PACKAGE_ROOT as root
+    from pipeline.train import stage
+
+    for fn in (stage.checkpoint, stage.write_history, stage.RunMetrics.from_history, write_history,
+               RunMetrics.model_dump_json):
+        source = inspect.getsourcefile(fn)
+        if "site-packages" in source:  # pydantic's own serialisation
+            continue
+        assert _in_arm_code(Path(source).resolve(), root), f"{fn.__qualname__} is defined outside ARM_CODE"
+
+
+def test_editing_arm_code_changes_the_fingerprint_and_other_code_does_not(tmp_path):
+    import shutil
+
+    from pipeline.core.provenance import PACKAGE_ROOT, code_digest
+
+    root = tmp_path / "repo"
+    for top in ("pipeline", "models"):
+        shutil.copytree(PACKAGE_ROOT / top, root / top, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_digest(root=root)
+    for edited, changes in (("pipeline/core/dataset.py", True), ("pipeline/training/loop.py", True),
+                            ("models/simple_cnn.py", True), ("pipeline/core/contracts.py", True),
+                            ("pipeline/report/build.py", False), ("pipeline/train/stage.py", False),
+                            ("pipeline/evaluate/core.py", False)):
+        f = root / edited
+        text = f.read_text()
+        f.write_text(text + "\nEDITED = 1\n")
+        assert (code_digest(root=root) != before) is changes, edited
+        f.write_text(text + "\n# a comment changes nothing\n")
+        assert code_digest(root=root) == before, f"{edited}: a comment changed the fingerprint"
+        f.write_text(text)

@@ -14,10 +14,18 @@ from pathlib import Path
 _EXP_TMP = os.path.join(".dvc", "tmp", "exps")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding pipeline/ and models/
 
-# The code that computes a trained arm: the arm's fingerprint hashes these
-# folders, and the train stage in dvc.yaml depends on them (a test holds the
-# two together and checks that training imports nothing else of the project).
-ARM_CODE = ("models", "pipeline/training")
+# The code that computes a trained arm and writes its files: the arm's
+# fingerprint hashes these folders and files, and the train stage in dvc.yaml
+# depends on them. tests/test_armstore.py checks that this code imports nothing
+# else of the project but ARM_CODE_OUTSIDE, and that the driver writes an arm's
+# files with functions defined here.
+ARM_CODE = ("models", "pipeline/training", "pipeline/core/dataset.py", "pipeline/core/contracts.py")
+# What the arm's code may import from outside ARM_CODE without it being hashed, and why.
+ARM_CODE_OUTSIDE = {
+    "pipeline.core.config": "an arm's resolved config values are part of its fingerprint",
+    "pipeline.core.errors": "error messages only",
+    "pipeline.core.stats": "the evaluation's result types, which contracts.py also defines; no arm file holds one",
+}
 # The libraries whose versions are part of an arm's identity.
 ARM_LIBRARIES = ("torch", "torchvision", "numpy")
 
@@ -85,13 +93,14 @@ def _semantic_source(text: str, name: str) -> str:
 
 
 def code_digest(folders=ARM_CODE, root: Path = PACKAGE_ROOT) -> str:
-    """sha256 over every .py file under `folders` (relative to `root`), by path and
-    by what the code does (comments and docstrings left out). Each file's part is
-    remembered by its size and modification time (parsing is the slow part)."""
+    """sha256 over every .py file in `folders` (folders or files, relative to `root`),
+    by path and by what the code does (comments and docstrings left out). Each file's
+    part is remembered by its size and modification time (parsing is the slow part)."""
     known = _digest_cache()
     h = hashlib.sha256()
     for folder in folders:
-        for f in sorted((root / folder).rglob("*.py")):
+        where = root / folder
+        for f in [where] if where.suffix == ".py" else sorted(where.rglob("*.py")):
             if "__pycache__" in f.parts:
                 continue
             rel = f.relative_to(root).as_posix()

@@ -44,7 +44,7 @@ from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path, write_json
 from pipeline.core.provenance import code_digest, code_version, dvc_experiment, library_versions, repo_root
 from pipeline.train.armstore import ArmStore, StateWriter, fingerprint
-from pipeline.training.job import Data, Finished, JobSpec
+from pipeline.training.job import Data, Finished, JobSpec, checkpoint
 from pipeline.training.subset import load_subset
 
 
@@ -338,20 +338,6 @@ def more_seeds(params: Params, driver: Driver, progress, jobs_for, arms: dict, s
         progress.add(new_jobs, driver.store, driver.retrain)
         driver.run(new_jobs, arms)
         seeds = seeds + new
-
-
-def checkpoint(weights: dict, spec: JobSpec, epoch: int, provenance: dict, example) -> dict:
-    """A checkpoint that loads with `torch.load(weights_only=True)` and says what made it."""
-    return {
-        "model": weights,
-        "model_name": spec.cfg.model,
-        "config": spec.cfg.model_dump(),
-        "arm": spec.arm,
-        "seed": spec.seed,
-        "epoch": epoch,
-        "example": example,  # a few test images (uint8 tensor), the input example of the logged model
-        **{k: provenance[k] for k in ("code_version", "dvc_experiment", "data_sha256")},
-    }
 
 
 def system_metrics(device: str) -> dict[str, float]:

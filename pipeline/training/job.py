@@ -100,3 +100,17 @@ def run_job(spec: JobSpec, data: Data, resume: TrainState | None,
                                      eval_batch=eval_batch_size(spec.eval_batch, device), states=True)
     yield Finished(model=host_copy(model), best_state=result.best_state, best_epoch=result.best_epoch,
                    history=result.history, diagnostics=result.diagnostics, node=socket.gethostname())
+
+
+def checkpoint(weights: dict, spec: JobSpec, epoch: int, provenance: dict, example) -> dict:
+    """A checkpoint that loads with `torch.load(weights_only=True)` and says what made it."""
+    return {
+        "model": weights,
+        "model_name": spec.cfg.model,
+        "config": spec.cfg.model_dump(),
+        "arm": spec.arm,
+        "seed": spec.seed,
+        "epoch": epoch,
+        "example": example,  # a few test images (uint8 tensor), the input example of the logged model
+        **{k: provenance[k] for k in ("code_version", "dvc_experiment", "data_sha256")},
+    }
