@@ -57,11 +57,11 @@ def jobs(n: int, epochs: int):
 
     from pipeline.core.config import parse_params
     from pipeline.training.job import JobSpec
-    from pipeline.training.loop import resolve_precision
+    from pipeline.training import resolve_precision
 
     params = parse_params({"aug": ["none", "standard"], "seeds": list(range((n + 1) // 2)), "epochs": epochs})
     return [JobSpec(arm.name, seed, arm.train.model_copy(update={"precision": resolve_precision(
-                arm.train.precision, torch.device("cpu"), False)}),
+                arm.train.precision, "cpu", False)}),
                     f"bench-{arm.name}-{seed}", "cpu", "auto", False, torch.get_num_threads())
             for arm, seed in params.runs()][:n]
 
@@ -135,7 +135,8 @@ def main(argv=None) -> None:
     up = len(pickle.dumps(todo[0], protocol=5)) + len(pickle.dumps(None))
     print(f"\nRay overhead per study (start + put + worker warm-up + shutdown): {study:.2f} s "
           f"(target <= {TARGET_STUDY_S:g} s; of it ray.init {one['start']:.2f} s, warm-up {warm_extra:.2f} s)")
-    print(f"Ray overhead per job on a warm worker ((ray x1 - local) / jobs): {per_job:+.3f} s (target <= {TARGET_JOB_S:g} s)")
+    print(f"Ray overhead per job on a warm worker ((ray x1 - local) / jobs): {per_job:+.3f} s "
+          f"(target <= {TARGET_JOB_S:g} s)")
     print(f"2 jobs at once vs 1: {rows[2]['jobs']:.2f} s vs {one['jobs']:.2f} s of jobs "
           f"({one['jobs'] / rows[2]['jobs']:.2f}x) on {os.cpu_count()} CPU(s)")
     print(f"bytes per job: data {data.nbytes / 1e6:.1f} MB once per node (object store); to the worker "

@@ -221,3 +221,40 @@ def test_editing_arm_code_changes_the_fingerprint_and_other_code_does_not(tmp_pa
         f.write_text(text + "\n# a comment changes nothing\n")
         assert code_digest(root=root) == before, f"{edited}: a comment changed the fingerprint"
         f.write_text(text)
+
+
+def test_a_study_found_whole_in_the_arm_cache_never_imports_torch(tmp_path, prepared):
+    """Importing torch takes seconds; when every run is restored the train stage
+    does not load it (an import of torch fails in the second run here)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO, env
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": [0], "epochs": 1, "batch_size": 32,
+                                                          "device": "cpu"}))
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch was imported')\n"
+        "sys.meta_path.insert(0, _NoTorch())\n")
+    cmd = [sys.executable, "-m", "pipeline.train", "--data", str(prepared), "--no-mlflow", "--no-progress"]
+    first = subprocess.run(cmd, cwd=tmp_path, env=env({"PYTHONPATH": str(REPO)}), capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(cmd, cwd=tmp_path, env=env({"PYTHONPATH": f"{blocker}{os.pathsep}{REPO}"}),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (again.stdout + again.stderr).count("restored from the arm cache") == 2, again.stdout + again.stderr
+    # the guard itself works: a run with something to train does import torch, and fails here
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": [1], "epochs": 1, "batch_size": 32,
+                                                          "device": "cpu"}))
+    blocked = subprocess.run(cmd, cwd=tmp_path, env=env({"PYTHONPATH": f"{blocker}{os.pathsep}{REPO}"}),
+                             capture_output=True, text=True, timeout=600)
+    assert blocked.returncode != 0 and "torch was imported" in blocked.stdout + blocked.stderr

@@ -97,10 +97,10 @@ def test_cuda_graphs_train_with_the_partial_last_batch_like_eager():
 
 
 def test_precision_auto_uses_what_the_gpu_has():
-    from pipeline.training.loop import resolve_precision
+    from pipeline.training import resolve_precision
 
     expected = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    assert resolve_precision("auto", torch.device("cuda")) == expected
+    assert resolve_precision("auto", "cuda") == expected
     cfg = _cfg(epochs=1, precision="auto", aug="none")
     seed_everything(0)
     res = fit(models.create_model("simple_cnn").cuda(), *_data(50, 10), cfg, 0)

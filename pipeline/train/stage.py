@@ -340,6 +340,22 @@ def more_seeds(params: Params, driver: Driver, progress, jobs_for, arms: dict, s
         seeds = seeds + new
 
 
+# Where one of these exists an NVIDIA driver may be present (Linux, WSL); elsewhere
+# torch cannot start CUDA, so `device: auto` is the CPU without importing torch.
+_NVIDIA_SIGNS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg")
+
+
+def device_without_torch(setting: str) -> str | None:
+    """The device for `setting` when it can be known without importing torch: "cpu"
+    when asked for, or for "auto" on a Linux machine with no NVIDIA driver; else None
+    (ask torch)."""
+    if setting == "cpu":
+        return "cpu"
+    if setting == "auto" and sys.platform.startswith("linux") and not any(map(os.path.exists, _NVIDIA_SIGNS)):
+        return "cpu"
+    return None
+
+
 def system_metrics(device: str) -> dict[str, float]:
     """What MLflow's system-metrics tab shows (its metric names), sampled once per epoch."""
     out = {}
@@ -398,19 +414,22 @@ def main(argv=None) -> None:
     params = load_params(args.params)  # every arm is validated before anything trains
     # cuBLAS reads this when CUDA starts; deterministic arms need it
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    import torch
-
     from pipeline.train.engine import cluster_address, connect
     from pipeline.train.progress import Progress
-    from pipeline.training.loop import resolve_device, resolve_precision
+    from pipeline.training import resolve_precision
 
     address = cluster_address(params.run.cluster)
     bf16 = None
     if address:  # the cluster decides the device: cuda if it has GPUs (unless params say cpu)
         device_type, bf16 = connect(address)
-        device = torch.device("cpu" if params.run.device == "cpu" else device_type)
+        device = "cpu" if params.run.device == "cpu" else device_type
     else:
-        device = resolve_device(params.run.device)
+        device = device_without_torch(params.run.device)
+        if device is None:
+            from pipeline.training.loop import resolve_device
+
+            device = str(resolve_device(params.run.device))
+    device_type = device.split(":")[0]
     # deterministic kernels are set by each job (pipeline.training.job), where they run
     data, manifest = load_data(Path(args.data), params)
     root = repo_root()
@@ -419,24 +438,34 @@ def main(argv=None) -> None:
     identity = Identity(
         data_id={"data_sha256": manifest["data_sha256"], "train_limit": params.data.train_limit,
                  "test_limit": params.data.test_limit, "subset_seed": params.data.subset_seed},
-        code=code_digest(), versions=library_versions(), device_type=device.type)
+        code=code_digest(), versions=library_versions(), device_type=device_type)
     provenance = {
         "code_version": code_version(), "dvc_experiment": dvc_experiment(),
         "data_sha256": manifest["data_sha256"], "data_name": manifest.get("name", "CIFAR-10"),
         "data_source": params.data.url, "n_train": len(data.train_y), "n_test": len(data.test_y),
         "archive_sha256": manifest.get("source", {}).get("sha256") or manifest["data_sha256"],
         "data_params": {f"data.{k}": v for k, v in params.data.model_dump().items()},
-        "example": torch.from_numpy(data.test_x[:4].copy()),
+        "example": None,  # a few test images, the logged models' input example: set below if anything trains
     }
     runs = Path(args.runs)
     arms = {a.name: a for a in params.arms}
     # what each arm computes on this device (precision: auto made concrete), and its fingerprint
-    resolved = {a.name: a.train.model_copy(update={"precision": resolve_precision(a.train.precision, device, bf16)})
+    resolved = {a.name: a.train.model_copy(update={"precision": resolve_precision(a.train.precision, device_type,
+                                                                                  bf16)})
                 for a in params.arms}
+    store_has = {(a.name, seed): (store.folder(identity.fingerprint(resolved[a.name], seed)) / "done").is_dir()
+                 for a in params.arms for seed in params.seeds}
+    # torch takes seconds to import: a study whose every run is in the arm cache never loads it
+    threads = 1
+    if args.retrain or params.seed_plan is not None or not all(store_has.values()):
+        import torch
+
+        threads = torch.get_num_threads()
+        provenance["example"] = torch.from_numpy(data.test_x[:4].copy())
 
     def jobs_for(seeds) -> list[JobSpec]:
         return [JobSpec(arm.name, seed, resolved[arm.name], identity.fingerprint(resolved[arm.name], seed),
-                        str(device), params.run.eval_batch_size, params.run.deterministic, torch.get_num_threads())
+                        device, params.run.eval_batch_size, params.run.deterministic, threads)
                 for arm in params.arms for seed in seeds]
 
     jobs = jobs_for(params.seeds)
@@ -463,9 +492,9 @@ def main(argv=None) -> None:
 
     progress = Progress(enabled=not args.no_progress and sys.stderr.isatty())
     todo = [j for j in jobs if args.retrain or not (store.folder(j.fp) / "done").is_dir()]
-    engine = make_engine(data, todo, params.run.parallel, params.run.cluster, device.type, progress.step)
+    engine = make_engine(data, todo, params.run.parallel, params.run.cluster, device_type, progress.step)
     driver = Driver(params, store, runs, identity, engine, journal, parent, provenance, args.retrain,
-                    str(device), progress)
+                    device, progress)
     seeds, reason = list(params.seeds), "as listed in params.yaml"
     try:
         progress.plan(params, jobs, device, engine, store, identity, retrain=args.retrain, data=data)
@@ -488,7 +517,7 @@ def main(argv=None) -> None:
     order = {(a, s): i for i, (a, s) in enumerate((a, s) for a in arm_names for s in seeds)}
     record = StudyRecord(study=params.study, arms=arm_names, seeds=seeds, seeds_reason=reason,
                          runs=sorted(driver.record, key=lambda r: order[(r.arm, r.seed)]),
-                         tracking_key=parent, device=str(device))
+                         tracking_key=parent, device=device)
     with atomic_path(runs / "study.json") as tmp:
         tmp.write_text(record.model_dump_json(indent=1) + "\n")
     if journal is not None:

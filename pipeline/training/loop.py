@@ -22,6 +22,7 @@ from torch import nn
 from pipeline.core.config import TrainConfig
 from pipeline.core.contracts import HistoryRow, TrainState
 from pipeline.core.errors import PipelineError
+from pipeline.training import resolve_precision
 from pipeline.training.augment import Augmenter
 from pipeline.training.diagnostics import Diagnostics
 
@@ -116,21 +117,8 @@ def build_schedule(cfg: TrainConfig, opt, steps_per_epoch: int):
     return None
 
 
-def resolve_precision(precision: str, device: torch.device, bf16_supported: bool | None = None) -> str:
-    """`auto` made concrete for `device`: bf16 on a GPU that has it (Ampere and
-    later), fp16 with a gradient scaler on older GPUs (a T4, the resnet18
-    recipe's own), fp32 on the CPU, where mixed precision buys nothing."""
-    if precision != "auto":
-        return precision
-    if device.type != "cuda":
-        return "fp32"
-    if bf16_supported is None:
-        bf16_supported = torch.cuda.is_bf16_supported(including_emulation=False)
-    return "bf16" if bf16_supported else "fp16"
-
-
 def autocast(precision: str, device: torch.device):
-    precision = resolve_precision(precision, device)
+    precision = resolve_precision(precision, device.type)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -212,7 +200,7 @@ def train_epochs(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConf
     interrupted (on the CPU; on CUDA with deterministic kernels).
     """
     device = train.x.device
-    cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)})
+    cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device.type)})
     gen = torch.Generator(device=device).manual_seed(streams(seed)[1])
     aug = Augmenter(cfg.aug, cfg.norm, device)
     # NHWC: faster convolutions with cuDNN and oneDNN alike (1.1-1.5x measured on 2 CPU cores)
