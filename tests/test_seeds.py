@@ -111,3 +111,27 @@ def test_the_stages_record_and_report_the_seeds_that_ran(tmp_path, prepared, mon
     headline = json.loads((paths["metrics"] / "study.json").read_text())
     assert headline["seeds"] == len(record.seeds)
     assert f"Seeds: {record.seeds_reason}." in (paths["reports"] / "report.md").read_text()
+
+
+def test_plain_lines_show_the_jobs_where_they_run_and_the_eta(capsys):
+    """Without a terminal there is no bar: the line where a job starts and the one
+    where it finishes carry the jobs done, running (on which node) and waiting."""
+    from pipeline.core.config import parse_params
+    from pipeline.core.contracts import RunMetrics
+    from pipeline.train.progress import Progress, _Job
+    from pipeline.training.job import JobSpec
+
+    arm = parse_params({}).arms[0]
+    specs = [JobSpec(arm.name, seed, arm.train, f"fp{seed}", "cpu", "auto") for seed in range(3)]
+    progress = Progress(enabled=False)
+    progress.jobs = {s.fp: _Job(2, 100) for s in specs}
+    progress.total, progress.rate = 600, 10.0
+    progress.started(specs[0], "node-a")
+    progress.started(specs[1], "node-b")
+    progress.finished(specs[0], RunMetrics(train_acc=0.9, train_loss=0.1, test_acc=0.7, test_loss=0.9, gap=0.2,
+                                           best_test_acc=0.71, best_epoch=2, train_seconds=5.0))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("started on node-a [jobs 0 done, 1 running on node-a, 2 waiting; ETA 60 s]"), lines
+    assert "jobs 0 done, 2 running on node-a, node-b, 1 waiting" in lines[1], lines
+    assert lines[2].startswith(f"{specs[0].label}: test acc 0.7000"), lines
+    assert "[jobs 1 done, 1 running on node-b, 1 waiting" in lines[2], lines

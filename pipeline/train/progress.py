@@ -1,6 +1,7 @@
 """What a running study shows: the plan with a time estimate before training, then
-one line per epoch and per finished job, with the study's ETA (and, on a
-terminal, a progress bar with jobs done, running and waiting)."""
+one line per epoch and per finished job, with the study's ETA, and the jobs done,
+running (on which node) and waiting: in a progress bar on a terminal, else on the
+lines where a job starts on a Ray worker and where one finishes."""
 from __future__ import annotations
 
 import sys
@@ -92,19 +93,23 @@ class Progress:
         rate = self.done / elapsed if self.done and elapsed > 0 else self.rate
         return f"ETA {duration(left / rate)}" if rate else "ETA unknown"
 
-    def _postfix(self) -> None:
-        if self.bar is None:
-            return
+    def jobs_line(self) -> str:
+        """The study at a glance: jobs done, running (and where), waiting, and the ETA."""
         states = [j.state for j in self.jobs.values()]
         where = sorted({j.where for j in self.jobs.values() if j.state == "running" and j.where})
-        self.bar.set_postfix_str(f"jobs {states.count('done')} done, {states.count('running')} running"
-                                 f"{' on ' + ', '.join(where) if where else ''}, {states.count('waiting')} waiting; "
-                                 f"{self._eta()}", refresh=False)
+        return (f"jobs {states.count('done')} done, {states.count('running')} running"
+                f"{' on ' + ', '.join(where) if where else ''}, {states.count('waiting')} waiting; {self._eta()}")
+
+    def _postfix(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(self.jobs_line(), refresh=False)
 
     def started(self, spec: JobSpec, where: str) -> None:
         if spec.fp in self.jobs:
             self.jobs[spec.fp].state, self.jobs[spec.fp].where = "running", where
             self._postfix()
+            if self.bar is None and where:  # plain lines: say where a job went
+                self._say(f"{spec.label}: started on {where} [{self.jobs_line()}]")
 
     def resumed(self, spec: JobSpec, epoch: int) -> None:
         job = self.jobs.get(spec.fp)
@@ -138,7 +143,7 @@ class Progress:
             self.jobs[spec.fp].state = "done"
             self._postfix()
         self._say(f"{spec.label}: test acc {m.test_acc:.4f}, train acc {m.train_acc:.4f}, gap {m.gap:+.4f} "
-                  f"(trained in {m.train_seconds:.1f} s)")
+                  f"(trained in {m.train_seconds:.1f} s)" + ("" if self.bar is not None else f" [{self.jobs_line()}]"))
 
     def restored(self, spec: JobSpec, m: RunMetrics, files: ArmFiles) -> None:
         self._say(f"{spec.label}: restored from the arm cache ({spec.fp[:12]}; trained {files.trained_at} on "
