@@ -14,6 +14,7 @@ back and is saved before anything else happens with it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -188,6 +189,7 @@ class Driver:
                 self.journal.resume(key, self.parent)
             else:
                 key = self._child(arm, spec.seed, spec.fp, spec.cfg)
+            spec = with_threads(spec)
             writer = StateWriter(self.store, spec.fp).__enter__()
             self.running[spec.fp] = Running(spec, lock, writer, key)
             self.engine.submit(spec, state)
@@ -240,7 +242,7 @@ class Driver:
         manifest = {"trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                     "device": self.identity.device_type, "code_version": self.provenance["code_version"],
                     "tracking_key": job.run_key}
-        example = self.provenance["example"]
+        example = torch.from_numpy(self.provenance["example"])
         with self.store.finish(spec.fp, manifest) as tmp:
             torch.save(checkpoint(done.model, spec, cfg.epochs, self.provenance, example), tmp / "model.pt")
             if cfg.keep_best and done.best_state is not None:
@@ -338,6 +340,18 @@ def more_seeds(params: Params, driver: Driver, progress, jobs_for, arms: dict, s
         progress.add(new_jobs, driver.store, driver.retrain)
         driver.run(new_jobs, arms)
         seeds = seeds + new
+
+
+def with_threads(spec: JobSpec) -> JobSpec:
+    """A job about to train, with this process's CPU thread count: every job of a
+    study, here or on a Ray worker, then uses the same count, which keeps CPU
+    results bitwise equal. torch is imported here, when something trains, not
+    before."""
+    if spec.threads is not None:
+        return spec
+    import torch
+
+    return dataclasses.replace(spec, threads=torch.get_num_threads())
 
 
 # Where one of these exists an NVIDIA driver may be present (Linux, WSL); elsewhere
@@ -445,7 +459,7 @@ def main(argv=None) -> None:
         "data_source": params.data.url, "n_train": len(data.train_y), "n_test": len(data.test_y),
         "archive_sha256": manifest.get("source", {}).get("sha256") or manifest["data_sha256"],
         "data_params": {f"data.{k}": v for k, v in params.data.model_dump().items()},
-        "example": None,  # a few test images, the logged models' input example: set below if anything trains
+        "example": data.test_x[:4].copy(),  # a few test images (uint8), the logged models' input example
     }
     runs = Path(args.runs)
     arms = {a.name: a for a in params.arms}
@@ -453,19 +467,12 @@ def main(argv=None) -> None:
     resolved = {a.name: a.train.model_copy(update={"precision": resolve_precision(a.train.precision, device_type,
                                                                                   bf16)})
                 for a in params.arms}
-    store_has = {(a.name, seed): (store.folder(identity.fingerprint(resolved[a.name], seed)) / "done").is_dir()
-                 for a in params.arms for seed in params.seeds}
-    # torch takes seconds to import: a study whose every run is in the arm cache never loads it
-    threads = 1
-    if args.retrain or params.seed_plan is not None or not all(store_has.values()):
-        import torch
-
-        threads = torch.get_num_threads()
-        provenance["example"] = torch.from_numpy(data.test_x[:4].copy())
 
     def jobs_for(seeds) -> list[JobSpec]:
+        # threads: filled in by the driver when a job is about to train (torch takes seconds to
+        # import, and a study whose every run is in the arm cache never loads it)
         return [JobSpec(arm.name, seed, resolved[arm.name], identity.fingerprint(resolved[arm.name], seed),
-                        device, params.run.eval_batch_size, params.run.deterministic, threads)
+                        device, params.run.eval_batch_size, params.run.deterministic, None)
                 for arm in params.arms for seed in seeds]
 
     jobs = jobs_for(params.seeds)
