@@ -163,3 +163,16 @@ def test_dvc_yaml_reruns_training_for_every_training_key_and_only_those():
             for part in key.split("."):
                 assert part in node, key
                 node = node[part]
+
+
+def test_a_presets_fixed_knob_applies_only_where_the_model_has_it():
+    """The simple_cnn preset fixes dropout; a study that swaps in a model without
+    dropout still works, while dropout asked for in params.yaml must fit every model."""
+    p = parse_params({"seeds": [0]})
+    assert {a.train.knobs["dropout"] for a in p.arms} == {0.0}
+    p = parse_params({"seeds": [0], "model": ["simple_cnn", "resnet18"]})
+    knobs = {a.train.model: a.train.knobs for a in p.arms}
+    assert knobs["simple_cnn"]["dropout"] == 0.0 and "dropout" not in knobs["resnet18"]
+    assert parse_params({"seeds": [0], "knobs": {"dropout": 0.3}}).arms[0].train.knobs["dropout"] == 0.3
+    with pytest.raises(ConfigError, match="model resnet18 has no knob 'dropout'"):
+        parse_params({"seeds": [0], "model": "resnet18", "knobs": {"dropout": 0.3}})

@@ -59,13 +59,13 @@ def test_resume_is_bitwise_equal_with_deterministic_kernels():
         cfg = _cfg(epochs=3, optimizer="sgd", schedule="onecycle", max_lr=0.05)
         data = _data()
         seed_everything(5)
-        full_model = models.create_model(cfg.model).cuda()
+        full_model = models.create_model(cfg.model, **cfg.knobs).cuda()
         full = fit(full_model, *data, cfg, 5)
         states = []
         seed_everything(5)
-        fit(models.create_model(cfg.model).cuda(), *data, cfg, 5, on_state=states.append)
+        fit(models.create_model(cfg.model, **cfg.knobs).cuda(), *data, cfg, 5, on_state=states.append)
         seed_everything(123)
-        resumed_model = models.create_model(cfg.model).cuda()
+        resumed_model = models.create_model(cfg.model, **cfg.knobs).cuda()
         resumed = fit(resumed_model, *data, cfg, 5, resume=states[0])
     finally:
         set_determinism(False)
@@ -87,7 +87,7 @@ def test_cuda_graphs_train_with_the_partial_last_batch_like_eager():
             cfg = _cfg(epochs=4, aug="none", batch_size=128, **kw)
             torch._dynamo.reset()
             seed_everything(seed)
-            model = models.create_model(cfg.model).cuda()
+            model = models.create_model(cfg.model, **cfg.knobs).cuda()
             accs[mode].append(fit(model, train, test, cfg, seed).history[-1].test_acc)
     from pipeline.core.stats import welch
 

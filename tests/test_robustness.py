@@ -80,7 +80,7 @@ def test_a_signal_ends_the_arms_mlflow_run_as_killed(tmp_path, sig):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     proc.send_signal(sig)
-    assert proc.wait(timeout=60) != 0
+    assert proc.wait(timeout=180) != 0  # generous: CI machines are shared
     subprocess.run([sys.executable, "-m", "pipeline.tracking", "flush"], cwd=tmp_path, env=env, check=True,
                    capture_output=True)
     with sqlite3.connect(tmp_path / "mlflow.db") as db:

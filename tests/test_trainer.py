@@ -161,7 +161,7 @@ def test_resume_from_any_epoch_state_is_bitwise_equal_to_an_uninterrupted_run():
     full_model, full = _train(cfg, seed=5, data=data)
     states = []
     seed_everything(5)
-    model = models.create_model(cfg.model)
+    model = models.create_model(cfg.model, **cfg.knobs)
     fit(model, *data, cfg, 5, on_state=lambda s: states.append(s))
     assert [s.epoch for s in states] == [1, 2, 3]
     # survives a round trip through torch.save / weights_only load, like the state file does
@@ -174,7 +174,7 @@ def test_resume_from_any_epoch_state_is_bitwise_equal_to_an_uninterrupted_run():
     buf.seek(0)
     saved = TrainState.from_dict(torch.load(buf, weights_only=True))
     seed_everything(123)  # a fresh process would start from another RNG state
-    resumed_model = models.create_model(cfg.model)
+    resumed_model = models.create_model(cfg.model, **cfg.knobs)
     resumed = fit(resumed_model, *data, cfg, 5, resume=saved)
     for (k, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), k
@@ -234,7 +234,7 @@ def _count(aug: str, n_train: int) -> dict:
     cfg = _cfg(epochs=1, aug=aug, batch_size=20, grad_clip=1.0, schedule="onecycle", max_lr=0.01)
     train, test = _data(n_train, 2)
     seed_everything(0)
-    model = models.create_model(cfg.model)
+    model = models.create_model(cfg.model, **cfg.knobs)
     with _SyncCounter() as counter:
         fit(model, train, test, cfg, 0, diagnostics=True)
     return counter.sites
@@ -272,7 +272,7 @@ def test_compiled_step_keeps_two_static_graphs_with_a_partial_last_batch():
     torch._dynamo.utils.counters.clear()
     cfg = _cfg(epochs=2, batch_size=32, compile=True, compile_mode="reduce-overhead")
     seed_everything(0)
-    model = models.create_model(cfg.model)
+    model = models.create_model(cfg.model, **cfg.knobs)
     start = [p.detach().clone() for p in model.parameters()]
     train, test = _data(5, 2)
     res = fit(model, train, test, cfg, 0)

@@ -149,7 +149,14 @@ def parse_params(raw: Any) -> Params:
                 raise ConfigError(f"{key}: the preset '{preset}' sets no value; give one in params.yaml")
             v = info.default
         axes[key] = _options(key, field_type(TrainConfig, key), v)
-    knob_axes = _knob_options(raw.get("knobs"), recipe.get("knobs") or {}, axes["model"])
+    # A preset's fixed knobs belong to its model: they apply to each arm whose model has
+    # them (a study that swaps the model keeps working); knobs from params.yaml, and a
+    # preset's knob axes, must fit every model of the study.
+    given_knobs = raw.get("knobs") if isinstance(raw.get("knobs"), dict) else {}
+    fixed = {k: v for k, v in (recipe.get("knobs") or {}).items()
+             if not isinstance(v, list) and given_knobs.get(k) is None}
+    knob_axes = _knob_options(raw.get("knobs"), {k: v for k, v in (recipe.get("knobs") or {}).items()
+                                                 if k not in fixed}, axes["model"])
     axis_keys = [k for k in TRAIN_KEYS if isinstance(raw.get(k), list) or isinstance(recipe.get(k), list)]
     axis_keys += [k for k, opts in knob_axes.items() if opts.is_axis]
 
@@ -157,7 +164,9 @@ def parse_params(raw: Any) -> Params:
     grid = {**axes, **{f"knobs.{k}": o.values for k, o in knob_axes.items()}}
     for combo in itertools.product(*grid.values()):
         resolved = dict(zip(grid, combo))
-        knobs = _resolve_knobs(resolved["model"], {k[6:]: v for k, v in resolved.items() if k.startswith("knobs.")})
+        own = models.model_spec(resolved["model"]).knobs
+        knobs = _resolve_knobs(resolved["model"], {**{k: v for k, v in fixed.items() if k in own},
+                                                   **{k[6:]: v for k, v in resolved.items() if k.startswith("knobs.")}})
         cfg = TrainConfig(**{k: resolved[k] for k in TRAIN_KEYS}, knobs=knobs)
         _check_combination(cfg)
         names = {k: resolved[k] if k in resolved else resolved[f"knobs.{k}"] for k in axis_keys}
