@@ -26,9 +26,28 @@ def simple_cnn(num_classes: int = 10, *,
     The convs keep their bias (PyTorch's default) even though BN follows;
     the stated count of 545,290 includes those 96 bias terms.
 
-    Knobs: ``dropout`` before the last layer (the recipe does not state its
-    rate; 0.5 is the common choice), ``batchnorm`` (False drops both BN
-    layers), ``width`` (multiplies the 32/64 conv channels and the 128 hidden units).
+    Knobs: ``dropout`` before the last layer, ``batchnorm`` (False drops both
+    BN layers), ``width`` (multiplies the 32/64 conv channels and the 128
+    hidden units).
+
+    The recipe does not state its dropout rate. The builder's default is the
+    common 0.5; the default study (the simple_cnn preset) sets 0, because only
+    then does the no-augmentation arm behave as the recipe's author described.
+    Measured on CIFAR-10 (JPEG mirror), all 50,000 training images, 30
+    epochs, 3 seeds per arm, on a 2-core CPU:
+
+    - dropout 0.5: the no-augmentation arm reaches only 72.8% running train
+      accuracy at epoch 30 (it does not overfit), and augmentation lowers
+      test accuracy: 71.49 +- 0.79% (none) against 69.06 +- 0.96% (standard).
+    - dropout 0: the no-augmentation arm overfits as described: 96.8%
+      running train accuracy, a 27-point gap, its test accuracy peaking at
+      epochs 11-15 (71.3-72.0%) and falling to 69.6 +- 0.3%. Augmentation then
+      raises test accuracy to 74.2 +- 1.2% and closes the gap (-0.7 points:
+      the running accuracy over augmented batches is below the clean test
+      accuracy), and the augmented arm is still improving at epoch 30 (its
+      best epoch is 28 or 29 in every seed).
+
+    (mean +- seed SD; reports/simple_cnn/ holds the study at dropout 0.)
     """
     from torch import nn
 
