@@ -132,26 +132,32 @@ def ray_client_env(token: str) -> dict[str, str]:
 
 def main() -> None:
     """Start PostgreSQL, an MLflow server on it and a Ray head; print them as shell
-    exports, then keep them up until SIGTERM or SIGINT."""
+    exports, then keep them up until SIGTERM or SIGINT, and stop them."""
+    # both signals end the wait below through `finally` (also while starting up); a
+    # handler, unlike a blocked signal mask, is not inherited by the servers
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stops = []
     try:
         pg, stop = start_postgres()
         stops.append(stop)
         folder = Path(tempfile.mkdtemp(prefix="cifar-ablate-mlflow-"))
+        stops.append(lambda: shutil.rmtree(folder, ignore_errors=True))
         base, stop = start_mlflow_server(pg, folder / "artifacts", folder / "mlflow.log")
         stops.append(stop)
-        stops.append(lambda: shutil.rmtree(folder, ignore_errors=True))
         ray_address, token, stop = start_ray_head()
         stops.append(stop)
         print(f"export CIFAR_ABLATE_TEST_POSTGRES={pg}\nexport CIFAR_ABLATE_TEST_MLFLOW={base}\n"
               f"export CIFAR_ABLATE_TEST_RAY={ray_address}\nexport CIFAR_ABLATE_TEST_RAY_TOKEN={token}\n# ready",
               flush=True)
-        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
     finally:
         for stop in reversed(stops):
             stop()
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     main()

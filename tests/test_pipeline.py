@@ -108,7 +108,7 @@ def test_sigkill_during_training_resumes_bitwise(tmp_path):
     # MLflow: the killed run was continued under the parent that finished it; nothing left RUNNING
     flush_tracking(proj)
     runs = mlflow_runs(proj / "mlflow.db")
-    assert all(r["status"] != "RUNNING" for r in runs)
+    assert all(r["status"] != "RUNNING" for r in runs), runs
     parents = {r["id"]: r for r in runs if r["parent"] is None}
     children = [r for r in runs if r["parent"] is not None]
     assert sorted(p["status"] for p in parents.values()) == ["FINISHED", "KILLED"]

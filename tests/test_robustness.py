@@ -72,8 +72,11 @@ def test_a_signal_ends_the_arms_mlflow_run_as_killed(tmp_path, sig):
                                                           "batch_size": 8}))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONPATH": str(REPO),
            "CIFAR_ABLATE_TRACKING": "off"}
+    # a shell that starts a job in the background makes it ignore SIGINT, and children inherit
+    # that: the stage under test gets Python's default handling, as from a terminal
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--data", "prepared", "--no-progress"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".arm-cache/*/state.pt")):
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
@@ -88,3 +91,18 @@ def test_a_signal_ends_the_arms_mlflow_run_as_killed(tmp_path, sig):
     assert statuses == ["KILLED", "KILLED"]  # the parent and the arm x seed run
     assert not (tmp_path / "runs").exists()
     assert list(tmp_path.glob(".arm-cache/*/state.pt"))  # the epochs it finished are kept
+
+
+def test_a_zombie_is_not_alive():
+    """A process killed with its parent stays a zombie until init reaps it; the
+    tracking journal must see it as gone, or its runs would stay RUNNING."""
+    from pipeline.core.io import pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not pid_alive(child.pid)  # exited, not yet reaped
+    child.wait()
+    assert not pid_alive(child.pid) and pid_alive(os.getpid())

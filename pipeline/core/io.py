@@ -75,7 +75,12 @@ def pid_alive(pid: int) -> bool:
         return True
     except (OverflowError, ValueError):
         return False
-    return True
+    # a killed process whose parent is gone stays a zombie until init reaps it: it is dead
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def write_text(path, text: str) -> None:
