@@ -60,37 +60,86 @@ def test_an_output_folder_is_replaced_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
 
 
+def _descendants(pid: int) -> set[int]:
+    """The live processes started by `pid`, their children, and so on."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = {c for c, pp in parent.items() if pp == p}
+        todo.extend(kids - found)
+        found |= kids
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_ends_the_arms_mlflow_run_as_killed(tmp_path, sig):
+@pytest.mark.parametrize("parallel", [1, 2], ids=["in-process", "ray"])
+def test_a_signal_stops_the_study_in_one_line_and_keeps_what_it_saved(tmp_path, sig, parallel):
+    """Ctrl-C or SIGTERM on the driver: the jobs (Ray's included) are cancelled, their
+    MLflow runs end KILLED, each job's last epoch stays resumable, and the user reads
+    one line that says so; rerunning resumes after that epoch."""
+    from pipeline.core.io import pid_alive
     from pipeline.untar import prepare
 
     archive = tmp_path / "a.tar.gz"
     write_official(archive, per_class=12)
     prepare(archive, tmp_path / "prepared", verify_counts=False)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": [0], "aug": "none", "epochs": 200,
-                                                          "batch_size": 8}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": [0, 1], "aug": "none", "epochs": 200,
+                                                          "batch_size": 8, "parallel": parallel}))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONPATH": str(REPO),
            "CIFAR_ABLATE_TRACKING": "off"}
+    env.pop("RAY_ADDRESS", None)
     # a shell that starts a job in the background makes it ignore SIGINT, and children inherit
     # that: the stage under test gets Python's default handling, as from a terminal
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--data", "prepared", "--no-progress"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".arm-cache/*/state.pt")):
-        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+    deadline = time.monotonic() + 180
+    while len(list(tmp_path.glob(".arm-cache/*/state.pt"))) < parallel:
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    workers = _descendants(proc.pid)
+    assert len(workers) >= (3 if parallel > 1 else 0)  # Ray's processes, for the Ray engine
     proc.send_signal(sig)
-    assert proc.wait(timeout=180) != 0  # generous: CI machines are shared
+    out, err = proc.communicate(timeout=180)  # generous: CI machines are shared
+    assert proc.returncode == 128 + sig
+    assert "Traceback" not in out + err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted by {signal.Signals(sig).name}: 0 of 2 runs finished; "), err
+    assert last.count("resumes after epoch") == parallel and last.endswith("run the same command again to continue")
+    deadline = time.monotonic() + 60
+    while any(pid_alive(p) for p in workers):  # Ray's workers and raylet go with the driver
+        assert time.monotonic() < deadline, [p for p in workers if pid_alive(p)]
+        time.sleep(0.2)
     subprocess.run([sys.executable, "-m", "pipeline.tracking", "flush"], cwd=tmp_path, env=env, check=True,
                    capture_output=True)
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         statuses = sorted(s for (s,) in db.execute("select status from runs"))
-    assert statuses == ["KILLED", "KILLED"]  # the parent and the arm x seed run
+    assert statuses == ["KILLED"] * (1 + parallel)  # the parent and each arm x seed run it started
     assert not (tmp_path / "runs").exists()
-    assert list(tmp_path.glob(".arm-cache/*/state.pt"))  # the epochs it finished are kept
+    assert len(list(tmp_path.glob(".arm-cache/*/state.pt"))) == parallel  # the epochs it finished are kept
+    # the saved epochs are where a rerun goes on from (a short rerun: the same arms, fewer epochs
+    # would change their fingerprint, so only check the first line it prints per job)
+    again = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--data", "prepared", "--no-progress"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = again.stdout.readline()
+        while "resuming after epoch" not in first and first:
+            first = again.stdout.readline()
+        assert "seed=0: resuming after epoch" in first or "seed=1: resuming after epoch" in first
+        epoch = int(first.rsplit(" ", 1)[1])
+        assert f"resumes after epoch {epoch}" in last
+    finally:
+        again.terminate()
+        again.communicate(timeout=180)
 
 
 def test_a_zombie_is_not_alive():

@@ -49,7 +49,11 @@ from pipeline.training.job import Data, Finished, JobSpec, checkpoint
 from pipeline.training.subset import load_subset
 
 
-def _sigterm(signum, frame):
+_SIGNALLED: list[int] = []  # the signals that stopped the study (Ray may re-raise a plain KeyboardInterrupt)
+
+
+def _on_signal(signum, frame):
+    _SIGNALLED.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -112,6 +116,7 @@ class Running:
     run_key: str | None
     started: float = field(default_factory=time.monotonic)
     lost: int = 0  # times its worker or node died
+    saved_epoch: int = 0  # the last epoch whose state is on disk
 
 
 MAX_LOST = 3  # a job whose workers die this often fails the study
@@ -191,7 +196,7 @@ class Driver:
                 key = self._child(arm, spec.seed, spec.fp, spec.cfg)
             spec = with_threads(spec)
             writer = StateWriter(self.store, spec.fp).__enter__()
-            self.running[spec.fp] = Running(spec, lock, writer, key)
+            self.running[spec.fp] = Running(spec, lock, writer, key, saved_epoch=state.epoch if state else 0)
             self.engine.submit(spec, state)
             self.progress.started(spec, self.engine.where(spec))
         except BaseException:
@@ -203,6 +208,7 @@ class Driver:
         kind = type(event).__name__
         if kind == "Epoch":
             job.writer.save(event.state, {"run_key": job.run_key})  # on disk before anything else
+            job.saved_epoch = event.state.epoch
             row = event.row
             self._log_epoch(job.run_key, row)
             self.progress.epoch(spec, row)
@@ -292,13 +298,17 @@ class Driver:
                                     model_key=files.tracking_key))
         self.progress.restored(spec, metrics, files)
 
-    def abort(self, status: str) -> None:
-        """Ctrl-C, a signal or an error: stop the jobs, keep their saved states."""
+    def abort(self, status: str) -> list[str]:
+        """Ctrl-C, a signal or an error: stop the jobs, keep their saved states.
+        Returns, per job it stopped, where it will resume."""
         self.engine.cancel()
+        stopped = []
         for job in list(self.running.values()):
             if self.journal is not None and job.run_key is not None:
                 self.journal.end(job.run_key, status)
             self._release(job)
+            stopped.append(f"{job.spec.label} resumes after epoch {job.saved_epoch}")
+        return stopped
 
 
 def widest_interval(results: dict[tuple[str, int], RunMetrics], arms: list[str], baseline: str,
@@ -477,7 +487,6 @@ def main(argv=None) -> None:
 
     jobs = jobs_for(params.seeds)
 
-    signal.signal(signal.SIGTERM, _sigterm)
     journal = parent = None
     if not args.no_mlflow:
         from pipeline.tracking.journal import Journal
@@ -500,6 +509,11 @@ def main(argv=None) -> None:
     progress = Progress(enabled=not args.no_progress and sys.stderr.isatty())
     todo = [j for j in jobs if args.retrain or not (store.folder(j.fp) / "done").is_dir()]
     engine = make_engine(data, todo, params.run.parallel, params.run.cluster, device_type, progress.step)
+    # after Ray's start, which sets a SIGTERM handler of its own: a signal ends the study
+    # with one line, the jobs cancelled and their saved states kept
+    signal.signal(signal.SIGTERM, _on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell ignores it
+        signal.signal(signal.SIGINT, _on_signal)
     driver = Driver(params, store, runs, identity, engine, journal, parent, provenance, args.retrain,
                     device, progress)
     seeds, reason = list(params.seeds), "as listed in params.yaml"
@@ -510,10 +524,19 @@ def main(argv=None) -> None:
             seeds, reason = more_seeds(params, driver, progress, jobs_for, arms, seeds)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
-        driver.abort(status)
+        stopped = driver.abort(status)
         if journal is not None:
             journal.end(parent, status)
-        raise
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
+        progress.close()
+        engine.close()
+        # one line, no traceback: what is kept and how to go on
+        signum = _SIGNALLED[0] if _SIGNALLED else signal.SIGINT
+        print(f"interrupted by {signal.Signals(signum).name}: {len(driver.results)} of {len(jobs)} runs finished"
+              + "".join(f"; {s}" for s in stopped)
+              + "; run the same command again to continue", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum) from None
     finally:
         progress.close()
         engine.close()
