@@ -116,6 +116,22 @@ def mlflow_runs(db: Path) -> list[dict]:
     return [{"id": r, "status": s, "parent": p, "name": n, "epochs": steps.get(r, 0)} for r, s, p, n in rows]
 
 
+def assert_same_predictions(served, checkpoint: Path, data: Path, n: int = 64) -> None:
+    """A served model (uint8 images in, logits out) predicts the classes its checkpoint predicts."""
+    import torch
+
+    import models
+    from pipeline.training.augment import normalize
+
+    ckpt = torch.load(checkpoint, weights_only=True)
+    net = models.create_model(ckpt["config"]["model"], **ckpt["config"]["knobs"])
+    net.load_state_dict(ckpt["model"])
+    net.eval()
+    x = torch.from_numpy(np.load(data / "test_x.npy")[:n])
+    with torch.no_grad():
+        assert torch.equal(served.eval()(x).argmax(1), net(normalize(x, ckpt["config"]["norm"])).argmax(1))
+
+
 # --------------------------------------------------------------------------- a real small study
 
 
@@ -155,6 +171,7 @@ def study_files(tmp_path_factory, prepared):
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.setenv("CIFAR_ABLATE_TRACKING", "off")  # no background flusher: a test flushes when it needs to
-        two = run_study(root, prepared, seeds=(0, 1), mlflow=True)
+        two = run_study(root, prepared, seeds=(0, 1), mlflow=True,
+                        report={"bootstrap": 200, "register_model": "report-test-winner"})
         one = run_study(root, prepared, seeds=(0,), tag="1")
     return {"root": root, "two": two, "one": one, "db": root / "mlflow.db"}

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.contracts import StudyRecord
+from pipeline.core.contracts import StudyRecord, run_dir
 from pipeline.report.build import SECTIONS
+from tests.conftest import assert_same_predictions
 
 pytestmark = pytest.mark.slow
 
@@ -178,7 +179,14 @@ def test_mlflow_server_lists_the_study_and_its_ui_renders(study, browser, tmp_pa
 
         # the logged model loads back and predicts the classes its checkpoint predicts
         child = next(iter(children.values()))
-        _same_predictions(study, f"sqlite:///{study['db']}", child["info"]["run_id"], record)
+        import mlflow
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(f"sqlite:///{study['db']}")
+        tags = mlflow.MlflowClient().get_run(child["info"]["run_id"]).data.tags
+        served = mlflow.pytorch.load_model(f"models:/{tags['model_id.last_model']}")
+        assert_same_predictions(served, run_dir(study["runs"], tags["arm"], int(tags["seed"])) / "model.pt",
+                                study["data"])
 
         page = browser.new_page()
         try:
@@ -202,26 +210,3 @@ def test_mlflow_server_lists_the_study_and_its_ui_renders(study, browser, tmp_pa
             page.close()
     finally:
         _stop(proc)
-
-
-def _same_predictions(study, uri: str, run_id: str, record) -> None:
-    import mlflow
-    import mlflow.pytorch
-    import numpy as np
-    import torch
-
-    import models
-    from pipeline.core.contracts import run_dir
-
-    mlflow.set_tracking_uri(uri)
-    tags = mlflow.MlflowClient().get_run(run_id).data.tags
-    served = mlflow.pytorch.load_model(f"models:/{tags['model_id.last_model']}").eval()
-    ckpt = torch.load(run_dir(study["runs"], tags["arm"], int(tags["seed"])) / "model.pt", weights_only=True)
-    net = models.create_model(ckpt["config"]["model"], **ckpt["config"]["knobs"])
-    net.load_state_dict(ckpt["model"])
-    net.eval()
-    x = torch.from_numpy(np.load(study["data"] / "test_x.npy")[:64])
-    from pipeline.training.augment import normalize
-
-    with torch.no_grad():
-        assert torch.equal(served(x).argmax(1), net(normalize(x, ckpt["config"]["norm"])).argmax(1))

@@ -106,3 +106,27 @@ def link_or_copy(src: Path, dest: Path) -> None:
         os.link(src, dest)
     except OSError:
         shutil.copy2(src, dest)
+
+
+def local_path(uri: str) -> Path | None:
+    """The folder on this machine behind an artifact URI; None for a remote store."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    return Path(uri) if parsed.scheme == "" else None
+
+
+def link_in_place(src: Path, dest: Path) -> bool:
+    """Replace `dest`, a copy of what `src` holds, by a hard link to `src`: one file on disk.
+    False (the copy stays) where the two are on different file systems."""
+    if not dest.is_file():
+        return False
+    tmp = dest.with_name(f".{dest.name}.link")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        return False
+    os.replace(tmp, dest)
+    return True

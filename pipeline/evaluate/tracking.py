@@ -37,6 +37,30 @@ def parent_headline(summary: Summary, arms: list[str]) -> tuple[dict[str, float]
     return metrics, tags
 
 
+def parent_description(summary: Summary, record: StudyRecord) -> str:
+    """The parent run's description (the MLflow UI's note): the study's answer in a paragraph."""
+    last = summary.checkpoints["last"]
+    n = len(summary.seeds)
+    conf = f"{summary.confidence * 100:g}% CI"
+
+    def pm(stat, scale=100.0, unit="%"):
+        half = stat.ci.half_width
+        return f"{stat.mean * scale:.2f}{'' if half is None else f' ± {half * scale:.2f}'}{unit}"
+
+    arms = record.arms
+    text = [f"Ablation study {record.study}: {len(arms)} arm(s) x {n} seed(s), baseline {summary.baseline}. "
+            f"Test accuracy at the last checkpoint (mean ± {conf} half-width over {n} seeds): "
+            + ", ".join(f"{a} {pm(last.arms[a].test_acc)}" for a in arms) + "."]
+    for arm in arms:
+        c = last.comparisons.get(arm)
+        if c is not None:
+            text.append(f"{arm} vs {summary.baseline}: {c.verdict}.")
+    text.append("Clean train-test gap: " + ", ".join(f"{a} {pm(last.arms[a].gap_clean, unit=' points')}"
+                                                    for a in arms)
+                + f". The report: reports/{record.study}/report.html.")
+    return " ".join(text)
+
+
 def log_evaluation(record: StudyRecord, summary: Summary, evals: dict, summary_path: Path) -> None:
     journal = Journal()
     keys = {(r.arm, r.seed): r.tracking_key for r in record.runs}
@@ -47,6 +71,6 @@ def log_evaluation(record: StudyRecord, summary: Summary, evals: dict, summary_p
                 "test_acc", "test_loss", "train_acc_clean", "gap_clean", "gap_running")})
     metrics, tags = parent_headline(summary, record.arms)
     journal.metrics(record.tracking_key, metrics)
-    journal.tags(record.tracking_key, tags)
+    journal.tags(record.tracking_key, {**tags, "mlflow.note.content": parent_description(summary, record)})
     journal.artifact(record.tracking_key, summary_path, "evaluation")
     journal.flush_in_background()

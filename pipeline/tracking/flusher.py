@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.core.io import pid_alive, write_json
+from pipeline.core.io import link_in_place, local_path, pid_alive, write_json
 from pipeline.tracking.journal import ARTIFACTS, DB_NAME, JOURNAL
 
 LINGER_S = 3.0  # idle time before exiting once the watched process is gone
@@ -191,7 +191,11 @@ class Flusher:
         elif do == "tags":
             c.log_batch(run_id, tags=[RunTag(k, v) for k, v in ev["tags"].items()])
         elif do == "artifact":
-            c.log_artifact(run_id, str(self.dir / ev["file"]), ev.get("folder"))
+            src = self.dir / ev["file"]
+            c.log_artifact(run_id, str(src), ev.get("folder"))
+            store = local_path(c.get_run(run_id).info.artifact_uri)
+            if store is not None:  # on this disk: the logged file is the journal's, a link to the run's file
+                link_in_place(src, store / (ev.get("folder") or "") / src.name)
         elif do == "model":
             from pipeline.tracking.models import log_checkpoint_model
 

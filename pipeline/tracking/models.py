@@ -3,11 +3,15 @@
 The logged model takes what the data set holds, uint8 images (N, 3, 32, 32),
 and returns logits: the checkpoint's network behind the normalisation it was
 trained with (models.layers.Classifier). `mlflow.pytorch.load_model` gives it
-back; it predicts the same classes as the checkpoint in runs/.
+back; it predicts the same classes as the checkpoint in runs/. Its weights file
+is the checkpoint itself (pipeline.tracking.checkpoint_pickle): in a store on
+this disk a hard link to the one in the arm cache, so a checkpoint is stored once.
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+from pipeline.core.io import link_in_place, local_path
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -16,16 +20,10 @@ def classifier_from_checkpoint(path: str | Path):
     """The checkpoint's network with its normalisation in front, in eval mode, on the CPU."""
     import torch
 
-    import models
-    from models.layers import Classifier
-    from pipeline.training import NORMS
+    from pipeline.tracking.checkpoint_pickle import classifier
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = ckpt["config"]
-    net = models.create_model(cfg["model"], **cfg.get("knobs", {}))
-    net.load_state_dict(ckpt["model"])
-    mean, std = NORMS[cfg["norm"]]
-    return Classifier(net, mean, std).eval(), ckpt
+    return classifier(ckpt), ckpt
 
 
 def log_checkpoint_model(run_id: str, checkpoint: Path, name: str) -> str:
@@ -36,17 +34,22 @@ def log_checkpoint_model(run_id: str, checkpoint: Path, name: str) -> str:
     import torch
     from mlflow.models import infer_signature
 
+    from pipeline.tracking import checkpoint_pickle
+
     model, ckpt = classifier_from_checkpoint(checkpoint)
     example = np.asarray(ckpt["example"], dtype=np.uint8) if "example" in ckpt else np.zeros((1, 3, 32, 32), np.uint8)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(  # pickled: load_model gives back the nn.Module, for any batch size
+        info = mlflow.pytorch.log_model(  # load_model gives back the nn.Module, for any batch size
             model, name=name, signature=infer_signature(example, out), input_example=example,
-            serialization_format="pickle",
-            code_paths=[str(PROJECT / "models")], pip_requirements=_requirements(),
+            serialization_format="pickle", pickle_module=checkpoint_pickle,
+            code_paths=[str(PROJECT / "models"), str(PROJECT / "pipeline")], pip_requirements=_requirements(),
             metadata={"checkpoint_epoch": ckpt.get("epoch"), "arm": ckpt.get("arm"), "seed": ckpt.get("seed")})
         mlflow.set_tag(f"model_id.{name}", info.model_id)
+    local = local_path(mlflow.get_logged_model(info.model_id).artifact_location)
+    if local is not None:
+        link_in_place(Path(checkpoint), local / "data" / "model.pth")
     return info.model_id
 
 
