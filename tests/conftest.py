@@ -116,6 +116,24 @@ def mlflow_runs(db: Path) -> list[dict]:
     return [{"id": r, "status": s, "parent": p, "name": n, "epochs": steps.get(r, 0)} for r, s, p, n in rows]
 
 
+def descendants(pid: int) -> set[int]:
+    """The live processes started by `pid`, their children, and so on."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = {c for c, pp in parent.items() if pp == p}
+        todo.extend(kids - found)
+        found |= kids
+    return found
+
+
 def assert_same_predictions(served, checkpoint: Path, data: Path, n: int = 64) -> None:
     """A served model (uint8 images in, logits out) predicts the classes its checkpoint predicts."""
     import torch

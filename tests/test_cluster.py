@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, env
+from tests.conftest import REPO, descendants, env
 from tests.services import ray_client_env, start_ray_head
 
 pytestmark = pytest.mark.slow
@@ -100,3 +100,36 @@ def test_a_node_that_dies_mid_arm_loses_nothing(tmp_path, prepared):
                                                           "batch_size": 16}))
     out = _train(tmp_path, "fresh", ["--retrain"], data=prepared).communicate(timeout=600)[0]
     _same_run(tmp_path / "runs" / "aug=standard" / "seed=0", tmp_path / "fresh" / "aug=standard" / "seed=0")
+
+
+def test_a_worker_process_killed_mid_arm_loses_nothing(tmp_path, prepared):
+    """kill -9 of the Ray worker process running a job (embedded Ray, two jobs at
+    once): the driver sends the job to a new worker from its last saved epoch; both
+    arms end bitwise equal to an uninterrupted run in one process."""
+    params = {"seeds": [0, 1], "aug": "standard", "epochs": 6, "batch_size": 16}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "parallel": 2}))
+    proc = _train(tmp_path, "runs", data=prepared)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".arm-cache/*/state.pt")):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no epoch was saved"
+        time.sleep(0.1)
+    running = [p for p in descendants(proc.pid) if b"ray::_remote_job" in _cmdline(p)]
+    assert running, "no Ray worker is running a job"
+    os.kill(running[0], 9)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    assert "WorkerCrashedError" in out and "on another worker" in out, out
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    _train(tmp_path, "fresh", ["--retrain"], data=prepared).communicate(timeout=600)
+    for seed in (0, 1):
+        _same_run(tmp_path / "runs" / "aug=standard" / f"seed={seed}",
+                  tmp_path / "fresh" / "aug=standard" / f"seed={seed}")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""

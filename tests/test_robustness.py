@@ -17,6 +17,7 @@ import yaml
 from pipeline.core.errors import cli
 from pipeline.core.io import atomic_path, write_json
 from tests.archives import write_official
+from tests.conftest import descendants
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,24 +61,6 @@ def test_an_output_folder_is_replaced_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
 
 
-def _descendants(pid: int) -> set[int]:
-    """The live processes started by `pid`, their children, and so on."""
-    parent = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        kids = {c for c, pp in parent.items() if pp == p}
-        todo.extend(kids - found)
-        found |= kids
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("parallel", [1, 2], ids=["in-process", "ray"])
@@ -106,7 +89,7 @@ def test_a_signal_stops_the_study_in_one_line_and_keeps_what_it_saved(tmp_path, 
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    workers = _descendants(proc.pid)
+    workers = descendants(proc.pid)
     assert len(workers) >= (3 if parallel > 1 else 0)  # Ray's processes, for the Ray engine
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=180)  # generous: CI machines are shared
