@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, descendants, env
+from tests.conftest import REPO, descendants, env, make_project, run
 from tests.services import ray_client_env, start_ray_head
 
 pytestmark = pytest.mark.slow
@@ -125,6 +125,47 @@ def test_a_worker_process_killed_mid_arm_loses_nothing(tmp_path, prepared):
     for seed in (0, 1):
         _same_run(tmp_path / "runs" / "aug=standard" / f"seed={seed}",
                   tmp_path / "fresh" / "aug=standard" / f"seed={seed}")
+
+
+def test_queued_experiments_share_the_cluster(tmp_path):
+    """`dvc queue start -j 2` with a cluster address: each experiment's train stage
+    joins that cluster as a driver (two more jobs in its table) and sends its arms
+    there; none starts a Ray of its own."""
+    address, token, stop = os.environ.get("CIFAR_ABLATE_TEST_RAY"), os.environ.get("CIFAR_ABLATE_TEST_RAY_TOKEN"), None
+    if not address:
+        address, token, stop = start_ray_head()
+    auth = ray_client_env(token)
+    try:
+        proj = make_project(tmp_path, seeds=[0], epochs=1, cluster=address)
+        run("dvc repro untar && git add -A && git commit -qm data", proj)
+        before = _drivers(address, auth, proj)
+        for overrides in ("-S aug=none", "-S aug=standard"):
+            run(f"dvc exp run --queue {overrides}", proj)
+        run("dvc queue start -j 2", proj, extra_env=auth)
+        deadline = time.monotonic() + 600
+        while True:
+            status = run("dvc queue status", proj).stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+        run("dvc queue stop", proj, check=False)
+        assert status.count("Success") == 2, status
+        logs = "".join(run(f"dvc queue logs {name}", proj).stdout
+                       for name in [line.split()[1] for line in status.splitlines() if "Success" in line])
+        assert logs.count(f"(Ray cluster {address} (") == 2, logs[-3000:]
+        assert _drivers(address, auth, proj) - before == 3  # the two experiments, and the first count's own
+    finally:
+        if stop:
+            stop()
+
+
+def _drivers(address: str, auth: dict, cwd) -> int:
+    """How many drivers (jobs) the cluster has seen before this query's own."""
+    code = ("import ray; from ray._private import state; ray.init(address='%s', configure_logging=False, "
+            "log_to_driver=False); print(len(state.jobs()) - 1)" % address)
+    return int(subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env(auth), capture_output=True, text=True,
+                              check=True, timeout=120).stdout.split()[-1])
 
 
 def _cmdline(pid: int) -> bytes:
