@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,33 @@ def descendants(pid: int) -> set[int]:
         todo.extend(kids - found)
         found |= kids
     return found
+
+
+def wait_for_saved_epochs(root: Path, proc: subprocess.Popen, n: int = 1, timeout: float = 300) -> None:
+    """Wait until `n` jobs of the train stage running as `proc` have saved an epoch in
+    `root`'s arm cache (fails if it exits first)."""
+    deadline = time.monotonic() + timeout
+    while len(list(root.glob(".arm-cache/*/state.pt"))) < n:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"the stage ended before saving an epoch:\n{out[-2000:]}")
+        assert time.monotonic() < deadline, "no epoch was saved"
+        time.sleep(0.05)
+
+
+def run_queue(proj: Path, jobs: int = 2, timeout: float = 600, extra_env: dict | None = None) -> str:
+    """`dvc queue start -j jobs` and wait until every queued experiment ended; `dvc queue status`."""
+    run(f"dvc queue start -j {jobs}", proj, extra_env=extra_env)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            status = run("dvc queue status", proj).stdout
+            if "Queued" not in status and "Running" not in status:
+                return status
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+    finally:
+        run("dvc queue stop", proj, check=False)
 
 
 def assert_same_predictions(served, checkpoint: Path, data: Path, n: int = 64) -> None:

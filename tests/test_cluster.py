@@ -6,13 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, descendants, env, make_project, run
+from tests.conftest import REPO, descendants, env, make_project, run, run_queue, wait_for_saved_epochs
 from tests.services import ray_client_env, start_ray_head
 
 pytestmark = pytest.mark.slow
@@ -83,11 +82,7 @@ def test_a_node_that_dies_mid_arm_loses_nothing(tmp_path, prepared):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(
             {"seeds": [0], "aug": "standard", "epochs": 8, "batch_size": 16, "cluster": cluster.address}))
         proc = _train(tmp_path, "runs", data=prepared)
-        deadline = time.monotonic() + 300
-        while not list(tmp_path.glob(".arm-cache/*/state.pt")):
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "no epoch was saved"
-            time.sleep(0.1)
+        wait_for_saved_epochs(tmp_path, proc)
         cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
         cluster.remove_node(first, allow_graceful=False)
@@ -109,11 +104,7 @@ def test_a_worker_process_killed_mid_arm_loses_nothing(tmp_path, prepared):
     params = {"seeds": [0, 1], "aug": "standard", "epochs": 6, "batch_size": 16}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "parallel": 2}))
     proc = _train(tmp_path, "runs", data=prepared)
-    deadline = time.monotonic() + 300
-    while not list(tmp_path.glob(".arm-cache/*/state.pt")):
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "no epoch was saved"
-        time.sleep(0.1)
+    wait_for_saved_epochs(tmp_path, proc)
     running = [p for p in descendants(proc.pid) if b"ray::_remote_job" in _cmdline(p)]
     assert running, "no Ray worker is running a job"
     os.kill(running[0], 9)
@@ -141,15 +132,7 @@ def test_queued_experiments_share_the_cluster(tmp_path):
         before = _drivers(address, auth, proj)
         for overrides in ("-S aug=none", "-S aug=standard"):
             run(f"dvc exp run --queue {overrides}", proj)
-        run("dvc queue start -j 2", proj, extra_env=auth)
-        deadline = time.monotonic() + 600
-        while True:
-            status = run("dvc queue status", proj).stdout
-            if "Queued" not in status and "Running" not in status:
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(2)
-        run("dvc queue stop", proj, check=False)
+        status = run_queue(proj, 2, extra_env=auth)
         assert status.count("Success") == 2, status
         logs = "".join(run(f"dvc queue logs {name}", proj).stdout
                        for name in [line.split()[1] for line in status.splitlines() if "Success" in line])

@@ -17,7 +17,8 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import BIN, REAL_ARCHIVE, REAL_SHA256, env, flush_tracking, make_project, mlflow_runs, run
+from tests.conftest import (BIN, REAL_ARCHIVE, REAL_SHA256, env, flush_tracking, make_project, mlflow_runs, run,
+                            run_queue)
 
 pytestmark = pytest.mark.slow
 
@@ -132,15 +133,7 @@ def test_queued_experiments_in_parallel_share_one_mlflow_store(tmp_path):
     run("dvc repro untar && git add -A && git commit -qm data", proj)
     for overrides in ("-S aug=none", "-S aug=standard", "-S aug=none -S lr=0.01", "-S aug=standard -S lr=0.01"):
         run(f"dvc exp run --queue {overrides}", proj)
-    run("dvc queue start -j 2", proj)
-    deadline = time.monotonic() + 600
-    while True:
-        status = run("dvc queue status", proj).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(2)
-    run("dvc queue stop", proj, check=False)
+    status = run_queue(proj, 2)
     assert status.count("Success") == 4, status
     flush_tracking(proj)
     runs = mlflow_runs(proj / "mlflow.db")  # the store at the repository root, not in the experiments' copies

@@ -17,7 +17,7 @@ import yaml
 from pipeline.core.errors import cli
 from pipeline.core.io import atomic_path, write_json
 from tests.archives import write_official
-from tests.conftest import descendants
+from tests.conftest import descendants, wait_for_saved_epochs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,11 +84,7 @@ def test_a_signal_stops_the_study_in_one_line_and_keeps_what_it_saved(tmp_path, 
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--data", "prepared", "--no-progress"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 180
-    while len(list(tmp_path.glob(".arm-cache/*/state.pt"))) < parallel:
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_saved_epochs(tmp_path, proc, parallel, timeout=180)
     workers = descendants(proc.pid)
     assert len(workers) >= (3 if parallel > 1 else 0)  # Ray's processes, for the Ray engine
     proc.send_signal(sig)
