@@ -5,7 +5,10 @@ included): every stage of dvc.yaml one after the other, timed; beside them the
 time spent in training loops and in evaluation forward passes, so what the
 pipeline itself costs (start-up, DVC, tracking, statistics, report) is visible.
 Then `dvc exp run -S aug=none` (or --exp), which has nothing to train: all of
-it is overhead. With --profile, the imports each stage pays are listed.
+it is overhead. With --profile, the imports each stage pays are listed. Last,
+the disk each store takes once the tracking journal is sent (a file hard-linked
+into several stores is counted once, where it is listed first), and how many
+distinct files hold the checkpoints.
 
     python bench/pipeline_stages.py -S data.url=path/to/cifar10.tar.gz -S data.sha256=SHA256 \\
         -S data.train_limit=2000 -S epochs=2
@@ -103,6 +106,26 @@ def time_experiment(clone: Path, override: str) -> float:
     return seconds
 
 
+STORES = ("runs", ".arm-cache", ".dvc/cache", "mlartifacts", "mlflow.db", ".cache", "evaluation", "reports")
+
+
+def disk_use(clone: Path) -> dict[str, int]:
+    """Kilobytes per store after the journal is sent to MLflow (`du` counts a hard-linked
+    file once, in the first store that lists it), and the checkpoints' distinct files."""
+    subprocess.run([sys.executable, "-m", "pipeline.tracking", "flush"], cwd=clone, env=_env(), check=True,
+                   capture_output=True)
+    present = [s for s in STORES if (clone / s).exists()]
+    out = subprocess.run(["du", "-sk", *present], cwd=clone, capture_output=True, text=True, check=True).stdout
+    kb = {name: int(size) for size, name in (ln.split("\t", 1) for ln in out.splitlines())}
+    files = [p for p in clone.rglob("*") if p.is_file() and p.suffix in (".pt", ".pth")
+             and "data" not in p.relative_to(clone).parts[:1]]
+    inodes = {(p.stat().st_dev, p.stat().st_ino) for p in files}
+    print("disk use after the journal is sent (kB; a hard-linked file counts once): "
+          + ", ".join(f"{k} {v:,}" for k, v in kb.items()) + f"; total {sum(kb.values()):,}")
+    print(f"  checkpoint files (*.pt, *.pth): {len(files)} names, {len(inodes)} distinct files", flush=True)
+    return kb
+
+
 def profile_imports(clone: Path) -> None:
     """What each stage's process spends on imports (python -X importtime), largest first."""
     for stage in ("train", "evaluate", "report"):
@@ -128,6 +151,7 @@ def main() -> None:
     try:
         time_stages(args.set, tmp / "repo", args.repo)
         time_experiment(tmp / "repo", args.exp)
+        disk_use(tmp / "repo")
         if args.profile:
             print("imports per stage:")
             profile_imports(tmp / "repo")
