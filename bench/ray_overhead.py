@@ -6,6 +6,9 @@ ways the train stage can run them:
   local       LocalEngine: one at a time in this process (the default on a CPU)
   ray x1      RayEngine on this machine, one job at a time
   ray x2      RayEngine on this machine, two jobs at a time
+  head x1     RayEngine sent to a Ray head started once on this machine
+              (`ray start --head`, as with RAY_ADDRESS): a study joins it
+              instead of starting Ray (--head; its start is not counted)
 
 and it prints the wall time of each, Ray's overhead per study (start, putting
 the data into the object store, each worker's first job, which starts its
@@ -86,6 +89,8 @@ def main(argv=None) -> None:
     ap.add_argument("--test-images", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=4)
+    ap.add_argument("--head", action="store_true",
+                    help="also time a study sent to a Ray head started once on this machine")
     args = ap.parse_args(argv)
 
     import torch
@@ -104,10 +109,18 @@ def main(argv=None) -> None:
     local_back = drain(LocalEngine(data), todo, 1)
     local = time.perf_counter() - t0
 
-    rows, per_job_back = {}, 0
-    for at_once in (1, 2):
+    rows, per_job_back, stop = {}, 0, None
+    variants = [("ray x1", None, 1), ("ray x2", None, 2)]
+    if args.head:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.services import ray_client_env, start_ray_head
+
+        address, token, stop = start_ray_head(os.cpu_count() or 1)
+        os.environ.update(ray_client_env(token))
+        variants.append(("head x1", address, 1))
+    for label, address, at_once in variants:
         t0 = time.perf_counter()
-        engine = RayEngine(data, None, todo, at_once, "cpu")
+        engine = RayEngine(data, address, todo, at_once, "cpu")
         t1 = time.perf_counter()
         # the first job on each worker also starts its process and imports torch: a once-per-study cost
         drain(engine, todo[:at_once], at_once)
@@ -116,29 +129,39 @@ def main(argv=None) -> None:
         t2 = time.perf_counter()
         engine.close()
         t3 = time.perf_counter()
-        rows[at_once] = {"start": engine.start_seconds, "put": engine.put_seconds, "setup": t1 - t0,
+        rows[label] = {"start": engine.start_seconds, "put": engine.put_seconds, "setup": t1 - t0,
                          "warm": tw - t1, "jobs": t2 - tw, "shutdown": t3 - t2, "wall": t3 - t0}
         per_job_back = max(back.values())
+    if stop is not None:
+        stop()
 
     print(f"\n{'':<10}{'wall s':>9}{'jobs s':>9}{'start s':>9}{'put s':>8}{'warm s':>8}{'stop s':>8}")
     print(f"{'local':<10}{local:>9.2f}{local:>9.2f}{'':>9}{'':>8}{'':>8}{'':>8}")
     for k, r in rows.items():
-        print(f"{'ray x' + str(k):<10}{r['wall']:>9.2f}{r['jobs']:>9.2f}{r['start']:>9.2f}{r['put']:>8.2f}"
+        print(f"{k:<10}{r['wall']:>9.2f}{r['jobs']:>9.2f}{r['start']:>9.2f}{r['put']:>8.2f}"
               f"{r['warm']:>8.2f}{r['shutdown']:>8.2f}")
     print("(warm: the first job per worker, which starts the worker process and imports torch; jobs: "
           "every job again on the warm workers)")
 
-    one = rows[1]
-    warm_extra = one["warm"] - local / len(todo)
-    study = one["setup"] + warm_extra + one["shutdown"]
+    one = rows["ray x1"]
+
+    def per_study(r: dict) -> tuple[float, float]:
+        warm_extra = r["warm"] - local / len(todo)
+        return r["setup"] + warm_extra + r["shutdown"], warm_extra
+
+    study, warm_extra = per_study(one)
     per_job = (one["jobs"] - local) / len(todo)
     up = len(pickle.dumps(todo[0], protocol=5)) + len(pickle.dumps(None))
     print(f"\nRay overhead per study (start + put + worker warm-up + shutdown): {study:.2f} s "
           f"(target <= {TARGET_STUDY_S:g} s; of it ray.init {one['start']:.2f} s, warm-up {warm_extra:.2f} s)")
+    if "head x1" in rows:
+        head, head_warm = per_study(rows["head x1"])
+        print(f"  with a head started once on this machine: {head:.2f} s per study (joining it "
+              f"{rows['head x1']['start']:.2f} s, warm-up {head_warm:.2f} s, leaving {rows['head x1']['shutdown']:.2f} s)")
     print(f"Ray overhead per job on a warm worker ((ray x1 - local) / jobs): {per_job:+.3f} s "
           f"(target <= {TARGET_JOB_S:g} s)")
-    print(f"2 jobs at once vs 1: {rows[2]['jobs']:.2f} s vs {one['jobs']:.2f} s of jobs "
-          f"({one['jobs'] / rows[2]['jobs']:.2f}x) on {os.cpu_count()} CPU(s)")
+    print(f"2 jobs at once vs 1: {rows['ray x2']['jobs']:.2f} s vs {one['jobs']:.2f} s of jobs "
+          f"({one['jobs'] / rows['ray x2']['jobs']:.2f}x) on {os.cpu_count()} CPU(s)")
     print(f"bytes per job: data {data.nbytes / 1e6:.1f} MB once per node (object store); to the worker "
           f"{up / 1e3:.1f} kB (spec, resume state); back {per_job_back / 1e6:.2f} MB (per-epoch states, "
           f"final weights, history; local run: {max(local_back.values()) / 1e6:.2f} MB)")
