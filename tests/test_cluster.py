@@ -101,14 +101,18 @@ def test_a_worker_process_killed_mid_arm_loses_nothing(tmp_path, prepared):
     """kill -9 of the Ray worker process running a job (embedded Ray, two jobs at
     once): the driver sends the job to a new worker from its last saved epoch; both
     arms end bitwise equal to an uninterrupted run in one process."""
-    params = {"seeds": [0, 1], "aug": "standard", "epochs": 6, "batch_size": 16}
+    params = {"seeds": [0, 1], "aug": "standard", "epochs": 40, "batch_size": 16}  # long enough to kill it mid-arm
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "parallel": 2}))
     proc = _train(tmp_path, "runs", data=prepared)
-    wait_for_saved_epochs(tmp_path, proc)
-    running = [p for p in descendants(proc.pid) if b"ray::_remote_job" in _cmdline(p)]
-    assert running, "no Ray worker is running a job"
-    os.kill(running[0], 9)
-    out = proc.communicate(timeout=600)[0]
+    try:
+        wait_for_saved_epochs(tmp_path, proc)
+        running = [p for p in descendants(proc.pid) if b"ray::_remote_job" in _cmdline(p)]
+        assert running, "no Ray worker is running a job"
+        os.kill(running[0], 9)
+        out = proc.communicate(timeout=600)[0]
+    finally:
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 0, out
     assert "WorkerCrashedError" in out and "on another worker" in out, out
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

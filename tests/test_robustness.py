@@ -84,11 +84,15 @@ def test_a_signal_stops_the_study_in_one_line_and_keeps_what_it_saved(tmp_path, 
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--data", "prepared", "--no-progress"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    wait_for_saved_epochs(tmp_path, proc, parallel, timeout=180)
-    workers = descendants(proc.pid)
-    assert len(workers) >= (3 if parallel > 1 else 0)  # Ray's processes, for the Ray engine
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=180)  # generous: CI machines are shared
+    try:
+        wait_for_saved_epochs(tmp_path, proc, parallel, timeout=180)
+        workers = descendants(proc.pid)
+        assert len(workers) >= (3 if parallel > 1 else 0)  # Ray's processes, for the Ray engine
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=180)  # generous: CI machines are shared
+    finally:
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 128 + sig
     assert "Traceback" not in out + err, err[-3000:]
     last = err.strip().splitlines()[-1]
@@ -113,9 +117,9 @@ def test_a_signal_stops_the_study_in_one_line_and_keeps_what_it_saved(tmp_path, 
         first = again.stdout.readline()
         while "resuming after epoch" not in first and first:
             first = again.stdout.readline()
-        assert "seed=0: resuming after epoch" in first or "seed=1: resuming after epoch" in first
-        epoch = int(first.rsplit(" ", 1)[1])
-        assert f"resumes after epoch {epoch}" in last
+        label, _, epoch = first.strip().partition(": resuming after epoch ")
+        assert label in ("aug=none seed=0", "aug=none seed=1") and epoch.isdigit(), first
+        assert f"; {label} resumes after epoch {epoch};" in last, (first, last)
     finally:
         again.terminate()
         again.communicate(timeout=180)

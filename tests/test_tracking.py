@@ -96,3 +96,20 @@ def test_the_parent_run_describes_the_answer(store):
     for arm in store["record"].arms:
         assert f"{arm} {last.arms[arm].test_acc.mean * 100:.2f} ± " in note
     assert "reports/report-test/report.html" in note
+
+
+def test_only_a_file_that_never_changes_is_linked_into_the_store(tmp_path):
+    """A logged file becomes a hard link to its source only where the source is read-only
+    (the arm cache's): git or DVC rewriting a tracked report in place must not reach the
+    copy in the store. Linking twice changes nothing and leaves no temporary behind."""
+    from pipeline.core.io import link_in_place
+
+    src, dest = tmp_path / "src.csv", tmp_path / "store" / "src.csv"
+    dest.parent.mkdir()
+    src.write_text("a\n")
+    dest.write_text("a\n")
+    assert not link_in_place(src, dest) and not os.path.samefile(src, dest)  # writable: stays a copy
+    src.chmod(0o444)
+    assert link_in_place(src, dest) and os.path.samefile(src, dest)
+    assert not link_in_place(src, dest)  # already one file
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["src.csv"]

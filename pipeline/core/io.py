@@ -120,13 +120,23 @@ def local_path(uri: str) -> Path | None:
 
 def link_in_place(src: Path, dest: Path) -> bool:
     """Replace `dest`, a copy of what `src` holds, by a hard link to `src`: one file on disk.
-    False (the copy stays) where the two are on different file systems."""
-    if not dest.is_file():
+    Only for a `src` that is never changed (read-only, replaced whole when rewritten): the
+    link would carry a change into `dest`. False (the copy stays) where `src` is writable,
+    or on another file system."""
+    try:
+        if not dest.is_file() or os.path.samefile(src, dest):
+            return False
+        if os.stat(src).st_mode & 0o222:
+            return False
+    except OSError:
         return False
     tmp = dest.with_name(f".{dest.name}.link")
     try:
+        tmp.unlink(missing_ok=True)  # left by a killed flusher
         os.link(src, tmp)
+        os.replace(tmp, dest)
+        return True
     except OSError:
         return False
-    os.replace(tmp, dest)
-    return True
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -100,12 +100,16 @@ class Journal:
         self._append(key, {"do": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
     def artifact(self, key: str, path: str | os.PathLike, folder: str | None = None) -> None:
-        """A file to log; kept in the journal (a hard link where possible) so it
-        outlives a queued experiment's workspace."""
+        """A file to log; kept in the journal so it outlives a queued experiment's
+        workspace: a hard link to a read-only file (the arm cache's, never changed),
+        a copy of any other (git and DVC may rewrite a tracked file in place)."""
         path = Path(path)
         blob_dir = self.dir / "runs" / key / "files" / secrets.token_hex(4)
         blob_dir.mkdir(parents=True)
-        link_or_copy(path, blob_dir / path.name)
+        if path.stat().st_mode & 0o222:
+            shutil.copy2(path, blob_dir / path.name)
+        else:
+            link_or_copy(path, blob_dir / path.name)
         self._append(key, {"do": "artifact", "file": str((blob_dir / path.name).relative_to(self.dir)),
                            "folder": folder})
 

@@ -57,6 +57,18 @@ def _on_signal(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _note_signal(signum, frame):
+    """While a stopped study cleans up: a second signal is noted, not raised."""
+    _SIGNALLED.append(signum)
+
+
+def _set_signals(handler) -> None:
+    """`handler` for SIGTERM, and for SIGINT unless the shell made this process ignore it."""
+    signal.signal(signal.SIGTERM, handler)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, handler)
+
+
 def load_data(folder: Path, params: Params) -> tuple[Data, dict]:
     """The study's (subset) splits and the manifest of the prepared data."""
     manifest = dataset.load_manifest(folder)
@@ -131,6 +143,7 @@ class Driver:
         self.engine, self.journal, self.parent, self.provenance = engine, journal, parent, provenance
         self.retrain, self.device, self.progress = retrain, device, progress
         self.results: dict[tuple[str, int], RunMetrics] = {}
+        self.planned = 0  # arm x seed jobs given to run(), restored ones included
         self.record: list[StudyRun] = []
         self.running: dict[str, Running] = {}
 
@@ -160,6 +173,7 @@ class Driver:
     # --- jobs
 
     def run(self, jobs: list[JobSpec], arms: dict[str, Arm]) -> None:
+        self.planned += len(jobs)
         pending = list(jobs)
         while pending or self.running:
             while pending and self.engine.busy() < self.engine.slots:
@@ -304,10 +318,13 @@ class Driver:
         self.engine.cancel()
         stopped = []
         for job in list(self.running.values()):
-            if self.journal is not None and job.run_key is not None:
-                self.journal.end(job.run_key, status)
-            self._release(job)
-            stopped.append(f"{job.spec.label} resumes after epoch {job.saved_epoch}")
+            try:  # each job on its own: one that fails to close does not keep the others open
+                if self.journal is not None and job.run_key is not None:
+                    self.journal.end(job.run_key, status)
+                self._release(job)
+                stopped.append(f"{job.spec.label} resumes after epoch {job.saved_epoch}")
+            except Exception as exc:  # noqa: BLE001  reported in the line the user reads
+                stopped.append(f"{job.spec.label} could not be closed cleanly ({exc})")
         return stopped
 
 
@@ -487,59 +504,71 @@ def main(argv=None) -> None:
 
     jobs = jobs_for(params.seeds)
 
-    journal = parent = None
-    if not args.no_mlflow:
-        from pipeline.tracking.journal import Journal
-
-        journal = Journal(root)
-        journal.reap()
-        parent = journal.start(params.study, f"{params.study} {provenance['dvc_experiment']}", tags={
-            "git_commit": provenance["code_version"], "dvc_experiment": provenance["dvc_experiment"],
-            "data_sha256": provenance["data_sha256"], "preset": params.preset,
-            "arms": ", ".join(a.name for a in params.arms), "seeds": list(params.seeds)},
-            description=f"Ablation study {params.study} (preset {params.preset}): arms "
-                        f"{', '.join(a.name for a in params.arms)}; seeds {list(params.seeds)}; "
-                        f"data {provenance['data_name']} ({provenance['n_train']:,} train / "
-                        f"{provenance['n_test']:,} test images).")
-        journal.params(parent, {"preset": params.preset, "seeds": list(params.seeds), **provenance["data_params"]})
-        journal.flush_in_background()
-
+    # a signal ends the study with one line, the jobs cancelled, their saved states kept and
+    # the MLflow runs ended as KILLED
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    _SIGNALLED.clear()
+    _set_signals(_on_signal)
     from pipeline.train.engine import make_engine
 
     progress = Progress(enabled=not args.no_progress and sys.stderr.isatty())
-    todo = [j for j in jobs if args.retrain or not (store.folder(j.fp) / "done").is_dir()]
-    engine = make_engine(data, todo, params.run.parallel, params.run.cluster, device_type, progress.step)
-    # after Ray's start, which sets a SIGTERM handler of its own: a signal ends the study
-    # with one line, the jobs cancelled and their saved states kept
-    signal.signal(signal.SIGTERM, _on_signal)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell ignores it
-        signal.signal(signal.SIGINT, _on_signal)
-    driver = Driver(params, store, runs, identity, engine, journal, parent, provenance, args.retrain,
-                    device, progress)
+    journal = parent = engine = driver = None
     seeds, reason = list(params.seeds), "as listed in params.yaml"
     try:
+        if not args.no_mlflow:
+            from pipeline.tracking.journal import Journal
+
+            journal = Journal(root)
+            journal.reap()
+            parent = journal.start(params.study, f"{params.study} {provenance['dvc_experiment']}", tags={
+                "git_commit": provenance["code_version"], "dvc_experiment": provenance["dvc_experiment"],
+                "data_sha256": provenance["data_sha256"], "preset": params.preset,
+                "arms": ", ".join(a.name for a in params.arms), "seeds": list(params.seeds)},
+                description=f"Ablation study {params.study} (preset {params.preset}): arms "
+                            f"{', '.join(a.name for a in params.arms)}; seeds {list(params.seeds)}; "
+                            f"data {provenance['data_name']} ({provenance['n_train']:,} train / "
+                            f"{provenance['n_test']:,} test images).")
+            journal.params(parent, {"preset": params.preset, "seeds": list(params.seeds),
+                                    **provenance["data_params"]})
+            journal.flush_in_background()
+
+        todo = [j for j in jobs if args.retrain or not (store.folder(j.fp) / "done").is_dir()]
+        engine = make_engine(data, todo, params.run.parallel, params.run.cluster, device_type, progress.step)
+        _set_signals(_on_signal)  # again: Ray's start sets a SIGTERM handler of its own
+        driver = Driver(params, store, runs, identity, engine, journal, parent, provenance, args.retrain,
+                        device, progress)
         progress.plan(params, jobs, device, engine, store, identity, retrain=args.retrain, data=data)
         driver.run(jobs, arms)
         if params.seed_plan is not None:
             seeds, reason = more_seeds(params, driver, progress, jobs_for, arms, seeds)
     except BaseException as exc:
+        _set_signals(_note_signal)  # a second Ctrl-C must not cut the clean-up short
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
-        stopped = driver.abort(status)
-        if journal is not None:
-            journal.end(parent, status)
+        stopped = []
+        try:
+            if driver is not None:
+                stopped = driver.abort(status)
+        finally:
+            if parent is not None:
+                journal.end(parent, status)
         if not isinstance(exc, KeyboardInterrupt):
             raise
         progress.close()
-        engine.close()
+        if engine is not None:
+            engine.close()
         # one line, no traceback: what is kept and how to go on
         signum = _SIGNALLED[0] if _SIGNALLED else signal.SIGINT
-        print(f"interrupted by {signal.Signals(signum).name}: {len(driver.results)} of {len(jobs)} runs finished"
+        done, planned = (len(driver.results), driver.planned) if driver is not None else (0, len(jobs))
+        print(f"interrupted by {signal.Signals(signum).name}: {done} of {planned} runs finished"
               + "".join(f"; {s}" for s in stopped)
               + "; run the same command again to continue", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum) from None
     finally:
         progress.close()
-        engine.close()
+        if engine is not None:
+            engine.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     arm_names = [a.name for a in params.arms]
     write_json(args.metrics, summarize(driver.results, arm_names, seeds, params.study))
