@@ -122,6 +122,15 @@ def test_power_known_answer():
     assert power([0.8], [0.7, 0.71], 0.05, 0.01).detectable is None
 
 
+def test_power_with_seeds_far_more_alike_than_the_target():
+    """Two seeds per arm 0.01 points apart against a 1-point target: statsmodels' root finder
+    fails (it returned NaN and the evaluate stage crashed); 2 seeds already suffice."""
+    p = power([0.7172, 0.7173], [0.7176, 0.7177], alpha=0.05, target=0.01)
+    assert p.seeds_for_target == 2 and p.detectable is not None and 0 < p.detectable < 0.001
+    p = power([0.70, 0.74], [0.70, 0.7001], alpha=0.05, target=0.01)  # wide spread: many seeds
+    assert p.seeds_for_target > 2
+
+
 # --------------------------------------------------------------------------- corrections
 
 

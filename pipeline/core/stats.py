@@ -264,12 +264,19 @@ def power(a: Sequence[float], b: Sequence[float], alpha: float, target: float,
                      seeds_for_target=None)
     sd = math.sqrt((x.var(ddof=1) * (x.size - 1) + y.var(ddof=1) * (y.size - 1)) / (x.size + y.size - 2))
     solver = TTestIndPower()
-    d = float(solver.solve_power(nobs1=n, alpha=alpha, power=power_, ratio=1.0))
-    needed = None
-    if sd > 0 and target > 0:
-        needed = math.ceil(float(solver.solve_power(effect_size=target / sd, alpha=alpha, power=power_, ratio=1.0)))
-        needed = max(needed, 2)
-    return Power(n_per_arm=int(n), sd=float(sd), alpha=alpha, power=power_, detectable=d * sd if sd > 0 else 0.0,
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # statsmodels warns, then returns NaN, where its root finder fails
+        d = float(solver.solve_power(nobs1=n, alpha=alpha, power=power_, ratio=1.0))
+        needed = None
+        if sd > 0 and target > 0:
+            effect = target / sd
+            if solver.power(effect_size=effect, nobs1=2, alpha=alpha, ratio=1.0) >= power_:
+                needed = 2  # seeds this alike: the fewest seeds a t-test can use already suffice
+            else:
+                solved = float(solver.solve_power(effect_size=effect, alpha=alpha, power=power_, ratio=1.0))
+                needed = max(math.ceil(solved), 2) if math.isfinite(solved) else None
+    detectable = (d * sd if sd > 0 else 0.0) if math.isfinite(d) else None
+    return Power(n_per_arm=int(n), sd=float(sd), alpha=alpha, power=power_, detectable=detectable,
                  target=target, seeds_for_target=needed)
 
 
