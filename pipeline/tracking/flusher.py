@@ -193,8 +193,9 @@ class Flusher:
         elif do == "artifact":
             src = self.dir / ev["file"]
             c.log_artifact(run_id, str(src), ev.get("folder"))
-            store = local_path(c.get_run(run_id).info.artifact_uri)
-            if store is not None:  # on this disk: the logged file is the journal's, a link to the run's file
+            # a read-only file (the arm cache's) in a store on this disk: one file, linked
+            store = None if src.stat().st_mode & 0o222 else local_path(c.get_run(run_id).info.artifact_uri)
+            if store is not None:
                 link_in_place(src, store / (ev.get("folder") or "") / src.name)
         elif do == "model":
             from pipeline.tracking.models import log_checkpoint_model
