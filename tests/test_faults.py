@@ -165,6 +165,22 @@ def test_a_locked_then_removed_tracking_store_never_costs_training(tmp_path, ref
     assert all(r["epochs"] == 3 for r in runs if r["parent"] is not None)
 
 
+def test_a_store_replaced_after_everything_was_sent_gets_the_runs_again(tmp_path):
+    proj = make_project(tmp_path, seeds=[0], epochs=1, batch_size=32, aug="none")
+    run("dvc repro train", proj)
+    flush_tracking(proj)
+    db = proj / "mlflow.db"
+    before = mlflow_runs(db)
+    assert len(before) == 2 and all(r["status"] == "FINISHED" for r in before)
+    db.unlink()  # nothing is pending now: only asking the store finds the loss
+    flush_tracking(proj)
+    flush_tracking(proj)  # and a second flush sends nothing twice
+    after = mlflow_runs(db)
+    assert sorted((r["name"], r["status"], r["epochs"]) for r in after) == \
+        sorted((r["name"], r["status"], r["epochs"]) for r in before)
+    assert not {r["id"] for r in after} & {r["id"] for r in before}  # new runs, in the new store
+
+
 def test_an_unreachable_tracking_store_is_one_line_and_catches_up_later(tmp_path, reference):
     from tests.services import free_port, start_mlflow_server
 

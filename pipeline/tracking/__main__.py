@@ -1,4 +1,5 @@
-"""python -m pipeline.tracking flush [--timeout S]: send the journal to the tracking store now."""
+"""python -m pipeline.tracking flush [--timeout S]: send the journal to the tracking store now
+(and again, whole, any run the store no longer has)."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,8 @@ def main(argv=None) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the flusher has its own backoff
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     journal = Journal(repo_root())
-    ok = flusher.run(journal.root, journal.uri, watch=None, give_up_s=args.timeout, linger_s=0.0, wait=True)
+    ok = flusher.run(journal.root, journal.uri, watch=None, give_up_s=args.timeout, linger_s=0.0, wait=True,
+                     verify=True)
     if not ok:
         print(journal.status_line() or "error: the tracking store is unavailable", file=sys.stderr)
         raise SystemExit(1)

@@ -8,7 +8,9 @@ run got, so an interrupted flush repeats nothing. A store that is slow, locked
 or gone is retried with backoff while the watched process lives, and for a
 minute after; then the flusher stops, leaving the events for the next one. A
 run whose id the store no longer knows (the store was replaced) is sent again
-from its first event.
+from its first event: for a run with events still to send, always; for every run
+of the journal, when the flush is asked to `verify` (`python -m pipeline.tracking
+flush` does), since a store replaced after everything was sent has nothing pending.
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ class StoreUnavailable(Exception):
 
 
 class Flusher:
-    def __init__(self, root: Path, uri: str):
-        self.root, self.uri = Path(root), uri
+    def __init__(self, root: Path, uri: str, verify: bool = False):
+        self.root, self.uri, self.verify = Path(root), uri, verify
         self.dir = self.root / JOURNAL
         self.tag = hashlib.sha256(uri.encode()).hexdigest()[:16]
         self._client = None
@@ -69,17 +71,21 @@ class Flusher:
             out.pop()  # still being written
         return out
 
-    def pending(self) -> list[str]:
-        """Keys of this store's runs with unsent events, oldest first."""
+    def _ours(self) -> list[str]:
+        """Keys of this store's runs, oldest first."""
         runs = self.dir / "runs"
         if not runs.is_dir():
             return []
         out = []
         for d in sorted(runs.iterdir()):
             events = self._events(d.name)
-            if events and events[0].get("uri") == self.uri and len(events) > self._sent(d.name)["lines"]:
+            if events and events[0].get("uri") == self.uri:
                 out.append(d.name)
         return out
+
+    def pending(self) -> list[str]:
+        """Keys of this store's runs with unsent events, oldest first."""
+        return [k for k in self._ours() if len(self._events(k)) > self._sent(k)["lines"]]
 
     # --- MLflow
 
@@ -222,6 +228,9 @@ class Flusher:
 
     def flush_once(self) -> int:
         """Send everything pending now; the number of runs that had events."""
+        if self.verify:
+            for key in self._ours():  # a run the store lost is pending again (checked once per key)
+                self._known(key)
         keys = self.pending()
         ids: dict[str, str] = {}
         for key in keys:
@@ -250,12 +259,13 @@ def _reason(exc: BaseException) -> str:
 
 
 def run(root: Path, uri: str, watch: int | None, give_up_s: float = GIVE_UP_S, linger_s: float = LINGER_S,
-        wait: bool = False) -> bool:
+        wait: bool = False, verify: bool = False) -> bool:
     """Flush until nothing is pending and the watched process has ended; True when
-    everything was sent. With `wait`, first wait for a running flusher to finish."""
+    everything was sent. With `wait`, first wait for a running flusher to finish;
+    with `verify`, also send again every run the store no longer has."""
     from filelock import FileLock, Timeout
 
-    f = Flusher(root, uri)
+    f = Flusher(root, uri, verify=verify)
     f.dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(f.dir / "flusher.lock"))
     while True:
