@@ -151,15 +151,17 @@ def run_queue(proj: Path, jobs: int = 2, timeout: float = 600, extra_env: dict |
     """`dvc queue start -j jobs` and wait until every queued experiment ended; `dvc queue status`."""
     run(f"dvc queue start -j {jobs}", proj, extra_env=extra_env)
     deadline = time.monotonic() + timeout
+    done = False
     try:
         while True:
             status = run("dvc queue status", proj).stdout
             if "Queued" not in status and "Running" not in status:
+                done = True
                 return status
             assert time.monotonic() < deadline, status
             time.sleep(2)
-    finally:
-        run("dvc queue stop", proj, check=False)
+    finally:  # a test that gave up leaves no experiment training behind it
+        run("dvc queue stop" if done else "dvc queue stop --kill", proj, check=False)
 
 
 def assert_same_predictions(served, checkpoint: Path, data: Path, n: int = 64) -> None:

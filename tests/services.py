@@ -116,13 +116,36 @@ def start_ray_head(num_cpus: int = 2) -> tuple[str, str, callable]:
     port, token = free_port(), secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_USAGE_STATS_ENABLED="0", **ray_client_env(token))
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--num-cpus", str(num_cpus), "--include-dashboard", "false", "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, timeout=180)
+    # --block: this head lives as long as that one command, and stopping the command stops
+    # exactly this head (`ray stop` would stop every Ray of this user on the machine)
+    log = Path(tempfile.mkdtemp(prefix="cifar-ablate-ray-")) / "ray-start.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                                 "--port", str(port), "--num-cpus", str(num_cpus), "--include-dashboard", "false",
+                                 "--disable-usage-stats"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
     def stop():
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        if proc.poll() is None:
+            proc.terminate()  # the command stops its head's processes
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of it is left
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+        shutil.rmtree(log.parent, ignore_errors=True)
 
+    deadline = time.monotonic() + 180
+    while b"block forever" not in log.read_bytes():  # printed once the head is up
+        if proc.poll() is not None or time.monotonic() > deadline:
+            text = log.read_text(errors="replace")[-2000:]
+            stop()
+            raise RuntimeError(f"ray start --head failed:\n{text}")
+        time.sleep(0.2)
     return f"127.0.0.1:{port}", token, stop
 
 
