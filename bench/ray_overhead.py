@@ -17,8 +17,15 @@ warm (ray x1 minus local, divided by the jobs: task start, the data reaching
 the worker, the events coming back), and the bytes that cross between driver
 and worker per job.
 
+With --study, it also times what a user sees: the whole train stage command
+(`python -m pipeline.train`, a fresh process, imports included) on a small
+study, run in this process (the default on a CPU) and sent to a Ray head
+started once on this machine, alternated --repeat times; the difference of the
+medians is Ray's cost per study as the user pays it.
+
     python bench/ray_overhead.py                       # synthetic images
     python bench/ray_overhead.py --data data/prepared  # the prepared CIFAR-10
+    python bench/ray_overhead.py --data data/prepared --study --repeat 5
 """
 from __future__ import annotations
 
@@ -91,7 +98,14 @@ def main(argv=None) -> None:
     ap.add_argument("--jobs", type=int, default=4)
     ap.add_argument("--head", action="store_true",
                     help="also time a study sent to a Ray head started once on this machine")
+    ap.add_argument("--study", action="store_true",
+                    help="time the whole train stage command instead: in process against a Ray head (needs --data)")
+    ap.add_argument("--repeat", type=int, default=5, help="--study: runs of each variant, alternated")
     args = ap.parse_args(argv)
+    if args.study:
+        if not args.data:
+            ap.error("--study needs --data (a prepared data folder)")
+        return whole_study(args)
 
     import torch
 
@@ -165,6 +179,58 @@ def main(argv=None) -> None:
     print(f"bytes per job: data {data.nbytes / 1e6:.1f} MB once per node (object store); to the worker "
           f"{up / 1e3:.1f} kB (spec, resume state); back {per_job_back / 1e6:.2f} MB (per-epoch states, "
           f"final weights, history; local run: {max(local_back.values()) / 1e6:.2f} MB)")
+
+
+def whole_study(args) -> None:
+    """The train stage command, timed end to end: in this process against a Ray head."""
+    import statistics
+    import subprocess
+    import tempfile
+
+    import yaml
+
+    from tests.services import ray_client_env, start_ray_head
+
+    repo = Path(__file__).resolve().parents[1]
+    data = Path(args.data).resolve()
+    n_seeds = max(1, args.jobs)
+    base = {"seeds": list(range(n_seeds)), "aug": "none", "epochs": args.epochs,
+            "data": {"train_limit": args.train_images, "test_limit": args.test_images}}
+    address, token, stop = start_ray_head(os.cpu_count() or 1)
+    variants = {"in process": ({**base, "parallel": 1}, {}),
+                "Ray head": ({**base, "parallel": 1, "cluster": address}, ray_client_env(token))}
+    print(f"{platform.node()}: {os.cpu_count()} CPU(s); the train stage command on {args.train_images} train / "
+          f"{args.test_images} test images of {data}, {n_seeds} job(s) of {args.epochs} epoch(s) (simple_cnn, "
+          f"one at a time), {args.repeat} runs of each variant alternated; Ray head at {address}", flush=True)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    try:
+        for i in range(args.repeat):
+            for label, (params, extra) in variants.items():
+                with tempfile.TemporaryDirectory(prefix="ray-overhead-") as tmp:  # nothing cached
+                    (Path(tmp) / "params.yaml").write_text(yaml.safe_dump(params))
+                    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+                    env.update(extra, PYTHONPATH=str(repo))
+                    cmd = [sys.executable, "-m", "pipeline.train", "--params", "params.yaml", "--data", str(data),
+                           "--runs", "runs", "--metrics", "train.json", "--curves", "curves.csv", "--no-mlflow",
+                           "--no-progress"]
+                    t0 = time.perf_counter()
+                    out = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
+                    took = time.perf_counter() - t0
+                    if out.returncode:
+                        raise SystemExit(f"{label} failed:\n{out.stderr[-2000:]}")
+                    if label == "Ray head" and address not in out.stdout + out.stderr:
+                        raise SystemExit(f"{label}: the study did not go to the head:\n{(out.stdout + out.stderr)[-2000:]}")
+                    times[label].append(took)
+                    print(f"  run {i + 1} {label}: {took:.2f} s", flush=True)
+    finally:
+        stop()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n{'':<12}{'median s':>10}{'min s':>8}{'max s':>8}")
+    for k, v in times.items():
+        print(f"{k:<12}{med[k]:>10.2f}{min(v):>8.2f}{max(v):>8.2f}")
+    diffs = [b - a for a, b in zip(times["in process"], times["Ray head"])]
+    print(f"\nRay head minus in process, per study: median {med['Ray head'] - med['in process']:+.2f} s "
+          f"(pairwise {min(diffs):+.2f} to {max(diffs):+.2f} s; target <= {TARGET_STUDY_S:g} s)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Where jobs run: in this process, one at a time, or on Ray (this machine or a cluster).
 
 An engine takes `JobSpec`s with their resume states and hands back, as they
-happen, `(spec, event)` pairs: each `Epoch` (with the state to save), then
-`Finished`; or `Failed` (the job's own error) or `Lost` (its worker or node
+happen, `(spec, event)` pairs: `Placed` (where the job runs, once a worker
+has it), each `Epoch` (with the state to save), then `Finished`; or `Failed` (the job's own error) or `Lost` (its worker or node
 died: the driver resubmits it from its last saved state). The driver does
 everything else, so the data and results cross the network and nothing else.
 
@@ -26,6 +26,13 @@ from pipeline.training.job import Data, JobSpec, run_job
 
 GPU_JOBS_MAX = 8  # jobs sharing one GPU at most
 GIB = 1 << 30
+
+
+@dataclass
+class Placed:
+    """The job reached a worker: `where` it runs (host:node)."""
+
+    where: str
 
 
 @dataclass
@@ -141,7 +148,7 @@ def connect(address: str | None) -> tuple[str, bool | None]:
 class _Running:
     spec: JobSpec
     gen: object  # ray.ObjectRefGenerator
-    node: str = "starting"
+    node: str = ""  # until the worker says where it is
 
 
 class RayEngine:
@@ -195,10 +202,11 @@ class RayEngine:
                     ray.exceptions.OwnerDiedError, ray.exceptions.RaySystemError,
                     ray.exceptions.LocalRayletDiedError) as exc:
                 self.running.pop(job.spec.fp, None)
-                yield job.spec, Lost(f"{type(exc).__name__} on {job.node}")
+                yield job.spec, Lost(f"{type(exc).__name__} on {job.node or 'its worker'}")
                 continue
             if isinstance(event, str):
                 job.node = event
+                yield job.spec, Placed(event)
                 continue
             if type(event).__name__ == "Finished":
                 self.running.pop(job.spec.fp, None)

@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import importlib
 import json
 import math
 import os
 import signal
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,7 +222,9 @@ class Driver:
     def _handle(self, spec: JobSpec, event, arm: Arm) -> None:
         job = self.running[spec.fp]
         kind = type(event).__name__
-        if kind == "Epoch":
+        if kind == "Placed":
+            self.progress.started(spec, event.where)
+        elif kind == "Epoch":
             job.writer.save(event.state, {"run_key": job.run_key})  # on disk before anything else
             job.saved_epoch = event.state.epoch
             row = event.row
@@ -369,6 +373,19 @@ def more_seeds(params: Params, driver: Driver, progress, jobs_for, arms: dict, s
         seeds = seeds + new
 
 
+def import_torch_beside() -> threading.Thread | None:
+    """Start importing torch in a thread. The driver needs it (thread count, saving
+    checkpoints) once the first job is under way; on the Ray engine the seconds that
+    import takes then pass while Ray starts or is joined and a worker warms up,
+    instead of after. Not a daemon: the process waits for it to end, as an import cut
+    short at exit can crash the interpreter."""
+    if "torch" in sys.modules:
+        return None
+    t = threading.Thread(target=importlib.import_module, args=("torch",), name="import-torch", daemon=False)
+    t.start()
+    return t
+
+
 def with_threads(spec: JobSpec) -> JobSpec:
     """A job about to train, with this process's CPU thread count: every job of a
     study, here or on a Ray worker, then uses the same count, which keeps CPU
@@ -461,7 +478,9 @@ def main(argv=None) -> None:
 
     address = cluster_address(params.run.cluster)
     bf16 = None
+    importing = None
     if address:  # the cluster decides the device: cuda if it has GPUs (unless params say cpu)
+        importing = import_torch_beside()
         device_type, bf16 = connect(address)
         device = "cpu" if params.run.device == "cpu" else device_type
     else:
@@ -533,6 +552,8 @@ def main(argv=None) -> None:
             journal.flush_in_background()
 
         todo = [j for j in jobs if args.retrain or not (store.folder(j.fp) / "done").is_dir()]
+        if todo and importing is None:
+            importing = import_torch_beside()
         engine = make_engine(data, todo, params.run.parallel, params.run.cluster, device_type, progress.step)
         _set_signals(_on_signal)  # again: Ray's start sets a SIGTERM handler of its own
         driver = Driver(params, store, runs, identity, engine, journal, parent, provenance, args.retrain,
