@@ -43,8 +43,10 @@ def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, f
     arms = list(accs)
     seeds = list(range(len(next(iter(accs.values())))))
     labels = np.repeat(np.arange(10), images_per_class)
-    names = {a: a.split("=")[1] for a in arms}
-    params = parse_params({"study": "made-up", "seeds": seeds, "aug": [names[a] for a in arms], "epochs": 3})
+    axes = {a: dict(kv.split("=") for kv in a.split(",")) for a in arms}  # "aug=none,dropout=0.0"
+    values = {k: list(dict.fromkeys(axes[a][k] for a in arms)) for k in axes[arms[0]]}
+    params = parse_params({"study": "made-up", "seeds": seeds, "aug": values.pop("aug"), "epochs": 3,
+                           "knobs": {k: [float(v) for v in vs] for k, vs in values.items()}})
     evals = {}
     for arm in arms:
         for s in seeds:
@@ -61,7 +63,7 @@ def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, f
     facts = {a: ModelFacts(model="simple_cnn", knobs=(knobs or {}).get(a, {"dropout": 0.5}), params=545_290,
                            trainable_params=545_290, flops=12_260_000, macs=6_130_000, flops_convention="2 x MACs",
                            receptive_field=10, layers=[]) for a in arms}
-    summary = core.compare(evals, arms, seeds, arms[0], 0.95, 200, 6, labels, facts)
+    summary = core.compare(evals, arms, seeds, arms[0], 0.95, 200, 6, labels, facts, axes)
     history = [HistoryRow(epoch=e, train_loss=1.0 / e, train_acc=0.5 + 0.1 * e, test_loss=1.0 / e,
                           test_acc=0.4 + 0.1 * e, lr=1e-3, epoch_seconds=1.0, images_per_second=100.0)
                for e in (1, 2, 3)]
@@ -242,6 +244,39 @@ def test_model_facts_show_what_a_knob_changed():
     _, page = render(inp)
     rows = Tables(page).tables["facts-table"]
     assert rows[1][2] == "-" and rows[2][2] == "dropout=0.25"
+
+
+def test_a_crossed_study_shows_each_factor_within_the_others_and_their_interaction():
+    # augmentation helps by 6 points without dropout and not at all with it
+    inp = fake_inputs({"aug=none,dropout=0.0": [0.70, 0.71, 0.70], "aug=standard,dropout=0.0": [0.76, 0.77, 0.76],
+                       "aug=none,dropout=0.5": [0.72, 0.73, 0.72], "aug=standard,dropout=0.5": [0.72, 0.72, 0.73]},
+                      images_per_class=1000)
+    md, page = render(inp)
+    s = inp.summary
+    assert [(e.factor, e.value, e.at) for e in s.effects] == [
+        ("aug", "standard", {"dropout": "0.0"}), ("aug", "standard", {"dropout": "0.5"}),
+        ("dropout", "0.5", {"aug": "none"}), ("dropout", "0.5", {"aug": "standard"})]
+    rows = Tables(page).tables["effects-table"]
+    assert len(rows) == 1 + len(s.effects)
+    for row, e in zip(rows[1:], s.effects):
+        assert row[:3] == [e.factor, f"{e.value} vs {e.reference}", ", ".join(f"{k}={v}" for k, v in e.at.items())]
+        assert close(float(row[3].split()[0].replace("\u2212", "-")), e.test_acc.diff)
+        assert row[6] == ("yes" if e.p_adjusted is not None and e.p_adjusted < 0.05 else "no")
+    assert rows[1][6] == "yes" and rows[2][6] == "no"  # the seeds support the gain at dropout 0 only
+    (inter,) = s.interactions
+    assert inter.factor == "aug" and inter.other == "dropout" and inter.contrast.p < 0.05
+    m = [np.mean(v) for v in ([0.72, 0.72, 0.73], [0.72, 0.73, 0.72], [0.76, 0.77, 0.76], [0.70, 0.71, 0.70])]
+    assert abs(inter.contrast.ci.estimate - (m[0] - m[1] - m[2] + m[3])) < 0.02  # accuracies drawn around these
+    irows = Tables(page).tables["interactions-table"]
+    assert irows[1][:2] == ["aug=standard vs none", "dropout=0.5 vs 0.0"] and irows[1][6] == "yes"
+    head = re.sub(r"<[^>]+>", "", headline(page))
+    assert "aug, the other factors held fixed" in head and "Does one factor's effect depend on another? Yes" in head
+    assert "Each factor within the others" in md
+
+
+def test_a_study_with_one_axis_has_no_factor_section():
+    _, page = render(fake_inputs({"aug=none": [0.7, 0.71], "aug=standard": [0.72, 0.73]}))
+    assert "effects-table" not in Tables(page).tables and "held fixed" not in page
 
 
 def test_single_seed_study_shows_the_warning_and_makes_no_claim():

@@ -373,3 +373,45 @@ def test_stats_error_is_a_pipeline_error():
     from pipeline.core.errors import PipelineError
 
     assert issubclass(StatsError, PipelineError) and issubclass(StatsError, ValueError)
+
+
+def test_a_two_group_contrast_is_welchs_test_and_an_interaction_is_a_difference_of_differences():
+    a, b = [0.70, 0.72, 0.69], [0.66, 0.67, 0.69, 0.65]
+    w, c = stats.welch(a, b), stats.contrast([a, b], (1, -1))
+    assert c.p == pytest.approx(w.p, rel=1e-12) and c.dof == pytest.approx(w.dof, rel=1e-12)
+    assert (c.ci.low, c.ci.high) == pytest.approx((w.ci.low, w.ci.high), rel=1e-12)
+    cells = [[0.76, 0.77, 0.76], [0.70, 0.71, 0.70], [0.72, 0.72, 0.73], [0.72, 0.73, 0.72]]
+    inter = stats.contrast(cells, (1, -1, -1, 1))
+    m = [np.mean(x) for x in cells]
+    assert inter.ci.estimate == pytest.approx(m[0] - m[1] - m[2] + m[3])
+    assert inter.ci.low < inter.ci.estimate < inter.ci.high and 0 < inter.p < 0.01
+    one = stats.contrast([[0.7], [0.6, 0.61]], (1, -1))
+    assert one.p is None and one.ci.low is None and one.reason == stats.SINGLE_SEED
+    with pytest.raises(stats.StatsError, match="one weight per group"):
+        stats.contrast([a, b], (1, -1, 1))
+
+
+def test_factor_effects_compare_each_value_within_every_combination_of_the_others():
+    from types import SimpleNamespace
+
+    from pipeline.evaluate.core import factor_effects
+
+    axes, rows = {}, {}
+    rng = np.random.default_rng(1)
+    for aug in ("none", "standard"):
+        for d in ("0.0", "0.25", "0.5"):
+            arm = f"aug={aug},dropout={d}"
+            axes[arm] = {"aug": aug, "dropout": d}
+            rows[arm] = [SimpleNamespace(test_acc=0.7 + x, gap_clean=0.1 + x) for x in rng.normal(0, 0.005, 3)]
+    effects, interactions = factor_effects(rows, axes, "aug=none,dropout=0.0", 0.95)
+    assert [(e.factor, e.value, e.at["dropout" if e.factor == "aug" else "aug"]) for e in effects] == [
+        ("aug", "standard", "0.0"), ("aug", "standard", "0.25"), ("aug", "standard", "0.5"),
+        ("dropout", "0.25", "none"), ("dropout", "0.5", "none"), ("dropout", "0.25", "standard"),
+        ("dropout", "0.5", "standard")]
+    for e in effects:  # each is the plain Welch test of its two arms, Holm within its factor
+        assert e.test_acc == stats.welch([r.test_acc for r in rows[e.arm]], [r.test_acc for r in rows[e.reference_arm]])
+    aug_p = stats.adjust([e.test_acc.p for e in effects[:3]])
+    assert [e.p_adjusted for e in effects[:3]] == aug_p
+    assert [(i.value, i.other_value) for i in interactions] == [("standard", "0.25"), ("standard", "0.5")]
+    one_axis = {a: {"aug": v["aug"]} for a, v in axes.items() if v["dropout"] == "0.0"}
+    assert factor_effects({a: rows[a] for a in one_axis}, one_axis, "aug=none,dropout=0.0", 0.95) == ([], [])

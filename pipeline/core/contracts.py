@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.stats import Bootstrap, ClassDiff, McNemar, MeanCI, Power, Welch
+from pipeline.core.stats import Bootstrap, ClassDiff, Contrast, McNemar, MeanCI, Power, Welch
 
 CHECKPOINTS = {"last": "model.pt", "best": "best.pt"}  # which -> file name in a run's folder
 
@@ -262,6 +262,38 @@ class ModelFacts(Contract):
     layers: list[dict]
 
 
+class Effect(Contract):
+    """One factor's value against its reference value, the other factors held at `at`
+    (a study with several axes): arm - reference_arm, over seeds, last checkpoint."""
+
+    factor: str  # the axis, e.g. "aug"
+    value: str
+    reference: str  # the baseline arm's value of this axis
+    at: dict[str, str]  # the other axes' values
+    arm: str
+    reference_arm: str
+    test_acc: Welch
+    gap_clean: Welch  # clean train-test gap, arm - reference arm
+    p_adjusted: float | None  # Holm over this factor's effects
+    verdict: str
+
+
+class Interaction(Contract):
+    """Whether `factor`'s effect (value vs reference) differs between two values of
+    `other`: (a1 b1 - a0 b1) - (a1 b0 - a0 b0) over seeds, test accuracy."""
+
+    factor: str
+    value: str
+    reference: str
+    other: str
+    other_value: str
+    other_reference: str
+    at: dict[str, str]  # any further axes' values
+    contrast: Contrast
+    p_adjusted: float | None  # Holm over the study's interactions
+    verdict: str
+
+
 class Summary(Contract):
     """evaluation/summary.json: every statistic the report shows."""
 
@@ -272,3 +304,6 @@ class Summary(Contract):
     classes: list[str]
     checkpoints: dict[str, CheckpointSummary]
     model_facts: dict[str, ModelFacts]  # per arm
+    # a study with two or more axes: each factor within the others, and their interactions
+    effects: list[Effect] = []
+    interactions: list[Interaction] = []

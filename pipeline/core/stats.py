@@ -250,6 +250,54 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> W
                  ci=Interval(estimate=diff, low=float(ci.low), high=float(ci.high), confidence=c))
 
 
+class Contrast(_Result):
+    """A linear contrast of group means over seeds, sum(w_i * mean_i), with
+    Welch-Satterthwaite degrees of freedom (unequal variances); `ci.estimate` is
+    the contrast. Weights (1, -1) give Welch's t-test of two groups."""
+
+    weights: tuple[float, ...]
+    n: tuple[int, ...]
+    means: tuple[float, ...]
+    ci: Interval
+    dof: float | None
+    t: float | None
+    p: float | None  # two-sided
+    reason: str | None = None
+
+
+def contrast(groups: Sequence[Sequence[float]], weights: Sequence[float], confidence: float = 0.95) -> Contrast:
+    """Test sum(w_i * mean(group_i)) = 0 over seeds, each group with its own
+    variance (standard error sqrt(sum w_i^2 s_i^2 / n_i), Welch-Satterthwaite dof).
+
+    With weights (1, -1, -1, 1) on the cells (a1 b1, a0 b1, a1 b0, a0 b0) of two
+    factors, it asks whether a1's effect over a0 differs between b1 and b0: their
+    interaction. Missing spread is treated as in `welch`."""
+    c = _check_confidence(confidence)
+    if len(groups) != len(weights) or not groups:
+        raise StatsError(f"contrast needs one weight per group, got {len(groups)} groups and {len(weights)} weights")
+    xs = [_values(g, f"group {i}") for i, g in enumerate(groups)]
+    w = np.asarray(weights, dtype=float)
+    n = tuple(int(x.size) for x in xs)
+    means = tuple(_mean(x) for x in xs)
+    est = float(sum(wi * m for wi, m in zip(w, means)))
+    none = Interval(estimate=est, low=None, high=None, confidence=c)
+    base = dict(weights=tuple(float(v) for v in w), n=n, means=means)
+    if min(n) < 2:
+        return Contrast(**base, ci=none, dof=None, t=None, p=None, reason=SINGLE_SEED)
+    terms = np.array([wi * wi * x.var(ddof=1) / x.size for wi, x in zip(w, xs)])
+    var = float(terms.sum())
+    if var == 0.0:
+        p, t = (1.0, 0.0) if est == 0.0 else (None, None)
+        return Contrast(**base, ci=none, dof=None, t=t, p=p, reason=ZERO_VARIANCE)
+    dof = var ** 2 / float(sum(tv ** 2 / (x.size - 1) for tv, x in zip(terms, xs) if tv > 0))
+    se = math.sqrt(var)
+    t_dist = _scipy().t
+    t = est / se
+    half = float(t_dist.ppf(0.5 + c / 2, dof)) * se
+    return Contrast(**base, ci=Interval(estimate=est, low=est - half, high=est + half, confidence=c), dof=dof,
+                    t=t, p=float(min(1.0, 2 * t_dist.sf(abs(t), dof))))
+
+
 def power(a: Sequence[float], b: Sequence[float], alpha: float, target: float,
           power_: float = POWER) -> Power:
     """The smallest difference a two-sample t-test over these seeds detects with

@@ -11,6 +11,8 @@ from pipeline.core.contracts import (
     CheckpointSummary,
     Comparison,
     Confusion,
+    Effect,
+    Interaction,
     ModelFacts,
     Summary,
 )
@@ -66,9 +68,88 @@ def _arm_summary(rows: list[CheckpointEval], conf: float, top_n: int) -> ArmSumm
         confusion=cm.tolist(), top_confusions=top_confusions(cm, top_n))
 
 
+def factors(axes: dict[str, dict[str, str]]) -> dict[str, list[str]]:
+    """The axes that vary across the arms, each with its values in the arms' order."""
+    out: dict[str, list[str]] = {}
+    for values in axes.values():
+        for k, v in values.items():
+            out.setdefault(k, [])
+            if v not in out[k]:
+                out[k].append(v)
+    return {k: v for k, v in out.items() if len(v) > 1}
+
+
+def factor_effects(rows: dict[str, list[CheckpointEval]], axes: dict[str, dict[str, str]], baseline: str,
+                   confidence: float) -> tuple[list[Effect], list[Interaction]]:
+    """In a study with two or more axes: each factor's values against the baseline's
+    value of it, within every combination of the other factors (Welch over seeds,
+    test accuracy and clean gap; Holm over each factor's effects), and for every two
+    factors whether one's effect differs between the other's values (a Welch
+    contrast of four cells; Holm over the study's interactions). With one axis the
+    comparisons with the baseline already say it all: nothing here."""
+    varying = factors(axes)
+    if len(varying) < 2:
+        return [], []
+    alpha = 1 - confidence
+    cell = {tuple(sorted((k, axes[a][k]) for k in varying)): a for a in axes}
+
+    def arm_at(values: dict[str, str]) -> str | None:
+        return cell.get(tuple(sorted(values.items())))
+
+    acc = {a: [r.test_acc for r in rows[a]] for a in rows}
+    gap = {a: [r.gap_clean for r in rows[a]] for a in rows}
+    ref = {k: axes[baseline][k] for k in varying}
+    others_of = {k: [o for o in varying if o != k] for k in varying}
+    effects: list[Effect] = []
+    for factor, values in varying.items():
+        mine = []
+        for at_combo in _combinations({o: varying[o] for o in others_of[factor]}):
+            ref_arm = arm_at({**at_combo, factor: ref[factor]})
+            for v in values:
+                arm = arm_at({**at_combo, factor: v})
+                if v == ref[factor] or arm is None or ref_arm is None:
+                    continue
+                mine.append((v, at_combo, arm, ref_arm, stats.welch(acc[arm], acc[ref_arm], confidence),
+                             stats.welch(gap[arm], gap[ref_arm], confidence)))
+        adjusted = stats.adjust([m[4].p for m in mine], CORRECTION)
+        for (v, at_combo, arm, ref_arm, w, g), q in zip(mine, adjusted):
+            effects.append(Effect(factor=factor, value=v, reference=ref[factor], at=at_combo, arm=arm,
+                                  reference_arm=ref_arm, test_acc=w, gap_clean=g, p_adjusted=q,
+                                  verdict=stats.verdict(w.ci, q, alpha, w.reason,
+                                                        "Holm" if len(mine) > 1 else None)))
+    pending = []
+    names = list(varying)
+    for i, factor in enumerate(names):
+        for other in names[i + 1:]:
+            rest = {o: varying[o] for o in names if o not in (factor, other)}
+            for at_combo in _combinations(rest):
+                for v in varying[factor]:
+                    for ov in varying[other]:
+                        if v == ref[factor] or ov == ref[other]:
+                            continue
+                        four = [arm_at({**at_combo, factor: fv, other: ow})
+                                for fv, ow in ((v, ov), (ref[factor], ov), (v, ref[other]), (ref[factor], ref[other]))]
+                        if None in four:
+                            continue
+                        c = stats.contrast([acc[a] for a in four], (1, -1, -1, 1), confidence)
+                        pending.append((factor, v, other, ov, at_combo, c))
+    adjusted = stats.adjust([m[5].p for m in pending], CORRECTION)
+    interactions = [Interaction(factor=f, value=v, reference=ref[f], other=o, other_value=ov,
+                                other_reference=ref[o], at=at_combo, contrast=c, p_adjusted=q,
+                                verdict=stats.verdict(c.ci, q, alpha, c.reason, "Holm" if len(pending) > 1 else None))
+                    for (f, v, o, ov, at_combo, c), q in zip(pending, adjusted)]
+    return effects, interactions
+
+
+def _combinations(axes: dict[str, list[str]]) -> list[dict[str, str]]:
+    import itertools
+
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
 def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, dict]], arms: list[str], seeds: list[int],
             baseline: str, confidence: float, bootstrap: int, top_n: int, labels: np.ndarray,
-            facts: dict[str, ModelFacts]) -> Summary:
+            facts: dict[str, ModelFacts], axes: dict[str, dict[str, str]] | None = None) -> Summary:
     """Statistics across seeds per arm, and each arm against the baseline.
 
     Over seeds (does the recipe differ?): Welch's t on test accuracy, Holm across
@@ -106,10 +187,13 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, dict]], arms
                 verdict=stats.verdict(w.ci, adjusted[a], alpha, w.reason,
                                       "Holm" if len(others) > 1 else None))
         out[which] = CheckpointSummary(arms=summaries, comparisons=comparisons)
+    last = {a: [evals[(a, s, "last")][0] for s in seeds] for a in arms}
+    effects, interactions = factor_effects(last, axes or {}, baseline, confidence)
     return Summary(baseline=baseline, confidence=confidence,
                    correction=f"{CORRECTION} over the {len(arms) - 1} comparison(s) with the baseline; "
                               f"{CORRECTION} over the {len(CLASSES)} classes of each comparison",
-                   seeds=list(seeds), classes=list(CLASSES), checkpoints=out, model_facts=facts)
+                   seeds=list(seeds), classes=list(CLASSES), checkpoints=out, model_facts=facts,
+                   effects=effects, interactions=interactions)
 
 
 def headline(summary: Summary, arms: list[str]) -> dict:

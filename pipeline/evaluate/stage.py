@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.config import Params, load_params
+from pipeline.core.schema import show
 from pipeline.core.contracts import (
     CHECKPOINTS,
     CheckpointEval,
@@ -221,7 +222,8 @@ def main(argv=None) -> None:
     facts = {a.name: _facts(a.train.model, a.train.knobs, cache) for a in params.arms}
     summary = core.compare({k: (v[0], v[1]) for k, v in evals.items()}, record.arms, record.seeds,
                            params.baseline.name, params.report.confidence, params.report.bootstrap,
-                           params.report.top_confusions, labels, facts)
+                           params.report.top_confusions, labels, facts,
+                           {a.name: {k: show(v) for k, v in a.axes.items()} for a in params.arms})
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
         for (arm, seed, which), (ev, arrays, filters) in evals.items():

@@ -268,8 +268,83 @@ def _headline(ctx: _Ctx) -> list:
                          f"{stats.p_phrase(boot.p, ctx.alpha)}), but not across seeds: that speaks for these "
                          "models, not for the recipe.")
         blocks.append(para(*parts, tone=tone))
+    blocks.extend(_factor_headline(ctx))
     if ctx.others:
         blocks.append(para(("b", "What this does not show."), " " + _limits(ctx)))
+    return blocks
+
+
+def _where(at: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in at.items()) or "(no other factor)"
+
+
+def _factor_headline(ctx: _Ctx) -> list:
+    """A study with several axes: each factor within the others, in one paragraph per
+    factor, and the interactions in one more."""
+    s = ctx.inp.summary
+    if not s.effects:
+        return []
+    blocks = []
+    for factor in dict.fromkeys(e.factor for e in s.effects):
+        mine = [e for e in s.effects if e.factor == factor]
+        parts = [("b", f"{factor}, the other factors held fixed"), f" ({factor}={mine[0].reference} is the "
+                 "reference; Welch's t over seeds" + (f", Holm-adjusted over {len(mine)} comparisons" if len(mine) > 1
+                                                      else "") + "):"]
+        for i, e in enumerate(mine):
+            parts += [" " if i == 0 else "; ", ("b", f"{factor}={e.value}"), f" at {_where(e.at)}: {e.verdict}, "
+                      f"clean gap {diff_ci(e.gap_clean.ci)} points"]
+        parts.append(".")
+        tones = {_effect_tone(e.test_acc.diff, e.p_adjusted, ctx.alpha) for e in mine}
+        blocks.append(para(*parts, tone=tones.pop() if len(tones) == 1 else "neutral"))
+    if s.interactions:
+        sig = [i for i in s.interactions if stats.significant(i.p_adjusted, ctx.alpha)]
+        parts = [("b", "Does one factor's effect depend on another?"), " "]
+        if sig:
+            parts.append("Yes: " + "; ".join(
+                f"at {i.other}={i.other_value}" + (f" ({_where(i.at)})" if i.at else "") + f", the effect of "
+                f"{i.factor}={i.value} (vs {i.reference}) differs from its effect at {i.other}={i.other_reference} "
+                f"by {i.verdict}" for i in sig) + ".")
+        else:
+            parts.append(f"None of the {len(s.interactions)} interaction(s) tested is significant: the seeds do not "
+                         "show one factor's effect changing with another (which is not evidence that it does not).")
+        parts.append(" Section 2 lists every effect and interaction.")
+        blocks.append(para(*parts))
+    return blocks
+
+
+def _effect_tone(diff: float, p: float | None, alpha: float) -> str:
+    if not stats.significant(p, alpha):
+        return "neutral"
+    return "good" if diff > 0 else "bad"
+
+
+def _factor_tables(ctx: _Ctx) -> list:
+    s = ctx.inp.summary
+    if not s.effects:
+        return []
+    rows = [[e.factor, f"{e.value} vs {e.reference}", _where(e.at), diff_ci(e.test_acc.ci),
+             stats.format_p(e.test_acc.p, ctx.alpha), stats.format_p(e.p_adjusted, ctx.alpha),
+             "yes" if stats.significant(e.p_adjusted, ctx.alpha) else "no", diff_ci(e.gap_clean.ci)]
+            for e in s.effects]
+    blocks = [Heading("Each factor within the others"),
+              Table(["Factor", "Value vs reference", "Other factors at", f"Δ test acc over seeds [{ctx.clabel}]",
+                     "p (Welch)", "p (Holm)", "significant", f"Δ clean gap [{ctx.clabel}]"], rows,
+                    {3, 4, 5, 6, 7}, "effects-table",
+                    "The arm with the value minus the arm with the reference value, every other factor the same, "
+                    "in points over seeds (Welch). Holm adjusts over each factor's comparisons. The reference is "
+                    f"the baseline's value ({s.baseline}).")]
+    if s.interactions:
+        irows = [[f"{i.factor}={i.value} vs {i.reference}", f"{i.other}={i.other_value} vs {i.other_reference}",
+                  _where(i.at), diff_ci(i.contrast.ci), stats.format_p(i.contrast.p, ctx.alpha),
+                  stats.format_p(i.p_adjusted, ctx.alpha),
+                  "yes" if stats.significant(i.p_adjusted, ctx.alpha) else "no"] for i in s.interactions]
+        blocks.append(Table(["Effect of", "changes between", "Other factors at",
+                             f"Δ of the effect [{ctx.clabel}]", "p", "p (Holm)", "significant"], irows,
+                            {3, 4, 5, 6}, "interactions-table",
+                            "Interaction: the effect of the first factor's value at the second factor's value minus "
+                            "its effect at the second factor's reference, in points over seeds: a contrast of the "
+                            "four arms' means with Welch-Satterthwaite degrees of freedom (each arm its own "
+                            "variance). Holm adjusts over the study's interactions."))
     return blocks
 
 
@@ -342,6 +417,7 @@ def _ablation(ctx: _Ctx) -> list:
                        f"({_boot_n(ctx)} resamples, stratified by class) and an exact McNemar test per matched "
                        "seed ask whether these trained models differ on this test set. Significant means "
                        f"p < {ctx.alpha:g}."))
+    blocks.extend(_factor_tables(ctx))
     best = ctx.inp.summary.checkpoints.get("best")
     if best:
         rows = [[arm, mean_pm(best.arms[arm].test_acc), best.comparisons[arm].verdict if arm in best.comparisons
