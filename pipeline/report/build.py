@@ -440,21 +440,56 @@ def arm_colours(arms) -> dict[str, str]:
     return {arm: cycle[i % len(cycle)] for i, arm in enumerate(arms)}
 
 
+TREND_EPOCHS = 5  # the end of a run whose trend the report reads
+
+
+def trend(test_acc: list[float], k: int = TREND_EPOCHS) -> tuple[int, float, float]:
+    """Of one run's per-epoch test accuracy: the epoch it peaked (1-based, the first
+    if tied), last minus peak, and the least-squares slope over the last `k` epochs
+    (per epoch)."""
+    acc = np.asarray(test_acc, dtype=float)
+    best = int(np.argmax(acc))
+    tail = acc[-min(k, len(acc)):]
+    slope = float(np.polyfit(np.arange(len(tail)), tail, 1)[0]) if len(tail) > 1 else 0.0
+    return best + 1, float(acc[-1] - acc[best]), slope
+
+
 def _curves(ctx: _Ctx) -> list:
     curves = {arm: {s: [r.model_dump() for r in rows] for s, rows in ctx.inp.histories[arm].items()}
               for arm in ctx.arms}
-    last_epochs = []
-    for arm in ctx.arms:
-        vals = [rows[-1].test_acc - rows[-2].test_acc for rows in ctx.inp.histories[arm].values() if len(rows) > 1]
-        if vals and np.mean(vals) > 0:
-            last_epochs.append(arm)
     blocks = [Figure("learning_curves", "learning_curves", {"curves": curves, "colours": arm_colours(ctx.arms)},
                      "Test accuracy and train loss per epoch, one colour per arm",
                      "Mean over seeds (line) and min-max over seeds (band). Train loss is the running loss over "
                      "the (augmented) training batches of each epoch.")]
-    if last_epochs:
-        blocks.append(para("Still improving at the last epoch (mean test accuracy rose over the last epoch): ",
-                           ("b", ", ".join(last_epochs)), ". A longer budget may change the comparison."))
+    epochs = min(len(rows) for arm in ctx.arms for rows in ctx.inp.histories[arm].values())
+    if epochs < 3:
+        return blocks
+    k = min(TREND_EPOCHS, epochs)
+    rows, rising, past = [], [], []
+    for arm in ctx.arms:
+        seeds = sorted(ctx.inp.histories[arm])
+        t = [trend([r.test_acc for r in ctx.inp.histories[arm][s]], k) for s in seeds]
+        n = len(ctx.inp.histories[arm][seeds[0]])
+        slopes = [x[2] for x in t]
+        if all(sl > 0 for sl in slopes):
+            rising.append(arm)
+        elif all(sl < 0 and best <= n - k for best, _, sl in t):
+            past.append(arm)
+        rows.append([arm, ", ".join(str(x[0]) for x in t), stats.points(float(np.mean([x[1] for x in t]))),
+                     f"{stats.points(float(np.mean(slopes)))} [{stats.points(min(slopes))}, "
+                     f"{stats.points(max(slopes))}]"])
+    blocks.append(Table(["Arm", "epoch of the peak, per seed", "last - peak (points, mean)",
+                         f"slope over the last {k} epochs (points/epoch, mean [min, max] over seeds)"],
+                        rows, {2, 3}, "trend-table",
+                        "Test accuracy per epoch, read descriptively: the peak is chosen on the test set "
+                        "(optimistic), so it says where a curve turned, not what the recipe reaches."))
+    if rising:
+        blocks.append(para(f"Still rising at the end in every seed (test accuracy's slope over the last {k} epochs "
+                           "above zero): ", ("b", ", ".join(rising)),
+                           ". A longer budget may change the comparison."))
+    if past:
+        blocks.append(para(f"Past its peak in every seed (peak before the last {k} epochs, falling since): ",
+                           ("b", ", ".join(past)), ": these arms overfit within the budget."))
     return blocks
 
 
