@@ -377,11 +377,11 @@ def test_the_curves_section_says_which_arms_still_rise_and_which_are_past_their_
     inp = fake_inputs({"aug=none": [0.7, 0.71], "aug=standard": [0.72, 0.73]})
     peaked = [0.50, 0.60, 0.66, 0.70, 0.69, 0.68, 0.67, 0.66, 0.65, 0.645]  # peaks at epoch 4
     rising = [0.40, 0.50, 0.55, 0.60, 0.62, 0.64, 0.66, 0.68, 0.69, 0.71]
-    row = lambda e, acc: HistoryRow(epoch=e, train_loss=0.5, train_acc=0.8, test_loss=1.0, test_acc=acc,  # noqa: E731
+    row = lambda e, acc: HistoryRow(epoch=e, train_loss=0.5, train_acc=0.8, test_loss=1.0, test_acc=acc,
                                     lr=1e-3, epoch_seconds=1.0, images_per_second=100.0)
     inp.histories = {"aug=none": {s: [row(e + 1, a + 0.001 * s) for e, a in enumerate(peaked)] for s in (0, 1)},
                      "aug=standard": {s: [row(e + 1, a - 0.001 * s) for e, a in enumerate(rising)] for s in (0, 1)}}
-    md, page = render(inp)
+    _, page = render(inp)
     rows = Tables(page).tables["trend-table"]
     assert rows[1][:2] == ["aug=none", "4, 4"] and rows[2][:2] == ["aug=standard", "10, 10"]
     assert float(rows[1][2].replace("\u2212", "-")) == pytest.approx(-5.5, abs=0.01)  # 0.645 - 0.70

@@ -281,7 +281,7 @@ def contrast(groups: Sequence[Sequence[float]], weights: Sequence[float], confid
     means = tuple(_mean(x) for x in xs)
     est = float(sum(wi * m for wi, m in zip(w, means)))
     none = Interval(estimate=est, low=None, high=None, confidence=c)
-    base = dict(weights=tuple(float(v) for v in w), n=n, means=means)
+    base = {"weights": tuple(float(v) for v in w), "n": n, "means": means}
     if min(n) < 2:
         return Contrast(**base, ci=none, dof=None, t=None, p=None, reason=SINGLE_SEED)
     terms = np.array([wi * wi * x.var(ddof=1) / x.size for wi, x in zip(w, xs)])
