@@ -391,3 +391,15 @@ def test_the_curves_section_says_which_arms_still_rise_and_which_are_past_their_
     assert "Still rising at the end in every seed (test accuracy's slope over the last 5 epochs above zero): " \
            "aug=standard." in text
     assert "Past its peak in every seed (peak before the last 5 epochs, falling since): aug=none:" in text
+
+
+def test_the_parent_runs_description_of_a_crossed_study_states_each_factor_and_interaction():
+    from pipeline.evaluate.tracking import parent_description
+
+    inp = fake_inputs({"aug=none,dropout=0.0": [0.70, 0.71, 0.70], "aug=standard,dropout=0.0": [0.76, 0.77, 0.76],
+                       "aug=none,dropout=0.5": [0.72, 0.73, 0.72], "aug=standard,dropout=0.5": [0.72, 0.72, 0.73]})
+    text = parent_description(inp.summary, inp.record)
+    for e in inp.summary.effects:
+        assert f"{e.factor}={e.value} vs {e.reference} at " in text and e.verdict in text
+    (i,) = inp.summary.interactions
+    assert f"Interaction: the effect of aug=standard (vs none) at dropout=0.5 minus at dropout=0.0: {i.verdict}." in text

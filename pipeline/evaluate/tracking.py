@@ -55,6 +55,12 @@ def parent_description(summary: Summary, record: StudyRecord) -> str:
         c = last.comparisons.get(arm)
         if c is not None:
             text.append(f"{arm} vs {summary.baseline}: {c.verdict}.")
+    for e in summary.effects:  # a crossed study: each factor within the others
+        where = ", ".join(f"{k}={v}" for k, v in e.at.items())
+        text.append(f"{e.factor}={e.value} vs {e.reference} at {where}: {e.verdict}.")
+    for i in summary.interactions:
+        text.append(f"Interaction: the effect of {i.factor}={i.value} (vs {i.reference}) at {i.other}={i.other_value} "
+                    f"minus at {i.other}={i.other_reference}: {i.verdict}.")
     text.append("Clean train-test gap: " + ", ".join(f"{a} {pm(last.arms[a].gap_clean, unit=' points')}"
                                                     for a in arms)
                 + f". The report: reports/{record.study}/report.html.")
