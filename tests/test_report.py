@@ -390,7 +390,8 @@ def test_the_curves_section_says_which_arms_still_rise_and_which_are_past_their_
     text = re.sub(r"<[^>]+>", "", html.unescape(page))
     assert "Still rising at the end in every seed (test accuracy's slope over the last 5 epochs above zero): " \
            "aug=standard." in text
-    assert "Past its peak in every seed (peak before the last 5 epochs, falling since): aug=none:" in text
+    assert "Test accuracy fell after its peak in every seed (the peak before the last 5 epochs, the slope since " \
+           "below zero): aug=none." in text
 
 
 def test_the_parent_runs_description_of_a_crossed_study_states_each_factor_and_interaction():

@@ -389,6 +389,15 @@ def test_a_two_group_contrast_is_welchs_test_and_an_interaction_is_a_difference_
     assert one.p is None and one.ci.low is None and one.reason == stats.SINGLE_SEED
     with pytest.raises(stats.StatsError, match="one weight per group"):
         stats.contrast([a, b], (1, -1, 1))
+    with pytest.raises(stats.StatsError, match="not all zero"):
+        stats.contrast([a, b], (0, 0))
+    # identical seeds in every cell: no spread, so no test (rounding must not make one)
+    flat = stats.contrast([[0.81] * 3, [0.7] * 3, [0.6] * 3, [0.5] * 3], (1, -1, -1, 1))
+    assert flat.p is None and flat.ci.low is None and flat.reason == stats.ZERO_VARIANCE_ALL
+    even = stats.contrast([[0.8] * 3, [0.7] * 3, [0.6] * 3, [0.5] * 3], (1, -1, -1, 1))  # cancels to 1e-16
+    assert even.p == 1.0
+    # a group with weight 0 does not count, even with one value
+    assert stats.contrast([a, b, [0.5]], (1, -1, 0)).p == pytest.approx(w.p, rel=1e-12)
 
 
 def test_factor_effects_compare_each_value_within_every_combination_of_the_others():

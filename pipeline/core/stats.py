@@ -29,6 +29,7 @@ from pipeline.core.errors import PipelineError
 
 SINGLE_SEED = "single seed: no confidence interval"
 ZERO_VARIANCE = "zero variance in both groups: the t-test is undefined"
+ZERO_VARIANCE_ALL = "zero variance in every group: the test is undefined"
 MINUS = "-"  # ASCII hyphen-minus, not U+2212: greppable, and safe in logs, CSV and terminals
 POWER = 0.8  # the power at which a "detectable difference" is stated
 
@@ -275,21 +276,26 @@ def contrast(groups: Sequence[Sequence[float]], weights: Sequence[float], confid
     c = _check_confidence(confidence)
     if len(groups) != len(weights) or not groups:
         raise StatsError(f"contrast needs one weight per group, got {len(groups)} groups and {len(weights)} weights")
-    xs = [_values(g, f"group {i}") for i, g in enumerate(groups)]
     w = np.asarray(weights, dtype=float)
+    if not np.all(np.isfinite(w)) or not np.any(w):
+        raise StatsError(f"contrast weights must be finite and not all zero, got {list(weights)}")
+    xs = [_values(g, f"group {i}") for i, g in enumerate(groups)]
     n = tuple(int(x.size) for x in xs)
     means = tuple(_mean(x) for x in xs)
     est = float(sum(wi * m for wi, m in zip(w, means)))
     none = Interval(estimate=est, low=None, high=None, confidence=c)
     base = {"weights": tuple(float(v) for v in w), "n": n, "means": means}
-    if min(n) < 2:
+    used = [(wi, x) for wi, x in zip(w, xs) if wi != 0.0]
+    if min(x.size for _, x in used) < 2:
         return Contrast(**base, ci=none, dof=None, t=None, p=None, reason=SINGLE_SEED)
-    terms = np.array([wi * wi * x.var(ddof=1) / x.size for wi, x in zip(w, xs)])
+    # identical values have no spread, whatever rounding leaves in var(): as in `welch`
+    terms = np.array([0.0 if np.ptp(x) == 0 else wi * wi * x.var(ddof=1) / x.size for wi, x in used])
     var = float(terms.sum())
     if var == 0.0:
-        p, t = (1.0, 0.0) if est == 0.0 else (None, None)
-        return Contrast(**base, ci=none, dof=None, t=t, p=p, reason=ZERO_VARIANCE)
-    dof = var ** 2 / float(sum(tv ** 2 / (x.size - 1) for tv, x in zip(terms, xs) if tv > 0))
+        scale = max(1.0, float(sum(abs(wi * _mean(x)) for wi, x in used)))
+        p, t = (1.0, 0.0) if abs(est) <= 1e-12 * scale else (None, None)
+        return Contrast(**base, ci=none, dof=None, t=t, p=p, reason=ZERO_VARIANCE_ALL)
+    dof = var ** 2 / float(sum(tv ** 2 / (x.size - 1) for tv, (_, x) in zip(terms, used) if tv > 0))
     se = math.sqrt(var)
     t_dist = _scipy().t
     t = est / se

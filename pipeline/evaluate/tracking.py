@@ -9,6 +9,9 @@ from pipeline.core.contracts import StudyRecord, Summary
 from pipeline.tracking.journal import Journal
 
 
+DESCRIPTION_MAX = 5000  # characters of a tag's value every MLflow store keeps
+
+
 def parent_headline(summary: Summary, arms: list[str]) -> tuple[dict[str, float], dict[str, str]]:
     """Positional names, the same for every study of the same shape: a0 is the
     baseline, then the other arms in params.yaml's order."""
@@ -59,12 +62,16 @@ def parent_description(summary: Summary, record: StudyRecord) -> str:
         where = ", ".join(f"{k}={v}" for k, v in e.at.items())
         text.append(f"{e.factor}={e.value} vs {e.reference} at {where}: {e.verdict}.")
     for i in summary.interactions:
+        rest = "".join(f", {k}={v}" for k, v in i.at.items())
         text.append(f"Interaction: the effect of {i.factor}={i.value} (vs {i.reference}) at {i.other}={i.other_value} "
-                    f"minus at {i.other}={i.other_reference}: {i.verdict}.")
+                    f"minus at {i.other}={i.other_reference}{rest}: {i.verdict}.")
     text.append("Clean train-test gap: " + ", ".join(f"{a} {pm(last.arms[a].gap_clean, unit=' points')}"
-                                                    for a in arms)
-                + f". The report: reports/{record.study}/report.html.")
-    return " ".join(text)
+                                                    for a in arms) + ".")
+    report = f" The report: reports/{record.study}/report.html."
+    body = " ".join(text)
+    if len(body) + len(report) > DESCRIPTION_MAX:  # MLflow cuts a tag's value there: keep the pointer
+        body = body[:DESCRIPTION_MAX - len(report) - 40].rsplit(" ", 1)[0] + " ... (the rest is in the report)."
+    return body + report
 
 
 def log_evaluation(record: StudyRecord, summary: Summary, evals: dict, summary_path: Path) -> None:

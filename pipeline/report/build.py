@@ -299,7 +299,10 @@ def _factor_headline(ctx: _Ctx) -> list:
     if s.interactions:
         sig = [i for i in s.interactions if stats.significant(i.p_adjusted, ctx.alpha)]
         parts = [("b", "Does one factor's effect depend on another?"), " "]
-        if sig:
+        if all(i.p_adjusted is None for i in s.interactions):
+            parts.append(f"The {len(s.interactions)} interaction(s) cannot be tested: "
+                         + s.interactions[0].verdict.split(":")[0] + ".")
+        elif sig:
             parts.append("Yes: " + "; ".join(
                 f"at {i.other}={i.other_value}" + (f" ({_where(i.at)})" if i.at else "") + f", the effect of "
                 f"{i.factor}={i.value} (vs {i.reference}) differs from its effect at {i.other}={i.other_reference} "
@@ -462,18 +465,17 @@ def _curves(ctx: _Ctx) -> list:
                      "Mean over seeds (line) and min-max over seeds (band). Train loss is the running loss over "
                      "the (augmented) training batches of each epoch.")]
     epochs = min(len(rows) for arm in ctx.arms for rows in ctx.inp.histories[arm].values())
-    if epochs < 3:
+    if epochs < 2:
         return blocks
     k = min(TREND_EPOCHS, epochs)
     rows, rising, past = [], [], []
     for arm in ctx.arms:
-        seeds = sorted(ctx.inp.histories[arm])
-        t = [trend([r.test_acc for r in ctx.inp.histories[arm][s]], k) for s in seeds]
-        n = len(ctx.inp.histories[arm][seeds[0]])
+        histories = [ctx.inp.histories[arm][s] for s in sorted(ctx.inp.histories[arm])]
+        t = [trend([r.test_acc for r in h], k) for h in histories]
         slopes = [x[2] for x in t]
         if all(sl > 0 for sl in slopes):
             rising.append(arm)
-        elif all(sl < 0 and best <= n - k for best, _, sl in t):
+        elif all(sl < 0 and best <= len(h) - k for (best, _, sl), h in zip(t, histories)):
             past.append(arm)
         rows.append([arm, ", ".join(str(x[0]) for x in t), stats.points(float(np.mean([x[1] for x in t]))),
                      f"{stats.points(float(np.mean(slopes)))} [{stats.points(min(slopes))}, "
@@ -488,8 +490,10 @@ def _curves(ctx: _Ctx) -> list:
                            "above zero): ", ("b", ", ".join(rising)),
                            ". A longer budget may change the comparison."))
     if past:
-        blocks.append(para(f"Past its peak in every seed (peak before the last {k} epochs, falling since): ",
-                           ("b", ", ".join(past)), ": these arms overfit within the budget."))
+        blocks.append(para(f"Test accuracy fell after its peak in every seed (the peak before the last {k} epochs, "
+                           "the slope since below zero): ", ("b", ", ".join(past)),
+                           ". A sign of overfitting within the budget; the table gives its size (last - peak), "
+                           "and the peak itself is chosen on the test set."))
     return blocks
 
 

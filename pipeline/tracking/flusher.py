@@ -128,7 +128,9 @@ class Flusher:
             self.client.get_run(run_id)
             return True
         except MlflowException as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or "not found" in str(exc).lower():
+            # only the store's own answer: a proxy's 404 page (ENDPOINT_NOT_FOUND) must not
+            # make every run look lost and be sent again
+            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
                 return False
             raise
 
