@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import (BIN, REAL_ARCHIVE, REAL_SHA256, env, flush_tracking, make_project, mlflow_runs, run,
-                            run_queue)
+from tests.conftest import (BIN, REAL_ARCHIVE, REAL_SHA256, REPO, env, flush_tracking, make_project, mlflow_runs,
+                            run, run_queue)
 
 pytestmark = pytest.mark.slow
 
@@ -160,3 +160,16 @@ def test_dvc_repro_untar_on_the_real_archive(tmp_path):
     assert manifest["source"]["sha256"] == REAL_SHA256
     assert manifest["name"] == "CIFAR-10 (JPEG mirror)"
     assert seconds < 60, f"dvc repro untar took {seconds:.1f} s"
+
+
+def test_a_knob_axis_is_set_with_dvc_exactly_as_the_readme_types_it(tmp_path):
+    """`dvc exp run -S 'knobs.batchnorm=[true,false]'` needs the key in params.yaml
+    (DVC refuses to add one): every knob of every model is declared there, null."""
+    import models
+
+    declared = yaml.safe_load((REPO / "params.yaml").read_text())["knobs"]
+    assert declared == {k: None for k in models.known_knobs()}
+    proj = make_project(tmp_path, seeds=[0], epochs=1, aug="none")
+    run("dvc exp run -S 'knobs.batchnorm=[true,false]'", proj)
+    record = json.loads((proj / "runs" / "study.json").read_text())
+    assert record["arms"] == ["aug=none,batchnorm=true", "aug=none,batchnorm=false"], record["arms"]
