@@ -330,7 +330,7 @@ def test_the_stages_write_a_report_that_matches_the_evaluation(study_files):
     p = study_files["two"]
     md = (p["reports"] / "report.md").read_text()
     page = (p["reports"] / "report.html").read_text()
-    from pipeline.core.contracts import Summary
+    from pipeline.evaluate.contracts import StudySummary as Summary
 
     summary = Summary.model_validate_json((p["evaluation"] / "summary.json").read_text())
     for c in summary.checkpoints["last"].comparisons.values():

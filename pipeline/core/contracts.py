@@ -5,8 +5,13 @@ both import these types, and reading validates what was written.
                            metrics.json (RunMetrics), diagnostics.json
     runs/study.json        StudyRecord: the arms and seeds that trained, the MLflow runs
     evaluation/<arm>/seed=<k>/<last|best>.json   CheckpointEval
-    evaluation/summary.json                       Summary (statistics across seeds)
+    evaluation/summary.json                       StudySummary (pipeline.evaluate.contracts:
+                                                  this Summary, and a crossed study's factors)
     .arm-cache/<fp>/state.pt                      TrainState (resumable, after every epoch)
+
+This file is part of every trained arm's identity (pipeline.core.provenance.ARM_CODE):
+a change to its code retrains every arm. What only the evaluation and the report
+read, added since, lives in pipeline.evaluate.contracts instead.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.stats import Bootstrap, ClassDiff, Contrast, McNemar, MeanCI, Power, Welch
+from pipeline.core.stats import Bootstrap, ClassDiff, McNemar, MeanCI, Power, Welch
 
 CHECKPOINTS = {"last": "model.pt", "best": "best.pt"}  # which -> file name in a run's folder
 
@@ -262,40 +267,9 @@ class ModelFacts(Contract):
     layers: list[dict]
 
 
-class Effect(Contract):
-    """One factor's value against its reference value, the other factors held at `at`
-    (a study with several axes): arm - reference_arm, over seeds, last checkpoint."""
-
-    factor: str  # the axis, e.g. "aug"
-    value: str
-    reference: str  # the baseline arm's value of this axis
-    at: dict[str, str]  # the other axes' values
-    arm: str
-    reference_arm: str
-    test_acc: Welch
-    gap_clean: Welch  # clean train-test gap, arm - reference arm
-    p_adjusted: float | None  # Holm over this factor's effects
-    verdict: str
-
-
-class Interaction(Contract):
-    """Whether `factor`'s effect (value vs reference) differs between two values of
-    `other`: (a1 b1 - a0 b1) - (a1 b0 - a0 b0) over seeds, test accuracy."""
-
-    factor: str
-    value: str
-    reference: str
-    other: str
-    other_value: str
-    other_reference: str
-    at: dict[str, str]  # any further axes' values
-    contrast: Contrast
-    p_adjusted: float | None  # Holm over the study's interactions
-    verdict: str
-
-
 class Summary(Contract):
-    """evaluation/summary.json: every statistic the report shows."""
+    """The statistics across seeds and against the baseline; evaluation/summary.json
+    holds them as a pipeline.evaluate.contracts.StudySummary."""
 
     baseline: str
     confidence: float
@@ -304,6 +278,3 @@ class Summary(Contract):
     classes: list[str]
     checkpoints: dict[str, CheckpointSummary]
     model_facts: dict[str, ModelFacts]  # per arm
-    # a study with two or more axes: each factor within the others, and their interactions
-    effects: list[Effect] = []
-    interactions: list[Interaction] = []

@@ -11,12 +11,10 @@ from pipeline.core.contracts import (
     CheckpointSummary,
     Comparison,
     Confusion,
-    Effect,
-    Interaction,
     ModelFacts,
-    Summary,
 )
 from pipeline.core.dataset import CLASSES
+from pipeline.evaluate.contracts import Effect, Interaction, StudySummary
 
 CORRECTION = "holm"  # family-wise: no spurious claim among the arms, nor among one arm's ten classes
 TARGET_DIFFERENCE = 0.01  # the difference (1 point) whose seed count the power analysis states
@@ -149,7 +147,7 @@ def _combinations(axes: dict[str, list[str]]) -> list[dict[str, str]]:
 
 def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, dict]], arms: list[str], seeds: list[int],
             baseline: str, confidence: float, bootstrap: int, top_n: int, labels: np.ndarray,
-            facts: dict[str, ModelFacts], axes: dict[str, dict[str, str]] | None = None) -> Summary:
+            facts: dict[str, ModelFacts], axes: dict[str, dict[str, str]] | None = None) -> StudySummary:
     """Statistics across seeds per arm, and each arm against the baseline.
 
     Over seeds (does the recipe differ?): Welch's t on test accuracy, Holm across
@@ -189,14 +187,14 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, dict]], arms
         out[which] = CheckpointSummary(arms=summaries, comparisons=comparisons)
     last = {a: [evals[(a, s, "last")][0] for s in seeds] for a in arms}
     effects, interactions = factor_effects(last, axes or {}, baseline, confidence)
-    return Summary(baseline=baseline, confidence=confidence,
+    return StudySummary(baseline=baseline, confidence=confidence,
                    correction=f"{CORRECTION} over the {len(arms) - 1} comparison(s) with the baseline; "
                               f"{CORRECTION} over the {len(CLASSES)} classes of each comparison",
                    seeds=list(seeds), classes=list(CLASSES), checkpoints=out, model_facts=facts,
                    effects=effects, interactions=interactions)
 
 
-def headline(summary: Summary, arms: list[str]) -> dict:
+def headline(summary: StudySummary, arms: list[str]) -> dict:
     """The few numbers `dvc exp show` lists (metrics/study.json), under names that
     are the same for every study of the same shape: arm a0 is the baseline, then
     the other arms in params.yaml's order. acc: mean test accuracy over seeds (last

@@ -31,7 +31,6 @@ from pipeline.core.contracts import (
     CheckpointEval,
     ModelFacts,
     StudyRecord,
-    Summary,
     read_history,
     read_json,
     run_dir,
@@ -40,6 +39,7 @@ from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path, sha256_file, write_json
 from pipeline.core.provenance import code_digest, repo_root
 from pipeline.evaluate import core
+from pipeline.evaluate.contracts import StudySummary
 from pipeline.training.subset import load_subset
 
 CACHE = Path(".cache") / "evaluations"
@@ -180,7 +180,7 @@ def _store(folder: Path, ev: CheckpointEval, arrays: dict, filters: np.ndarray) 
         np.save(tmp / "filters.npy", filters)
 
 
-def dvc_metrics(summary: Summary) -> dict:
+def dvc_metrics(summary: StudySummary) -> dict:
     """Per arm, the numbers of the last checkpoint (metrics/evaluate.json)."""
     last = summary.checkpoints["last"]
     out = {}

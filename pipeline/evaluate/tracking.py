@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core import stats
-from pipeline.core.contracts import StudyRecord, Summary
+from pipeline.core.contracts import StudyRecord
+from pipeline.evaluate.contracts import StudySummary
 from pipeline.tracking.journal import Journal
 
 
 DESCRIPTION_MAX = 5000  # characters of a tag's value every MLflow store keeps
 
 
-def parent_headline(summary: Summary, arms: list[str]) -> tuple[dict[str, float], dict[str, str]]:
+def parent_headline(summary: StudySummary, arms: list[str]) -> tuple[dict[str, float], dict[str, str]]:
     """Positional names, the same for every study of the same shape: a0 is the
     baseline, then the other arms in params.yaml's order."""
     last = summary.checkpoints["last"]
@@ -40,7 +41,7 @@ def parent_headline(summary: Summary, arms: list[str]) -> tuple[dict[str, float]
     return metrics, tags
 
 
-def parent_description(summary: Summary, record: StudyRecord) -> str:
+def parent_description(summary: StudySummary, record: StudyRecord) -> str:
     """The parent run's description (the MLflow UI's note): the study's answer in a paragraph."""
     last = summary.checkpoints["last"]
     n = len(summary.seeds)
@@ -74,7 +75,7 @@ def parent_description(summary: Summary, record: StudyRecord) -> str:
     return body + report
 
 
-def log_evaluation(record: StudyRecord, summary: Summary, evals: dict, summary_path: Path) -> None:
+def log_evaluation(record: StudyRecord, summary: StudySummary, evals: dict, summary_path: Path) -> None:
     journal = Journal()
     keys = {(r.arm, r.seed): r.tracking_key for r in record.runs}
     for (arm, seed, which), (ev, _, _) in evals.items():

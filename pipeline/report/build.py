@@ -16,7 +16,8 @@ import numpy as np
 
 from pipeline.core import stats
 from pipeline.core.config import Params
-from pipeline.core.contracts import HistoryRow, StudyRecord, Summary
+from pipeline.core.contracts import HistoryRow, StudyRecord
+from pipeline.evaluate.contracts import StudySummary
 
 SECTIONS = ("Headline", "Ablation table", "Learning curves", "Per-class accuracy", "Confusion matrices",
             "Diagnostics", "Galleries", "Model facts", "Provenance")
@@ -120,7 +121,7 @@ class Inputs:
     params: Params
     params_text: str
     record: StudyRecord
-    summary: Summary
+    summary: StudySummary
     histories: dict[str, dict[int, list[HistoryRow]]]  # arm -> seed -> epochs
     diagnostics: dict[str, dict | None]  # arm -> diagnostics of its first seed
     # arm -> its first seed's last checkpoint: pred, correct, confidence, label

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.config import load_params
-from pipeline.core.contracts import StudyRecord, Summary, read_history, read_json, run_dir
+from pipeline.core.contracts import StudyRecord, read_history, read_json, run_dir
+from pipeline.evaluate.contracts import StudySummary
 from pipeline.core.dataset import load_manifest, load_split
 from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path
@@ -44,7 +45,7 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
     record = read_json(runs / "study.json", StudyRecord, "run `dvc repro train` first")
     if not evaluation.is_dir():
         raise PipelineError(f"no evaluation at {evaluation}: the folder does not exist; {_NOT_EVALUATED}")
-    summary = read_json(evaluation / "summary.json", Summary, _NOT_EVALUATED)
+    summary = read_json(evaluation / "summary.json", StudySummary, _NOT_EVALUATED)
     if "last" not in summary.checkpoints or set(summary.checkpoints["last"].arms) != set(record.arms) \
             or summary.seeds != record.seeds or summary.baseline != params.baseline.name:
         raise PipelineError(f"{evaluation / 'summary.json'} was computed for other arms, seeds or baseline than "
