@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.core import stats
 from pipeline.core.config import parse_params
 from pipeline.core.contracts import HistoryRow, ModelFacts, StudyRecord, StudyRun
 from pipeline.core.dataset import CLASSES
@@ -388,10 +389,9 @@ def test_the_curves_section_says_which_arms_still_rise_and_which_are_past_their_
     slope = np.polyfit(np.arange(5), rising[-5:], 1)[0] * 100
     assert float(rows[2][3].split()[0].replace("\u2212", "-").lstrip("+")) == pytest.approx(slope, abs=0.01)
     text = re.sub(r"<[^>]+>", "", html.unescape(page))
-    assert "Still rising at the end in every seed (test accuracy's slope over the last 5 epochs above zero): " \
-           "aug=standard." in text
-    assert "Test accuracy fell after its peak in every seed (the peak before the last 5 epochs, the slope since " \
-           "below zero): aug=none." in text
+    assert "Peaked in the last 5 epochs in every seed, so possibly still improving: aug=standard." in text
+    assert ("Peaked before the last 5 epochs in every seed, then lost (last - peak, mean): aug=none "
+            f"({stats.points(-0.055)} points).") in text
 
 
 def test_the_parent_runs_description_of_a_crossed_study_states_each_factor_and_interaction():

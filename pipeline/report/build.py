@@ -469,16 +469,17 @@ def _curves(ctx: _Ctx) -> list:
     if epochs < 2:
         return blocks
     k = min(TREND_EPOCHS, epochs)
-    rows, rising, past = [], [], []
+    rows, late, early = [], [], []
     for arm in ctx.arms:
         histories = [ctx.inp.histories[arm][s] for s in sorted(ctx.inp.histories[arm])]
         t = [trend([r.test_acc for r in h], k) for h in histories]
         slopes = [x[2] for x in t]
-        if all(sl > 0 for sl in slopes):
-            rising.append(arm)
-        elif all(sl < 0 and best <= len(h) - k for (best, _, sl), h in zip(t, histories)):
-            past.append(arm)
-        rows.append([arm, ", ".join(str(x[0]) for x in t), stats.points(float(np.mean([x[1] for x in t]))),
+        drop = float(np.mean([x[1] for x in t]))
+        if all(best > len(h) - k for (best, _, _), h in zip(t, histories)):
+            late.append(arm)
+        elif all(best <= len(h) - k for (best, _, _), h in zip(t, histories)):
+            early.append(f"{arm} ({stats.points(drop)} points)")
+        rows.append([arm, ", ".join(str(x[0]) for x in t), stats.points(drop),
                      f"{stats.points(float(np.mean(slopes)))} [{stats.points(min(slopes))}, "
                      f"{stats.points(max(slopes))}]"])
     blocks.append(Table(["Arm", "epoch of the peak, per seed", "last - peak (points, mean)",
@@ -486,15 +487,13 @@ def _curves(ctx: _Ctx) -> list:
                         rows, {2, 3}, "trend-table",
                         "Test accuracy per epoch, read descriptively: the peak is chosen on the test set "
                         "(optimistic), so it says where a curve turned, not what the recipe reaches."))
-    if rising:
-        blocks.append(para(f"Still rising at the end in every seed (test accuracy's slope over the last {k} epochs "
-                           "above zero): ", ("b", ", ".join(rising)),
-                           ". A longer budget may change the comparison."))
-    if past:
-        blocks.append(para(f"Test accuracy fell after its peak in every seed (the peak before the last {k} epochs, "
-                           "the slope since below zero): ", ("b", ", ".join(past)),
-                           ". A sign of overfitting within the budget; the table gives its size (last - peak), "
-                           "and the peak itself is chosen on the test set."))
+    if late:
+        blocks.append(para(f"Peaked in the last {k} epochs in every seed, so possibly still improving: ",
+                           ("b", ", ".join(late)), ". A longer budget may change the comparison."))
+    if early:
+        blocks.append(para(f"Peaked before the last {k} epochs in every seed, then lost (last - peak, mean): ",
+                           ("b", ", ".join(early)), ". Test accuracy falling while training goes on is the "
+                           "sign of overfitting within the budget."))
     return blocks
 
 
