@@ -157,7 +157,7 @@ class Flusher:
                     run_id = self._apply(key, events[i], run_id, ids)
                     break
                 except Exception as exc:
-                    if not self._reachable():
+                    if _store_fault(exc) or not self._reachable():
                         raise
                     # the store works but refuses this event: after a few tries, skip it
                     if attempt == 2:
@@ -253,6 +253,18 @@ def _log_dataset(client, run_id: str, ev: dict) -> None:
     ds = MetaDataset(source=source, name=ev["name"], digest=ev["digest"][:36])
     entity = ds._to_mlflow_entity()
     client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", ev["context"])])])
+
+
+# SQLite errors that say the store, not the event, is at fault: a file removed or
+# replaced under an open connection still answers reads but refuses every write
+# ("attempt to write a readonly database"), so a read is no proof that it works
+_STORE_FAULTS = ("readonly database", "database is locked", "disk i/o error", "unable to open database",
+                 "database disk image is malformed", "no such table")
+
+
+def _store_fault(exc: BaseException) -> bool:
+    text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None).lower()
+    return any(f in text for f in _STORE_FAULTS)
 
 
 def _reason(exc: BaseException) -> str:
