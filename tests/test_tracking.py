@@ -114,3 +114,11 @@ def test_only_a_file_that_never_changes_is_linked_into_the_store(tmp_path):
     assert link_in_place(src, dest) and os.path.samefile(src, dest)
     assert not link_in_place(src, dest)  # already one file
     assert sorted(p.name for p in dest.parent.iterdir()) == ["src.csv"]
+
+
+def test_a_store_that_refuses_writes_is_told_from_one_that_refuses_an_event():
+    from pipeline.tracking.flusher import _store_fault
+
+    assert _store_fault(RuntimeError("(sqlite3.OperationalError) attempt to write a readonly database"))
+    assert _store_fault(RuntimeError("(sqlite3.OperationalError) database is locked"))
+    assert not _store_fault(RuntimeError("INVALID_PARAMETER_VALUE: Changing param values is not allowed"))
