@@ -2,8 +2,10 @@
 process, and a node that dies mid-arm costs at most the epoch in flight."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -70,12 +72,13 @@ def test_RAY_ADDRESS_sends_the_study_to_a_running_cluster(tmp_path, prepared):
 
 def test_a_node_that_dies_mid_arm_loses_nothing(tmp_path, prepared):
     """A two-node cluster on this machine: the job starts on one node; once it has
-    saved an epoch, a second node joins and the first is killed. The driver sends
-    the job to the second node from its last saved epoch, and the arm ends
-    bitwise equal to an uninterrupted run in one process."""
+    saved an epoch, its worker is frozen (so that the job cannot end on the first
+    node however slowly the second starts), a second node joins and the first is
+    killed. The driver sends the job to the second node from its last saved epoch,
+    and the arm ends bitwise equal to an uninterrupted run in one process."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # the head runs no job
+    cluster, frozen = Cluster(initialize_head=True, head_node_args={"num_cpus": 0}), []  # the head runs no job
     try:
         first = cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
@@ -83,13 +86,20 @@ def test_a_node_that_dies_mid_arm_loses_nothing(tmp_path, prepared):
             {"seeds": [0], "aug": "standard", "epochs": 8, "batch_size": 16, "cluster": cluster.address}))
         proc = _train(tmp_path, "runs", data=prepared)
         wait_for_saved_epochs(tmp_path, proc)
+        frozen = [p for p in descendants(os.getpid()) if b"ray::_remote_job" in _cmdline(p)]
+        assert len(frozen) == 1, "no Ray worker of the first node is running the job"
+        os.kill(frozen[0], signal.SIGSTOP)
         cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
         cluster.remove_node(first, allow_graceful=False)
+        os.kill(frozen[0], signal.SIGKILL)  # a frozen worker cannot see its node die
         out = proc.communicate(timeout=600)[0]
         assert proc.returncode == 0, out
         assert "on another worker" in out and "resuming after epoch" in out, out
     finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         cluster.shutdown()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": [0], "aug": "standard", "epochs": 8,
                                                           "batch_size": 16}))
