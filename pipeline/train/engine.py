@@ -2,9 +2,11 @@
 
 An engine takes `JobSpec`s with their resume states and hands back, as they
 happen, `(spec, event)` pairs: `Placed` (where the job runs, once a worker
-has it), each `Epoch` (with the state to save), then `Finished`; or `Failed` (the job's own error) or `Lost` (its worker or node
-died: the driver resubmits it from its last saved state). The driver does
-everything else, so the data and results cross the network and nothing else.
+has it), each `Epoch` (with the state to save) followed by the `Usage` of the
+machine that trained it, then `Finished`; or `Failed` (the job's own error) or
+`Lost` (its worker or node died: the driver resubmits it from its last saved
+state). The driver does everything else, so the data and results cross the
+network and nothing else.
 
 Choosing one (`make_engine`): a cluster address (params `cluster`, or
 RAY_ADDRESS) sends every job there; otherwise several jobs at once on this
@@ -36,6 +38,45 @@ class Placed:
 
 
 @dataclass
+class Usage:
+    """The CPU, memory and GPU use of the machine a job runs on, sampled after each
+    epoch there (MLflow's system-metrics names)."""
+
+    metrics: dict[str, float]
+
+
+def system_metrics(device: str) -> dict[str, float]:
+    """What MLflow's system-metrics tab shows (its metric names), sampled in the
+    process that trains (on a Ray worker, there: the driver's GPU holds no job)."""
+    out = {}
+    try:
+        import psutil
+
+        out["system/cpu_utilization_percentage"] = psutil.cpu_percent(interval=None)
+        mem = psutil.virtual_memory()
+        out["system/system_memory_usage_megabytes"] = (mem.total - mem.available) / 2**20
+        out["system/system_memory_usage_percentage"] = mem.percent
+    except ImportError:
+        pass
+    if device.startswith("cuda"):
+        import torch
+
+        out["system/gpu_0_memory_usage_megabytes"] = torch.cuda.memory_allocated(device) / 2**20
+        out["system/gpu_0_max_memory_usage_megabytes"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def start_sampling() -> None:
+    """Before a job trains: psutil's CPU use is measured from one call to the next."""
+    try:
+        import psutil
+
+        psutil.cpu_percent(interval=None)
+    except ImportError:
+        pass
+
+
+@dataclass
 class Failed:
     error: BaseException
 
@@ -62,6 +103,7 @@ class LocalEngine:
 
     def submit(self, spec: JobSpec, resume: TrainState | None) -> None:
         assert self._job is None, "the local engine runs one job at a time"
+        start_sampling()
         self._job = (spec, run_job(spec, self.data, resume, self.on_step))
 
     def events(self) -> Iterator[tuple[JobSpec, object]]:
@@ -76,6 +118,8 @@ class LocalEngine:
         if type(event).__name__ == "Finished":
             self._job = None
         yield spec, event
+        if type(event).__name__ == "Epoch":
+            yield spec, Usage(system_metrics(spec.device))
 
     def where(self, spec: JobSpec) -> str:
         return socket.gethostname()
@@ -101,7 +145,11 @@ def _remote_job(spec: JobSpec, data: Data, resume: TrainState | None):
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts; deterministic arms need it
     yield f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:6]}"  # first: where it runs
-    yield from run_job(spec, data, resume)
+    start_sampling()
+    for event in run_job(spec, data, resume):
+        yield event
+        if type(event).__name__ == "Epoch":
+            yield Usage(system_metrics(spec.device))
 
 
 def _remote_measure(spec: JobSpec, data: Data) -> float:
@@ -110,18 +158,32 @@ def _remote_measure(spec: JobSpec, data: Data) -> float:
     return measure(spec, data)
 
 
-def _probe() -> tuple[str, bool]:
-    """On a worker with a GPU: the device type, and whether it has bf16 (for precision: auto)."""
+@dataclass(frozen=True)
+class Devices:
+    """What the jobs of a Ray cluster (or of this machine's Ray) train on: `type`
+    cuda when it has GPUs, whether those have bf16 (for precision: auto), and one
+    GPU's memory in bytes (to size each job's share of a GPU)."""
+
+    type: str = "cpu"
+    bf16: bool | None = None
+    gpu_memory: int = 0
+
+
+def _probe() -> Devices:
+    """Run on a worker with a share of a GPU."""
     import torch
 
     if not torch.cuda.is_available():
-        return "cpu", False
-    return "cuda", bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        return Devices()
+    return Devices("cuda", bool(torch.cuda.is_bf16_supported(including_emulation=False)),
+                   int(torch.cuda.get_device_properties(0).total_memory))
 
 
-def connect(address: str | None) -> tuple[str, bool | None]:
-    """Join the cluster at `address` (or start Ray here): the device type its jobs
-    get (cuda when it has GPUs) and, for cuda, whether those have bf16."""
+_DEVICES: dict[str | None, Devices] = {}  # per address: a cluster is probed once per process
+
+
+def connect(address: str | None) -> Devices:
+    """Join the cluster at `address` (or start Ray here) and say what its jobs train on."""
     try:
         import ray
     except ImportError:
@@ -136,12 +198,21 @@ def connect(address: str | None) -> tuple[str, bool | None]:
                 # machine (ray.init() would join that one); a cluster is used only when asked for
                 ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                          configure_logging=False, log_to_driver=False)
-        except (ConnectionError, RuntimeError) as exc:
+        except ray.exceptions.AuthenticationError as exc:
+            raise PipelineError(f"the Ray cluster {address} refused this machine's token "
+                                f"({' '.join(str(exc).split())[:160]}); set RAY_AUTH_MODE=token and the cluster's "
+                                f"token in RAY_AUTH_TOKEN or ~/.ray/auth_token") from None
+        except (ConnectionError, RuntimeError, ValueError) as exc:
             raise PipelineError(f"cannot reach the Ray cluster {address}: {' '.join(str(exc).split())[:200]}; "
-                                f"check `cluster` in params.yaml or RAY_ADDRESS") from None
-    if ray.cluster_resources().get("GPU", 0) < 1:
-        return "cpu", None
-    return ray.get(ray.remote(num_gpus=1, num_cpus=0)(_probe).remote())
+                                f"check `cluster` in params.yaml or RAY_ADDRESS (the machine running the study "
+                                f"must be a node of that cluster)") from None
+    if address not in _DEVICES:
+        if ray.cluster_resources().get("GPU", 0) < 1:
+            _DEVICES[address] = Devices()
+        else:
+            # a small share, not a whole GPU: the GPUs may be packed with other studies' jobs
+            _DEVICES[address] = ray.get(ray.remote(num_gpus=1 / GPU_JOBS_MAX, num_cpus=0)(_probe).remote())
+    return _DEVICES[address]
 
 
 @dataclass
@@ -162,7 +233,7 @@ class RayEngine:
 
         self._ray = ray
         t0 = time.perf_counter()
-        connect(address)
+        devices = connect(address)
         self.start_seconds = time.perf_counter() - t0
         self.address = address
         nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -170,7 +241,8 @@ class RayEngine:
         t0 = time.perf_counter()
         self.data_ref = ray.put(data)
         self.put_seconds = time.perf_counter() - t0
-        self.options = job_resources(jobs, nodes, parallel, device_type, (len(data.train_y), len(data.test_y)))
+        self.options = job_resources(jobs, nodes, parallel, device_type, (len(data.train_y), len(data.test_y)),
+                                     devices.gpu_memory)
         self.slots = capacity(self.options, nodes, len(jobs))
         self._remote = ray.remote(max_retries=0)(_remote_job)
         self.running: dict[str, _Running] = {}
@@ -198,9 +270,10 @@ class RayEngine:
                 self.running.pop(job.spec.fp, None)
                 yield job.spec, Failed(exc.as_instanceof_cause())
                 continue
-            except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError,
-                    ray.exceptions.OwnerDiedError, ray.exceptions.RaySystemError,
-                    ray.exceptions.LocalRayletDiedError) as exc:
+            except ray.exceptions.RayError as exc:
+                # the job's worker or node died, or Ray killed it (its memory monitor, for one):
+                # nothing is known to be wrong with the job, which goes on elsewhere (at most
+                # MAX_LOST times, pipeline.train.stage)
                 self.running.pop(job.spec.fp, None)
                 yield job.spec, Lost(f"{type(exc).__name__} on {job.node or 'its worker'}")
                 continue
@@ -259,16 +332,17 @@ def job_memory(spec: JobSpec, n_train: int, n_test: int) -> int:
 
 
 def job_resources(jobs: list[JobSpec], nodes: list[dict], parallel: int | str, device_type: str,
-                  sizes: tuple[int, int]) -> dict:
-    """The Ray resources one job asks for. On GPUs: the share of one GPU its memory
-    estimate needs (at least 1/8: several small models per GPU, one large model
-    per larger slice) and one CPU. On CPUs: an equal share of a node's cores
-    (`parallel` jobs per node; the jobs' torch threads stay at the node's count, so
-    results do not depend on it)."""
+                  sizes: tuple[int, int], gpu_memory: int = 0) -> dict:
+    """The Ray resources one job asks for. On GPUs: the share of one GPU (of
+    `gpu_memory` bytes, else this machine's) its memory estimate needs, for the
+    largest of `jobs` (at least 1/8: several small models per GPU, one large
+    model per larger slice; a whole GPU when neither memory is known), and one
+    CPU. On CPUs: an equal share of a node's cores (`parallel` jobs per node; the
+    jobs' torch threads stay at the node's count, so results do not depend on it)."""
     cpus = min((n["Resources"].get("CPU", 1) for n in nodes if n["Resources"].get("CPU")), default=1)
     if device_type == "cuda":
-        gpu_mem = min((n["Resources"].get("GPU_memory_bytes", 0) for n in nodes), default=0) or _local_gpu_memory()
-        need = max(job_memory(j, *sizes) for j in {j.cfg.model_dump_json(): j for j in jobs}.values())
+        gpu_mem = gpu_memory or _local_gpu_memory()
+        need = max((job_memory(j, *sizes) for j in {j.cfg.model_dump_json(): j for j in jobs}.values()), default=0)
         share = min(1.0, max(1.0 / GPU_JOBS_MAX, need / gpu_mem)) if gpu_mem else 1.0
         if parallel != "auto":
             share = max(share, 1.0 / int(parallel))
@@ -299,13 +373,15 @@ def capacity(options: dict, nodes: list[dict], n_jobs: int) -> int:
 
 
 def make_engine(data: Data, jobs: list[JobSpec], parallel: int | str, cluster: str | None, device_type: str,
-                on_step: Callable[[int], None] | None):
-    """The engine for this study (see the module docstring)."""
+                on_step: Callable[[int], None] | None, sizing: list[JobSpec] | None = None):
+    """The engine for `jobs`, the study's jobs still to train (see the module
+    docstring). A job's share of a GPU is sized for the largest of `sizing` (default
+    `jobs`): every job of the study, so that seeds added later fit too."""
     address = cluster_address(cluster)
     local_many = device_type == "cuda" or (parallel != "auto" and int(parallel) > 1)
     if not address and (not local_many or len(jobs) <= 1):
         return LocalEngine(data, on_step)
-    return RayEngine(data, address, jobs, parallel, device_type)
+    return RayEngine(data, address, sizing or jobs, parallel, device_type)
 
 
 def cluster_address(cluster: str | None) -> str | None:

@@ -170,7 +170,6 @@ class Driver:
     def _log_epoch(self, key: str | None, row: HistoryRow) -> None:
         if key is not None:
             self.journal.metrics(key, {k: v for k, v in row.model_dump().items() if k != "epoch"}, step=row.epoch)
-            self.journal.metrics(key, system_metrics(self.device), step=row.epoch)
 
     # --- jobs
 
@@ -230,6 +229,9 @@ class Driver:
             row = event.row
             self._log_epoch(job.run_key, row)
             self.progress.epoch(spec, row)
+        elif kind == "Usage":  # of the machine that trained that epoch
+            if job.run_key is not None:
+                self.journal.metrics(job.run_key, event.metrics, step=job.saved_epoch)
         elif kind == "Finished":
             job.writer.wait()
             self._finish(job, arm, event)
@@ -245,6 +247,7 @@ class Driver:
             print(f"{spec.label}: {event.reason}; resuming after epoch {state.epoch if state else 0} on another "
                   f"worker", flush=True)
             self.engine.submit(spec, state)
+            self.progress.started(spec, "")  # no longer on the dead node; placed again soon
         elif kind == "Failed":
             self._release(job)
             if self.journal is not None and job.run_key is not None:
@@ -414,26 +417,6 @@ def device_without_torch(setting: str) -> str | None:
     return None
 
 
-def system_metrics(device: str) -> dict[str, float]:
-    """What MLflow's system-metrics tab shows (its metric names), sampled once per epoch."""
-    out = {}
-    try:
-        import psutil
-
-        out["system/cpu_utilization_percentage"] = psutil.cpu_percent(interval=None)
-        mem = psutil.virtual_memory()
-        out["system/system_memory_usage_megabytes"] = (mem.total - mem.available) / 2**20
-        out["system/system_memory_usage_percentage"] = mem.percent
-    except ImportError:
-        pass
-    if device.startswith("cuda"):
-        import torch
-
-        out["system/gpu_0_memory_usage_megabytes"] = torch.cuda.memory_allocated(device) / 2**20
-        out["system/gpu_0_max_memory_usage_megabytes"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
-
-
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -481,8 +464,9 @@ def main(argv=None) -> None:
     importing = None
     if address:  # the cluster decides the device: cuda if it has GPUs (unless params say cpu)
         importing = import_torch_beside()
-        device_type, bf16 = connect(address)
-        device = "cpu" if params.run.device == "cpu" else device_type
+        devices = connect(address)
+        bf16 = devices.bf16
+        device = "cpu" if params.run.device == "cpu" else devices.type
     else:
         device = device_without_torch(params.run.device)
         if device is None:
@@ -554,7 +538,8 @@ def main(argv=None) -> None:
         todo = [j for j in jobs if args.retrain or not (store.folder(j.fp) / "done").is_dir()]
         if todo and importing is None:
             importing = import_torch_beside()
-        engine = make_engine(data, todo, params.run.parallel, params.run.cluster, device_type, progress.step)
+        engine = make_engine(data, todo, params.run.parallel, params.run.cluster, device_type, progress.step,
+                             sizing=jobs)
         _set_signals(_on_signal)  # again: Ray's start sets a SIGTERM handler of its own
         driver = Driver(params, store, runs, identity, engine, journal, parent, provenance, args.retrain,
                         device, progress)

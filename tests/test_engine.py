@@ -1,0 +1,116 @@
+"""Where jobs run and what each asks Ray for: the policy, checked without Ray or a
+GPU (nodes as `ray.nodes()` describes them, GPU memory as the cluster's probe
+reports it)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.core.config import parse_params
+from pipeline.train import engine
+from pipeline.train.engine import GIB, GPU_JOBS_MAX, LocalEngine, Usage, capacity, job_resources, make_engine
+from pipeline.training.job import Data, JobSpec
+from tests.synthetic import images
+
+SIZES = (50_000, 10_000)  # the full dataset lives on every GPU a job uses
+
+
+def _jobs(preset: str, seeds=(0,), **kw) -> list[JobSpec]:
+    p = parse_params({"preset": preset, "seeds": list(seeds), **kw})
+    return [JobSpec(a.name, s, a.train, f"{a.name}-{s}", "cuda", "auto", False, None) for a, s in p.runs()]
+
+
+def _gpu_node(gpus=1, cpus=16) -> dict:
+    return {"Resources": {"CPU": cpus, "GPU": gpus}, "Alive": True}
+
+
+def test_small_models_share_a_gpu_and_a_resnet_takes_a_larger_slice():
+    small = job_resources(_jobs("simple_cnn"), [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=16 * GIB)
+    large = job_resources(_jobs("resnet18"), [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=16 * GIB)
+    assert small == {"num_gpus": round(1 / GPU_JOBS_MAX, 4), "num_cpus": 1}
+    assert 1 / GPU_JOBS_MAX < large["num_gpus"] < 1 and large["num_cpus"] == 1
+    # the same job on a GPU with a quarter of the memory takes a larger share of it
+    smaller_gpu = job_resources(_jobs("resnet18"), [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=4 * GIB)
+    assert smaller_gpu["num_gpus"] == pytest.approx(min(1.0, large["num_gpus"] * 4), abs=1e-3)
+    # and on a large GPU, several ResNet-18s fit at once
+    big = job_resources(_jobs("resnet18"), [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=80 * GIB)
+    assert big["num_gpus"] < large["num_gpus"]
+    assert capacity(small, [_gpu_node()], 100) == GPU_JOBS_MAX
+    assert capacity(small, [_gpu_node(gpus=2)], 100) == 2 * GPU_JOBS_MAX
+    assert capacity(large, [_gpu_node()], 100) == int(1 / large["num_gpus"] + 1e-9) >= 1
+
+
+def test_a_share_is_sized_for_the_largest_job_of_the_study():
+    both = _jobs("simple_cnn") + _jobs("resnet18")
+    alone = job_resources(_jobs("resnet18"), [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=80 * GIB)
+    assert job_resources(both, [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=80 * GIB) == alone
+
+
+def test_a_study_with_nothing_left_to_train_needs_no_estimate():
+    """Every run restored from the arm cache: no job to size (a GPU cluster used to fail here)."""
+    assert job_resources([], [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=80 * GIB)["num_gpus"] == round(
+        1 / GPU_JOBS_MAX, 4)
+
+
+def test_unknown_gpu_memory_asks_for_a_whole_gpu(monkeypatch):
+    monkeypatch.setattr(engine, "_local_gpu_memory", lambda: 0)
+    assert job_resources(_jobs("simple_cnn"), [_gpu_node()], "auto", "cuda", SIZES)["num_gpus"] == 1.0
+
+
+def test_parallel_sets_at_most_that_many_jobs_per_gpu():
+    opts = job_resources(_jobs("simple_cnn"), [_gpu_node()], 2, "cuda", SIZES, gpu_memory=80 * GIB)
+    assert opts["num_gpus"] == 0.5
+    assert capacity(opts, [_gpu_node()], 10) == 2
+
+
+@pytest.mark.parametrize(("parallel", "cpus", "per_job"), [("auto", 8, 8), (2, 8, 4), (3, 8, 2), (16, 8, 1)])
+def test_cpu_jobs_share_a_node_s_cores(parallel, cpus, per_job):
+    node = {"Resources": {"CPU": cpus}, "Alive": True}
+    opts = job_resources(_jobs("simple_cnn"), [node], parallel, "cpu", SIZES)
+    assert opts == {"num_cpus": per_job, "num_gpus": 0}
+    assert capacity(opts, [node, node], 100) == 2 * (cpus // per_job)
+    assert capacity(opts, [node], 1) == 1  # never more slots than jobs
+
+
+def test_a_head_without_resources_adds_no_slots():
+    head = {"Resources": {"CPU": 0}, "Alive": True}
+    opts = job_resources(_jobs("simple_cnn"), [head, _gpu_node()], "auto", "cuda", SIZES, gpu_memory=80 * GIB)
+    assert capacity(opts, [head, _gpu_node()], 100) == GPU_JOBS_MAX
+
+
+def _data() -> Data:
+    x, y = images(1, seed=0)  # one image per class
+    return Data("synthetic", x, y, x, y)
+
+
+def test_the_cpu_default_runs_in_this_process_and_starts_no_ray(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    def no_ray(*a, **kw):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(engine, "RayEngine", no_ray)
+    jobs = _jobs("simple_cnn", seeds=(0, 1, 2))
+    assert isinstance(make_engine(_data(), jobs, "auto", None, "cpu", None), LocalEngine)
+    # several jobs at once, a GPU or a cluster address are what start Ray
+    for parallel, device, cluster in ((2, "cpu", None), ("auto", "cuda", None), ("auto", "cpu", "head:6379")):
+        with pytest.raises(AssertionError, match="Ray was started"):
+            make_engine(_data(), jobs, parallel, cluster, device, None)
+    # one job alone never needs Ray on this machine
+    assert isinstance(make_engine(_data(), jobs[:1], 2, None, "cuda", None), LocalEngine)
+
+
+def test_every_epoch_is_followed_by_the_usage_of_the_machine_that_trained_it():
+    spec = _jobs("simple_cnn", epochs=2, batch_size=4)[0]
+    spec = JobSpec(spec.arm, spec.seed, spec.cfg.model_copy(update={"aug": "none"}), spec.fp, "cpu", 8, False, 1)
+    local = LocalEngine(_data())
+    local.submit(spec, None)
+    kinds = []
+    while local.busy():
+        for _, event in local.events():
+            kinds.append(type(event).__name__)
+            if isinstance(event, Usage):
+                assert event.metrics["system/system_memory_usage_megabytes"] > 0
+    assert kinds == ["Epoch", "Usage", "Epoch", "Usage", "Finished"]
+    assert not any(k.startswith("system/gpu") for k in engine.system_metrics("cpu"))
+    assert np.isfinite(list(engine.system_metrics("cpu").values())).all()
