@@ -105,7 +105,8 @@ class RunSettings(BaseModel):
     eval_batch_size: Literal["auto"] | integer(ge=1, le=1 << 20) = "auto"
     deterministic: bool = False  # deterministic CUDA kernels (CPU runs always are)
     parallel: Literal["auto"] | integer(ge=1, le=64) = "auto"  # arm x seed jobs trained at once
-    # a Ray cluster to train on ("auto", or an address such as ray://head:10001); null = RAY_ADDRESS, else here
+    # a Ray cluster to train on (its head, e.g. head-host:6379, joined through a node on this machine);
+    # null = RAY_ADDRESS, else here
     cluster: Annotated[str, Field(min_length=1), Says("a Ray cluster address, auto, or null")] | None = None
 
 
