@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.config import parse_params
+from pipeline.core.errors import PipelineError
 from pipeline.train import engine
 from pipeline.train.engine import GIB, GPU_JOBS_MAX, LocalEngine, Usage, capacity, job_resources, make_engine
 from pipeline.training.job import Data, JobSpec
@@ -114,3 +115,30 @@ def test_every_epoch_is_followed_by_the_usage_of_the_machine_that_trained_it():
     assert kinds == ["Epoch", "Usage", "Epoch", "Usage", "Finished"]
     assert not any(k.startswith("system/gpu") for k in engine.system_metrics("cpu"))
     assert np.isfinite(list(engine.system_metrics("cpu").values())).all()
+
+
+def test_a_worker_with_other_code_or_libraries_refuses_to_train():
+    """Its results would be cached under the driver's fingerprint, which does not describe them."""
+    here = engine.worker_build()
+    engine.check_build(here, "node-a")  # the same build trains
+    engine.check_build(None, "node-a")  # the in-process engine checks nothing
+    with pytest.raises(PipelineError, match=r"the Ray worker on node-a has other training code than this machine "
+                                            r"\(code digest [0-9a-f]{12}, here 000000000000\); install the same "
+                                            r"commit on every node"):
+        engine.check_build(("0" * 64, here[1]), "node-a")
+    with pytest.raises(PipelineError, match=rf"other library versions than this machine: torch {here[1]['torch']} "
+                                            r"\(here 1\.0\); install the same versions"):
+        engine.check_build((here[0], {**here[1], "torch": "1.0"}), "node-a")
+
+
+def test_a_pipeline_error_raised_on_a_worker_is_one_line():
+    """Ray wraps a worker's exception with its traceback; the stage prints the error's own line."""
+    from ray.exceptions import RayTaskError
+
+    from pipeline.train.stage import _job_error
+
+    cause = PipelineError("the Ray worker on node-a has other training code than this machine")
+    wrapped = RayTaskError("_remote_job", "Traceback (most recent call last):\n  ...", cause).as_instanceof_cause()
+    assert isinstance(wrapped, PipelineError) and "\n" in str(wrapped)  # several lines, Ray's first
+    spec = _jobs("simple_cnn")[0]
+    assert _job_error(spec, wrapped) is cause

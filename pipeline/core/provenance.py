@@ -92,11 +92,13 @@ def _semantic_source(text: str, name: str) -> str:
     return ast.dump(tree, include_attributes=False)
 
 
-def code_digest(folders=ARM_CODE, root: Path = PACKAGE_ROOT) -> str:
+def code_digest(folders=ARM_CODE, root: Path = PACKAGE_ROOT, remember: bool = True) -> str:
     """sha256 over every .py file in `folders` (folders or files, relative to `root`),
     by path and by what the code does (comments and docstrings left out). Each file's
-    part is remembered by its size and modification time (parsing is the slow part)."""
-    known = _digest_cache()
+    part is remembered by its size and modification time (parsing is the slow part),
+    in the repository's .cache/ unless `remember` is False (a Ray worker, which has no
+    repository of its own)."""
+    known = _digest_cache() if remember else {}
     h = hashlib.sha256()
     for folder in folders:
         where = root / folder
@@ -112,7 +114,8 @@ def code_digest(folders=ARM_CODE, root: Path = PACKAGE_ROOT) -> str:
                 known[stamp] = part
                 _DIRTY[0] = True
             h.update(rel.encode() + b"\0" + part.encode() + b"\0")
-    _save_digest_cache(known)
+    if remember:
+        _save_digest_cache(known)
     return h.hexdigest()
 
 

@@ -139,12 +139,43 @@ class LocalEngine:
 # --------------------------------------------------------------------------- Ray
 
 
-def _remote_job(spec: JobSpec, data: Data, resume: TrainState | None):
+_WORKER_BUILD: list = []  # this worker's (code digest, library versions), computed once
+
+
+def worker_build() -> tuple[str, dict[str, str]]:
+    """What decides an arm's results here: the digest of the arm's code and the
+    versions of the libraries in its fingerprint (pipeline.core.provenance)."""
+    if not _WORKER_BUILD:
+        from pipeline.core.provenance import code_digest, library_versions
+
+        _WORKER_BUILD.append((code_digest(remember=False), library_versions()))
+    return _WORKER_BUILD[0]
+
+
+def check_build(expected: tuple[str, dict[str, str]] | None, where: str) -> None:
+    """Refuse to train on a worker whose code or libraries differ from the driver's:
+    its results would be cached under a fingerprint that does not describe them."""
+    if expected is None:
+        return
+    code, versions = worker_build()
+    if code != expected[0]:
+        raise PipelineError(f"the Ray worker on {where} has other training code than this machine (code digest "
+                            f"{code[:12]}, here {expected[0][:12]}); install the same commit on every node")
+    if versions != expected[1]:
+        differ = ", ".join(f"{k} {versions.get(k)} (here {v})" for k, v in expected[1].items() if versions.get(k) != v)
+        raise PipelineError(f"the Ray worker on {where} has other library versions than this machine: {differ}; "
+                            f"install the same versions on every node")
+
+
+def _remote_job(spec: JobSpec, data: Data, resume: TrainState | None,
+                build: tuple[str, dict[str, str]] | None = None):
     """The job on a Ray worker: every event goes back to the driver as it happens."""
     import ray
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts; deterministic arms need it
-    yield f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:6]}"  # first: where it runs
+    where = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:6]}"
+    yield where  # first: where it runs
+    check_build(build, where)
     start_sampling()
     for event in run_job(spec, data, resume):
         yield event
@@ -245,13 +276,16 @@ class RayEngine:
                                      devices.gpu_memory)
         self.slots = capacity(self.options, nodes, len(jobs))
         self._remote = ray.remote(max_retries=0)(_remote_job)
+        from pipeline.core.provenance import code_digest, library_versions
+
+        self.build = (code_digest(), library_versions())  # what every worker must run too
         self.running: dict[str, _Running] = {}
 
     def busy(self) -> int:
         return len(self.running)
 
     def submit(self, spec: JobSpec, resume: TrainState | None) -> None:
-        gen = self._remote.options(**self.options).remote(spec, self.data_ref, resume)
+        gen = self._remote.options(**self.options).remote(spec, self.data_ref, resume, self.build)
         self.running[spec.fp] = _Running(spec, gen)
 
     def events(self) -> Iterator[tuple[JobSpec, object]]:

@@ -428,8 +428,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _job_error(spec: JobSpec, exc: BaseException) -> BaseException:
-    if isinstance(exc, PipelineError):
-        return exc
+    if isinstance(exc, PipelineError):  # raised on a Ray worker: its one line, without Ray's traceback
+        cause = getattr(exc, "cause", None)
+        return cause if isinstance(cause, PipelineError) else exc
     import torch
 
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "OutOfMemoryError" in type(exc).__name__:
