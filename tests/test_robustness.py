@@ -138,3 +138,47 @@ def test_a_zombie_is_not_alive():
     assert not pid_alive(child.pid)  # exited, not yet reaped
     child.wait()
     assert not pid_alive(child.pid) and pid_alive(os.getpid())
+
+
+@pytest.mark.slow
+def test_an_arm_another_process_trains_does_not_hold_up_the_others(tmp_path):
+    """A parallel experiment holds one arm x seed's lock: this study trains its other
+    jobs meanwhile (and keeps saving their epochs), says once that it waits, and
+    trains or restores that one when the lock is free."""
+    from filelock import FileLock
+
+    from pipeline.untar import prepare
+
+    archive = tmp_path / "a.tar.gz"
+    write_official(archive, per_class=6)
+    prepare(archive, tmp_path / "prepared", verify_counts=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": [0, 1], "aug": "none", "epochs": 1,
+                                                          "batch_size": 8}))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "pipeline.train", "--data", "prepared", "--no-progress", "--no-mlflow"]
+    subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
+    fp = {r["seed"]: r["fingerprint"] for r in json.loads((tmp_path / "runs/study.json").read_text())["runs"]}
+    cache = tmp_path / ".arm-cache"
+    for f in fp.values():
+        subprocess.run(["rm", "-rf", str(cache / f)], check=True)
+    held = FileLock(str(cache / f"{fp[0]}.lock"))
+    held.acquire()
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (cache / fp[1] / "done").is_dir():  # seed 1 trains while seed 0 waits
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "the study waited for seed 0 before training seed 1"
+            time.sleep(0.1)
+        time.sleep(2)
+        assert proc.poll() is None and not (cache / fp[0] / "done").exists()  # still waiting for seed 0
+        held.release()
+        out = proc.communicate(timeout=300)[0]
+    finally:
+        held.release()
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, out
+    assert out.count("aug=none seed=0: another process is training it; waiting") == 1, out
+    assert (cache / fp[0] / "done").is_dir()

@@ -134,6 +134,7 @@ class Running:
 
 
 MAX_LOST = 3  # a job whose workers die this often fails the study
+LOCK_POLL_S = 1.0  # how often a job whose arm another process trains asks again, when nothing else runs
 
 
 class Driver:
@@ -148,6 +149,7 @@ class Driver:
         self.planned = 0  # arm x seed jobs given to run(), restored ones included
         self.record: list[StudyRun] = []
         self.running: dict[str, Running] = {}
+        self._told: set[str] = set()  # jobs said to wait for another process
 
     # --- tracking
 
@@ -177,28 +179,38 @@ class Driver:
         self.planned += len(jobs)
         pending = list(jobs)
         while pending or self.running:
+            elsewhere = []  # jobs another process (a parallel experiment) is training: they wait
             while pending and self.engine.busy() < self.engine.slots:
-                self._start(pending.pop(0), arms)
-            if self.running:
+                spec = pending.pop(0)
+                if not self._start(spec, arms):
+                    elsewhere.append(spec)
+            pending = elsewhere + pending
+            if self.running:  # the running jobs' states are saved while the others wait
                 for spec, event in self.engine.events():
                     self._handle(spec, event, arms[spec.arm])
+            elif pending:
+                time.sleep(LOCK_POLL_S)
 
-    def _start(self, spec: JobSpec, arms: dict[str, Arm]) -> None:
+    def _start(self, spec: JobSpec, arms: dict[str, Arm]) -> bool:
+        """Start `spec` (or restore it from the arm cache); False while another process
+        holds its arm's lock."""
         arm = arms[spec.arm]
         from filelock import Timeout
 
         lock = self.store.lock(spec.fp)
         try:
             lock.acquire(timeout=0)
-        except Timeout:  # a parallel experiment training the same arm finishes it first
-            print(f"{spec.label}: another process is training it; waiting", flush=True)
-            lock.acquire()
+        except Timeout:  # a parallel experiment is training the same arm: it finishes it first
+            if spec.fp not in self._told:
+                self._told.add(spec.fp)
+                print(f"{spec.label}: another process is training it; waiting", flush=True)
+            return False
         try:
             entry = None if self.retrain else self.store.done(spec.fp)
             if entry is not None:
                 self._restore(spec, arm, *entry)
                 lock.release()
-                return
+                return True
             saved = self.store.load_state(spec.fp, self.identity.device_type)
             state, side = saved if saved is not None else (None, {})
             key = side.get("run_key") if self.journal is not None else None
@@ -217,6 +229,7 @@ class Driver:
         except BaseException:
             lock.release()
             raise
+        return True
 
     def _handle(self, spec: JobSpec, event, arm: Arm) -> None:
         job = self.running[spec.fp]
