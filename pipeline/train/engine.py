@@ -186,6 +186,8 @@ def _remote_job(spec: JobSpec, data: Data, resume: TrainState | None,
 def _remote_measure(spec: JobSpec, data: Data) -> float:
     from pipeline.train.estimate import measure
 
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # this worker may train a job next
+
     return measure(spec, data)
 
 
@@ -202,6 +204,7 @@ class Devices:
 
 def _probe() -> Devices:
     """Run on a worker with a share of a GPU."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts: this worker may train next
     import torch
 
     if not torch.cuda.is_available():
