@@ -126,6 +126,7 @@ def test_plain_lines_show_the_jobs_where_they_run_and_the_eta(capsys):
     progress = Progress(enabled=False)
     progress.jobs = {s.fp: _Job(2, 100) for s in specs}
     progress.total, progress.rate = 600, 10.0
+    progress.started(specs[2], "")  # sent to Ray, not yet on a worker: still waiting, and no line
     progress.started(specs[0], "node-a")
     progress.started(specs[1], "node-b")
     progress.finished(specs[0], RunMetrics(train_acc=0.9, train_loss=0.1, test_acc=0.7, test_loss=0.9, gap=0.2,

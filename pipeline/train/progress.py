@@ -105,8 +105,10 @@ class Progress:
             self.bar.set_postfix_str(self.jobs_line(), refresh=False)
 
     def started(self, spec: JobSpec, where: str) -> None:
+        """`spec` went to `where`; "" while it waits for a Ray worker (or again after
+        its worker died), when it still counts as waiting."""
         if spec.fp in self.jobs:
-            self.jobs[spec.fp].state, self.jobs[spec.fp].where = "running", where
+            self.jobs[spec.fp].state, self.jobs[spec.fp].where = ("running" if where else "waiting"), where
             self._postfix()
             if self.bar is None and where:  # plain lines: say where a job went
                 self._say(f"{spec.label}: started on {where} [{self.jobs_line()}]")
