@@ -142,3 +142,17 @@ def test_a_pipeline_error_raised_on_a_worker_is_one_line():
     assert isinstance(wrapped, PipelineError) and "\n" in str(wrapped)  # several lines, Ray's first
     spec = _jobs("simple_cnn")[0]
     assert _job_error(spec, wrapped) is cause
+
+
+def test_ray_sizes_a_share_for_every_job_of_the_study_and_its_slots_for_those_to_train(monkeypatch):
+    seen = {}
+
+    def fake_ray(data, address, jobs, parallel, device_type, sizing=None):
+        seen.update(jobs=jobs, sizing=sizing)
+
+    monkeypatch.setattr(engine, "RayEngine", fake_ray)
+    study = _jobs("simple_cnn", seeds=(0, 1, 2))
+    make_engine(_data(), study[:2], "auto", "head:6379", "cuda", None, sizing=study)
+    assert seen == {"jobs": study[:2], "sizing": study}
+    make_engine(_data(), [], "auto", "head:6379", "cuda", None, sizing=study)  # all cached: still sized
+    assert seen == {"jobs": [], "sizing": study}

@@ -187,7 +187,6 @@ def _remote_measure(spec: JobSpec, data: Data) -> float:
     from pipeline.train.estimate import measure
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # this worker may train a job next
-
     return measure(spec, data)
 
 
@@ -259,10 +258,11 @@ class _Running:
 class RayEngine:
     """Every job as a Ray task (a generator streaming its epochs back). The data go
     into Ray's object store once and reach each node once; a job asks for the CPUs
-    and the share of a GPU it needs."""
+    and the share of a GPU it needs: that of the largest of `sizing` (default
+    `jobs`, the jobs to train, which also bound how many run at once)."""
 
     def __init__(self, data: Data, address: str | None, jobs: list[JobSpec], parallel: int | str,
-                 device_type: str):
+                 device_type: str, sizing: list[JobSpec] | None = None):
         import ray
 
         self._ray = ray
@@ -275,8 +275,8 @@ class RayEngine:
         t0 = time.perf_counter()
         self.data_ref = ray.put(data)
         self.put_seconds = time.perf_counter() - t0
-        self.options = job_resources(jobs, nodes, parallel, device_type, (len(data.train_y), len(data.test_y)),
-                                     devices.gpu_memory)
+        self.options = job_resources(sizing or jobs, nodes, parallel, device_type,
+                                     (len(data.train_y), len(data.test_y)), devices.gpu_memory)
         self.slots = capacity(self.options, nodes, len(jobs))
         self._remote = ray.remote(max_retries=0)(_remote_job)
         from pipeline.core.provenance import code_digest, library_versions
@@ -418,7 +418,7 @@ def make_engine(data: Data, jobs: list[JobSpec], parallel: int | str, cluster: s
     local_many = device_type == "cuda" or (parallel != "auto" and int(parallel) > 1)
     if not address and (not local_many or len(jobs) <= 1):
         return LocalEngine(data, on_step)
-    return RayEngine(data, address, sizing or jobs, parallel, device_type)
+    return RayEngine(data, address, jobs, parallel, device_type, sizing)
 
 
 def cluster_address(cluster: str | None) -> str | None:
