@@ -10,6 +10,7 @@ from pipeline.core.config import parse_params
 from pipeline.core.errors import PipelineError
 from pipeline.train import engine
 from pipeline.train.engine import GIB, GPU_JOBS_MAX, LocalEngine, Usage, capacity, job_resources, make_engine
+from pipeline.training import resolve_precision
 from pipeline.training.job import Data, JobSpec
 from tests.synthetic import images
 
@@ -17,8 +18,11 @@ SIZES = (50_000, 10_000)  # the full dataset lives on every GPU a job uses
 
 
 def _jobs(preset: str, seeds=(0,), **kw) -> list[JobSpec]:
+    """The preset's jobs as the stage makes them for a GPU with bf16 (precision resolved)."""
     p = parse_params({"preset": preset, "seeds": list(seeds), **kw})
-    return [JobSpec(a.name, s, a.train, f"{a.name}-{s}", "cuda", "auto", False, None) for a, s in p.runs()]
+    return [JobSpec(a.name, s, a.train.model_copy(update={"precision": resolve_precision(a.train.precision, "cuda",
+                                                                                          True)}),
+                    f"{a.name}-{s}", "cuda", "auto", False, None) for a, s in p.runs()]
 
 
 def _gpu_node(gpus=1, cpus=16) -> dict:
@@ -26,12 +30,14 @@ def _gpu_node(gpus=1, cpus=16) -> dict:
 
 
 def test_small_models_share_a_gpu_and_a_resnet_takes_a_larger_slice():
-    small = job_resources(_jobs("simple_cnn"), [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=16 * GIB)
-    large = job_resources(_jobs("resnet18"), [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=16 * GIB)
+    """On a 12 GiB GPU (the README: a ResNet-18 in bf16 takes more than 1/8 under 15 GiB)."""
+    small = job_resources(_jobs("simple_cnn"), [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=12 * GIB)
+    large = job_resources(_jobs("resnet18"), [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=12 * GIB)
+    assert _jobs("resnet18")[0].cfg.precision == "bf16"
     assert small == {"num_gpus": round(1 / GPU_JOBS_MAX, 4), "num_cpus": 1}
     assert 1 / GPU_JOBS_MAX < large["num_gpus"] < 1 and large["num_cpus"] == 1
     # the same job on a GPU with a quarter of the memory takes a larger share of it
-    smaller_gpu = job_resources(_jobs("resnet18"), [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=4 * GIB)
+    smaller_gpu = job_resources(_jobs("resnet18"), [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=3 * GIB)
     assert smaller_gpu["num_gpus"] == pytest.approx(min(1.0, large["num_gpus"] * 4), abs=1e-3)
     # and on a large GPU, several ResNet-18s fit at once
     big = job_resources(_jobs("resnet18"), [_gpu_node()], "auto", "cuda", SIZES, gpu_memory=80 * GIB)
@@ -103,7 +109,8 @@ def test_the_cpu_default_runs_in_this_process_and_starts_no_ray(monkeypatch):
 
 def test_every_epoch_is_followed_by_the_usage_of_the_machine_that_trained_it():
     spec = _jobs("simple_cnn", epochs=2, batch_size=4)[0]
-    spec = JobSpec(spec.arm, spec.seed, spec.cfg.model_copy(update={"aug": "none"}), spec.fp, "cpu", 8, False, 1)
+    spec = JobSpec(spec.arm, spec.seed, spec.cfg.model_copy(update={"aug": "none", "precision": "fp32"}), spec.fp,
+                   "cpu", 8, False, 1)
     local = LocalEngine(_data())
     local.submit(spec, None)
     kinds = []
@@ -156,3 +163,47 @@ def test_ray_sizes_a_share_for_every_job_of_the_study_and_its_slots_for_those_to
     assert seen == {"jobs": study[:2], "sizing": study}
     make_engine(_data(), [], "auto", "head:6379", "cuda", None, sizing=study)  # all cached: still sized
     assert seen == {"jobs": [], "sizing": study}
+
+
+def test_a_dead_worker_is_retried_and_an_error_ray_would_repeat_is_one_line():
+    from ray import exceptions as e
+
+    spec = _jobs("simple_cnn")[0]
+    for died in (e.WorkerCrashedError(), e.NodeDiedError("node gone"), e.OwnerDiedError("00" * 28, "", ""),
+                 e.LocalRayletDiedError()):
+        lost = engine.ray_failure(spec, "node-a:1f2e3d", died)
+        assert isinstance(lost, engine.Lost) and lost.reason == f"{type(died).__name__} on node-a:1f2e3d"
+    failed = engine.ray_failure(spec, "", e.RuntimeEnvSetupError("pip could not install torch==9"))
+    assert isinstance(failed, engine.Failed) and isinstance(failed.error, PipelineError)
+    assert str(failed.error) == (f"{spec.label}: Ray could not run it: RuntimeEnvSetupError: "
+                                 f"{' '.join(str(e.RuntimeEnvSetupError('pip could not install torch==9')).split())}")
+
+
+def test_jobs_are_sized_for_the_smallest_gpu_of_the_cluster():
+    """Mixed GPUs: a share sized on an 80 GiB card would overfill a 16 GiB one, and
+    bf16 is chosen only where every GPU has it."""
+    from pipeline.train.engine import Devices, weakest
+
+    found = [Devices("cuda", True, 80 * GIB), Devices("cuda", False, 16 * GIB), Devices()]
+    assert weakest(found) == Devices("cuda", False, 16 * GIB)
+    assert weakest([Devices("cuda", True, 80 * GIB)] * 2) == Devices("cuda", True, 80 * GIB)
+    assert weakest([Devices(), Devices()]) == weakest([]) == Devices()
+
+
+def test_every_node_with_gpus_is_probed_on_that_node(monkeypatch):
+    """Ray told of a GPU it does not have: the probe runs there (and finds no CUDA, so
+    the jobs train on the CPU); a cluster is probed once per process."""
+    import ray
+
+    monkeypatch.setattr(engine, "_DEVICES", {})
+    ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, configure_logging=False,
+             log_to_driver=False)
+    try:
+        calls = []
+        real = engine.probe_gpu_nodes
+        monkeypatch.setattr(engine, "probe_gpu_nodes", lambda: calls.append(1) or real())
+        assert real() == [engine.Devices()]  # one node with a GPU share, probed there
+        assert engine.connect(None) == engine.Devices() and engine.connect(None) == engine.Devices()
+        assert calls == [1]
+    finally:
+        ray.shutdown()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -67,13 +68,17 @@ def system_metrics(device: str) -> dict[str, float]:
 
 
 def start_sampling() -> None:
-    """Before a job trains: psutil's CPU use is measured from one call to the next."""
+    """Before a job trains: psutil's CPU use is measured from one call to the next,
+    and the GPU's memory peak is the job's own (not an earlier job's in this process)."""
     try:
         import psutil
 
         psutil.cpu_percent(interval=None)
     except ImportError:
         pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
 
 
 @dataclass
@@ -106,8 +111,9 @@ class LocalEngine:
         start_sampling()
         self._job = (spec, run_job(spec, self.data, resume, self.on_step))
 
-    def events(self) -> Iterator[tuple[JobSpec, object]]:
-        """The next event of the running job (blocks while it trains)."""
+    def events(self, timeout: float | None = None) -> Iterator[tuple[JobSpec, object]]:
+        """The next event of the running job (blocks while it trains; with one job at
+        a time there is no free slot to wait for, so `timeout` does not apply)."""
         spec, gen = self._job
         try:
             event = next(gen)
@@ -186,7 +192,6 @@ def _remote_job(spec: JobSpec, data: Data, resume: TrainState | None,
 def _remote_measure(spec: JobSpec, data: Data) -> float:
     from pipeline.train.estimate import measure
 
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # this worker may train a job next
     return measure(spec, data)
 
 
@@ -203,7 +208,6 @@ class Devices:
 
 def _probe() -> Devices:
     """Run on a worker with a share of a GPU."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts: this worker may train next
     import torch
 
     if not torch.cuda.is_available():
@@ -240,12 +244,44 @@ def connect(address: str | None) -> Devices:
                                 f"check `cluster` in params.yaml or RAY_ADDRESS (the machine running the study "
                                 f"must be a node of that cluster)") from None
     if address not in _DEVICES:
-        if ray.cluster_resources().get("GPU", 0) < 1:
-            _DEVICES[address] = Devices()
-        else:
-            # a small share, not a whole GPU: the GPUs may be packed with other studies' jobs
-            _DEVICES[address] = ray.get(ray.remote(num_gpus=1 / GPU_JOBS_MAX, num_cpus=0)(_probe).remote())
+        _DEVICES[address] = weakest(probe_gpu_nodes())
     return _DEVICES[address]
+
+
+def probe_gpu_nodes() -> list[Devices]:
+    """What each live node with GPUs has, probed on that node (with a small share of
+    a GPU, not a whole one: the GPUs may be packed with other studies' jobs)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_gpus=1 / GPU_JOBS_MAX, num_cpus=0)(_probe)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) >= 1 / GPU_JOBS_MAX]
+    return ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+                    for node in nodes])
+
+
+def weakest(found: list[Devices]) -> Devices:
+    """The devices every job can count on, wherever Ray places it: cuda if any node
+    has a GPU, bf16 only if all of them have it, and the smallest GPU's memory."""
+    cuda = [d for d in found if d.type == "cuda"]
+    if not cuda:
+        return Devices()
+    return Devices("cuda", all(d.bf16 for d in cuda), min(d.gpu_memory for d in cuda))
+
+
+def ray_failure(spec: JobSpec, node: str, exc: BaseException) -> Lost | Failed:
+    """What a Ray error (other than the job's own) means for the job: `Lost` when its
+    worker, node or objects died under it, or Ray's memory monitor killed it (the job
+    goes on elsewhere, at most MAX_LOST times: pipeline.train.stage); else `Failed`,
+    with one line: Ray cannot run it, and would not on a retry."""
+    from ray import exceptions as e
+
+    died = (e.WorkerCrashedError, e.NodeDiedError, e.ObjectLostError, e.LocalRayletDiedError, e.RaySystemError,
+            e.OutOfMemoryError, e.RayActorError)
+    if isinstance(exc, died):
+        return Lost(f"{type(exc).__name__} on {node or 'its worker'}")
+    return Failed(PipelineError(f"{spec.label}: Ray could not run it: {type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:300]}"))
 
 
 @dataclass
@@ -278,6 +314,9 @@ class RayEngine:
         self.options = job_resources(sizing or jobs, nodes, parallel, device_type,
                                      (len(data.train_y), len(data.test_y)), devices.gpu_memory)
         self.slots = capacity(self.options, nodes, len(jobs))
+        # a GPU job in a fresh worker: a reused one keeps the CUDA context of the GPU its last
+        # job had, whatever Ray assigns next (and its memory peaks)
+        self.task_options = {**self.options, **({"max_calls": 1} if self.options.get("num_gpus") else {})}
         self._remote = ray.remote(max_retries=0)(_remote_job)
         from pipeline.core.provenance import code_digest, library_versions
 
@@ -288,14 +327,14 @@ class RayEngine:
         return len(self.running)
 
     def submit(self, spec: JobSpec, resume: TrainState | None) -> None:
-        gen = self._remote.options(**self.options).remote(spec, self.data_ref, resume, self.build)
+        gen = self._remote.options(**self.task_options).remote(spec, self.data_ref, resume, self.build)
         self.running[spec.fp] = _Running(spec, gen)
 
-    def events(self) -> Iterator[tuple[JobSpec, object]]:
-        """The events that are ready now (waits for at least one)."""
+    def events(self, timeout: float | None = None) -> Iterator[tuple[JobSpec, object]]:
+        """The events that are ready now (waits for at least one, or `timeout` seconds)."""
         ray = self._ray
         by_gen = {id(r.gen): r for r in self.running.values()}
-        ready, _ = ray.wait([r.gen for r in self.running.values()], num_returns=1, timeout=None)
+        ready, _ = ray.wait([r.gen for r in self.running.values()], num_returns=1, timeout=timeout)
         for gen in ready:
             job = by_gen[id(gen)]
             try:
@@ -308,11 +347,8 @@ class RayEngine:
                 yield job.spec, Failed(exc.as_instanceof_cause())
                 continue
             except ray.exceptions.RayError as exc:
-                # the job's worker or node died, or Ray killed it (its memory monitor, for one):
-                # nothing is known to be wrong with the job, which goes on elsewhere (at most
-                # MAX_LOST times, pipeline.train.stage)
                 self.running.pop(job.spec.fp, None)
-                yield job.spec, Lost(f"{type(exc).__name__} on {job.node or 'its worker'}")
+                yield job.spec, ray_failure(job.spec, job.node, exc)
                 continue
             if isinstance(event, str):
                 job.node = event
@@ -328,7 +364,8 @@ class RayEngine:
 
     def measure(self, spec: JobSpec) -> float:
         """Training speed, measured on a worker with the job's resources."""
-        return self._ray.get(self._ray.remote(_remote_measure).options(**self.options).remote(spec, self.data_ref))
+        remote = self._ray.remote(_remote_measure).options(**self.task_options)
+        return self._ray.get(remote.remote(spec, self.data_ref))
 
     def cancel(self) -> None:
         for job in self.running.values():

@@ -186,7 +186,9 @@ class Driver:
                     elsewhere.append(spec)
             pending = elsewhere + pending
             if self.running:  # the running jobs' states are saved while the others wait
-                for spec, event in self.engine.events():
+                # with a free slot and a job waiting for its lock, ask again soon
+                timeout = LOCK_POLL_S if pending and self.engine.busy() < self.engine.slots else None
+                for spec, event in self.engine.events(timeout):
                     self._handle(spec, event, arms[spec.arm])
             elif pending:
                 time.sleep(LOCK_POLL_S)
