@@ -205,5 +205,18 @@ def test_every_node_with_gpus_is_probed_on_that_node(monkeypatch):
         assert real() == [engine.Devices()]  # one node with a GPU share, probed there
         assert engine.connect(None) == engine.Devices() and engine.connect(None) == engine.Devices()
         assert calls == [1]
+        # the GPU path of the engine (its resources, one fresh worker per job), on the CPU
+        spec = _jobs("simple_cnn", seeds=(0, 1), aug="none", epochs=1, batch_size=4)
+        specs = [JobSpec(j.arm, j.seed, j.cfg.model_copy(update={"precision": "fp32"}), j.fp, "cpu", 8,
+                         False, 1) for j in spec]
+        ray_engine = engine.RayEngine(_data(), None, specs, "auto", "cuda")
+        assert ray_engine.options == {"num_gpus": 1.0, "num_cpus": 1} and ray_engine.slots == 1  # memory unknown
+        assert ray_engine.measure(specs[0]) > 0
+        finished = []
+        for s in specs:
+            ray_engine.submit(s, None)
+            while ray_engine.busy():
+                finished += [sp.seed for sp, ev in ray_engine.events() if type(ev).__name__ == "Finished"]
+        assert finished == [0, 1]
     finally:
         ray.shutdown()

@@ -315,9 +315,10 @@ class RayEngine:
                                      (len(data.train_y), len(data.test_y)), devices.gpu_memory)
         self.slots = capacity(self.options, nodes, len(jobs))
         # a GPU job in a fresh worker: a reused one keeps the CUDA context of the GPU its last
-        # job had, whatever Ray assigns next (and its memory peaks)
-        self.task_options = {**self.options, **({"max_calls": 1} if self.options.get("num_gpus") else {})}
-        self._remote = ray.remote(max_retries=0)(_remote_job)
+        # job had, whatever Ray assigns next (0: CPU workers are reused)
+        max_calls = 1 if self.options.get("num_gpus") else 0
+        self._remote = ray.remote(max_retries=0, max_calls=max_calls)(_remote_job)
+        self._measure = ray.remote(max_calls=max_calls)(_remote_measure)
         from pipeline.core.provenance import code_digest, library_versions
 
         self.build = (code_digest(), library_versions())  # what every worker must run too
@@ -327,7 +328,7 @@ class RayEngine:
         return len(self.running)
 
     def submit(self, spec: JobSpec, resume: TrainState | None) -> None:
-        gen = self._remote.options(**self.task_options).remote(spec, self.data_ref, resume, self.build)
+        gen = self._remote.options(**self.options).remote(spec, self.data_ref, resume, self.build)
         self.running[spec.fp] = _Running(spec, gen)
 
     def events(self, timeout: float | None = None) -> Iterator[tuple[JobSpec, object]]:
@@ -364,8 +365,7 @@ class RayEngine:
 
     def measure(self, spec: JobSpec) -> float:
         """Training speed, measured on a worker with the job's resources."""
-        remote = self._ray.remote(_remote_measure).options(**self.task_options)
-        return self._ray.get(remote.remote(spec, self.data_ref))
+        return self._ray.get(self._measure.options(**self.options).remote(spec, self.data_ref))
 
     def cancel(self) -> None:
         for job in self.running.values():
