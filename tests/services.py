@@ -178,6 +178,9 @@ def main() -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        # a second signal must not cut the clean-up short (and leave a server running)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for stop in reversed(stops):
             stop()
 
