@@ -56,7 +56,7 @@ def load(folder: str | None, n_train: int, n_test: int):
         vx, vy, _ = load_subset(folder, "test", n_test, 0)
         return Data(f"{manifest['data_sha256']}:{n_train}:{n_test}", tx, ty, vx, vy), manifest["name"]
     rng = np.random.default_rng(0)
-    images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)  # noqa: E731
+    images = lambda n: rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)  # noqa: E731  (NCHW, as prepared)
     labels = lambda n: np.arange(n, dtype=np.int64) % 10  # noqa: E731
     return Data(f"synthetic:{n_train}:{n_test}", images(n_train), labels(n_train), images(n_test),
                 labels(n_test)), "synthetic images"
