@@ -188,10 +188,10 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, dict]], arms
     last = {a: [evals[(a, s, "last")][0] for s in seeds] for a in arms}
     effects, interactions = factor_effects(last, axes or {}, baseline, confidence)
     return StudySummary(baseline=baseline, confidence=confidence,
-                   correction=f"{CORRECTION} over the {len(arms) - 1} comparison(s) with the baseline; "
-                              f"{CORRECTION} over the {len(CLASSES)} classes of each comparison",
-                   seeds=list(seeds), classes=list(CLASSES), checkpoints=out, model_facts=facts,
-                   effects=effects, interactions=interactions)
+                        correction=f"{CORRECTION} over the {len(arms) - 1} comparison(s) with the baseline; "
+                                   f"{CORRECTION} over the {len(CLASSES)} classes of each comparison",
+                        seeds=list(seeds), classes=list(CLASSES), checkpoints=out, model_facts=facts,
+                        effects=effects, interactions=interactions)
 
 
 def headline(summary: StudySummary, arms: list[str]) -> dict:

@@ -26,10 +26,10 @@ import numpy as np
 
 from pipeline.core.config import load_params
 from pipeline.core.contracts import StudyRecord, read_history, read_json, run_dir
-from pipeline.evaluate.contracts import StudySummary
 from pipeline.core.dataset import load_manifest, load_split
 from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path
+from pipeline.evaluate.contracts import StudySummary
 from pipeline.core.provenance import code_version, dvc_experiment, repo_root
 from pipeline.report.build import Inputs, Report, build_report
 from pipeline.training.subset import stratified_subset

@@ -16,6 +16,7 @@ share, and starting Ray would cost seconds for nothing).
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
@@ -67,9 +68,10 @@ def system_metrics(device: str) -> dict[str, float]:
     return out
 
 
-def start_sampling() -> None:
-    """Before a job trains: psutil's CPU use is measured from one call to the next,
-    and the GPU's memory peak is the job's own (not an earlier job's in this process)."""
+def with_usage(events: Iterator, device: str) -> Iterator:
+    """A job's events, each `Epoch` followed by the `Usage` of the process training it.
+    Before the first: psutil's CPU use is measured from one call to the next, and the
+    GPU's memory peak is made the job's own (not an earlier job's in this process)."""
     try:
         import psutil
 
@@ -79,6 +81,10 @@ def start_sampling() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.reset_peak_memory_stats()
+    for event in events:
+        yield event
+        if type(event).__name__ == "Epoch":
+            yield Usage(system_metrics(device))
 
 
 @dataclass
@@ -108,8 +114,7 @@ class LocalEngine:
 
     def submit(self, spec: JobSpec, resume: TrainState | None) -> None:
         assert self._job is None, "the local engine runs one job at a time"
-        start_sampling()
-        self._job = (spec, run_job(spec, self.data, resume, self.on_step))
+        self._job = (spec, with_usage(run_job(spec, self.data, resume, self.on_step), spec.device))
 
     def events(self, timeout: float | None = None) -> Iterator[tuple[JobSpec, object]]:
         """The next event of the running job (blocks while it trains; with one job at
@@ -124,8 +129,6 @@ class LocalEngine:
         if type(event).__name__ == "Finished":
             self._job = None
         yield spec, event
-        if type(event).__name__ == "Epoch":
-            yield spec, Usage(system_metrics(spec.device))
 
     def where(self, spec: JobSpec) -> str:
         return socket.gethostname()
@@ -145,17 +148,14 @@ class LocalEngine:
 # --------------------------------------------------------------------------- Ray
 
 
-_WORKER_BUILD: list = []  # this worker's (code digest, library versions), computed once
-
-
+@functools.cache
 def worker_build() -> tuple[str, dict[str, str]]:
-    """What decides an arm's results here: the digest of the arm's code and the
-    versions of the libraries in its fingerprint (pipeline.core.provenance)."""
-    if not _WORKER_BUILD:
-        from pipeline.core.provenance import code_digest, library_versions
+    """What decides an arm's results here (computed once per process): the digest of
+    the arm's code and the versions of the libraries in its fingerprint
+    (pipeline.core.provenance)."""
+    from pipeline.core.provenance import code_digest, library_versions
 
-        _WORKER_BUILD.append((code_digest(remember=False), library_versions()))
-    return _WORKER_BUILD[0]
+    return code_digest(remember=False), library_versions()
 
 
 def check_build(expected: tuple[str, dict[str, str]] | None, where: str) -> None:
@@ -182,11 +182,7 @@ def _remote_job(spec: JobSpec, data: Data, resume: TrainState | None,
     where = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:6]}"
     yield where  # first: where it runs
     check_build(build, where)
-    start_sampling()
-    for event in run_job(spec, data, resume):
-        yield event
-        if type(event).__name__ == "Epoch":
-            yield Usage(system_metrics(spec.device))
+    yield from with_usage(run_job(spec, data, resume), spec.device)
 
 
 def _remote_measure(spec: JobSpec, data: Data) -> float:
