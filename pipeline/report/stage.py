@@ -29,8 +29,8 @@ from pipeline.core.contracts import StudyRecord, read_history, read_json, run_di
 from pipeline.core.dataset import load_manifest, load_split
 from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path
-from pipeline.evaluate.contracts import StudySummary
 from pipeline.core.provenance import code_version, dvc_experiment, repo_root
+from pipeline.evaluate.contracts import StudySummary
 from pipeline.report.build import Inputs, Report, build_report
 from pipeline.training.subset import stratified_subset
 
