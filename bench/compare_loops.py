@@ -34,19 +34,19 @@ import models  # noqa: E402
 from pipeline.core.config import parse_params, presets  # noqa: E402
 from pipeline.core.dataset import load_split  # noqa: E402
 from pipeline.core.stats import welch  # noqa: E402
-from pipeline.training import NORMS  # noqa: E402
-from pipeline.training.augment import Augmenter  # noqa: E402
-from pipeline.training.loop import (  # noqa: E402
+from pipeline.arm.augment import NORMS, Augmenter  # noqa: E402
+from pipeline.arm.loop import (  # noqa: E402
     Tensors,
     autocast,
     build_optimizer,
     build_schedule,
     evaluate,
-    fit,
     resolve_device,
     seed_everything,
+    train_epochs,
 )
-from pipeline.training.subset import stratified_subset  # noqa: E402
+from pipeline.core.config import resolve_precision  # noqa: E402
+from pipeline.core.dataset import stratified_subset  # noqa: E402
 
 
 def classic_transforms(aug: str, norm: str):
@@ -147,8 +147,9 @@ def compare(args: argparse.Namespace, data: str | Path) -> list[dict]:
     rows = []
     for name in args.presets.split(","):
         cfg = parse_params({"preset": name, "epochs": args.epochs}).arms[-1].train
-        if args.no_compile:
-            cfg = cfg.model_copy(update={"compile": False})
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device.type, bf16),
+                                     **({"compile": False} if args.no_compile else {})})
         eval_batch = 1024 if device.type == "cuda" else 256
         c_sec, t_sec, c_acc, t_acc = [], [], [], []
         for seed in range(args.seeds):
@@ -158,9 +159,10 @@ def compare(args: argparse.Namespace, data: str | Path) -> list[dict]:
             c_acc.append(evaluate(model, test, Augmenter("none", cfg.norm, device), cfg.precision, eval_batch).acc)
             seed_everything(seed)
             model = models.create_model(cfg.model, **cfg.knobs).to(device)
-            res = fit(model, train, test, cfg, seed, eval_batch=eval_batch, diagnostics=True)
-            t_sec += [r.epoch_seconds for r in res.history]
-            t_acc.append(res.history[-1].test_acc)
+            history = [ep.row for ep in train_epochs(model, train, test, cfg, seed, eval_batch=eval_batch,
+                                                     states=False)]
+            t_sec += [r.epoch_seconds for r in history]
+            t_acc.append(history[-1].test_acc)
         # the first epoch carries compilation and warm-up: report the median epoch
         c, t = statistics.median(c_sec), statistics.median(t_sec)
         rows.append({"preset": name, "classic_s": c, "trainer_s": t, "speedup": c / t,

@@ -30,6 +30,7 @@ medians is Ray's cost per study as the user pays it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pickle
 import platform
@@ -45,16 +46,16 @@ TARGET_STUDY_S, TARGET_JOB_S = 5.0, 0.5
 
 
 def load(folder: str | None, n_train: int, n_test: int):
-    from pipeline.training.job import Data
+    from pipeline.core.jobs import Data
 
     if folder:
         from pipeline.core import dataset
-        from pipeline.training.subset import load_subset
+        from pipeline.core.dataset import load_subset
 
         manifest = dataset.load_manifest(folder)
         tx, ty, _ = load_subset(folder, "train", n_train, 0)
         vx, vy, _ = load_subset(folder, "test", n_test, 0)
-        return Data(f"{manifest['data_sha256']}:{n_train}:{n_test}", tx, ty, vx, vy), manifest["name"]
+        return Data(f"{manifest.data_sha256}:{n_train}:{n_test}", tx, ty, vx, vy), manifest.name
     rng = np.random.default_rng(0)
     images = lambda n: rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)  # noqa: E731  (NCHW, as prepared)
     labels = lambda n: np.arange(n, dtype=np.int64) % 10  # noqa: E731
@@ -66,24 +67,23 @@ def jobs(n: int, epochs: int):
     import torch
 
     from pipeline.core.config import parse_params
-    from pipeline.training.job import JobSpec
-    from pipeline.training import resolve_precision
+    from pipeline.train.plan import Identity, jobs_for
 
     params = parse_params({"aug": ["none", "standard"], "seeds": list(range((n + 1) // 2)), "epochs": epochs})
-    return [JobSpec(arm.name, seed, arm.train.model_copy(update={"precision": resolve_precision(
-                arm.train.precision, "cpu", False)}),
-                    f"bench-{arm.name}-{seed}", "cpu", "auto", False, torch.get_num_threads())
-            for arm, seed in params.runs()][:n]
+    todo = jobs_for(params, params.seeds, Identity({"bench": True}, {}, "cpu"), "cpu", bf16=False)[:n]
+    return [dataclasses.replace(j, threads=torch.get_num_threads()) for j in todo]
 
 
 def drain(engine, todo, at_once: int) -> dict[str, int]:
     """Run every job, `at_once` at a time; the pickled bytes each job sent back."""
+    from pipeline.core.jobs import Failed
+
     waiting, back = list(todo), {j.fp: 0 for j in todo}
     while waiting or engine.busy():
         while waiting and engine.busy() < at_once:
             engine.submit(waiting.pop(0), None)
         for spec, event in engine.events():
-            if type(event).__name__ == "Failed":
+            if isinstance(event, Failed):
                 raise event.error
             back[spec.fp] += len(pickle.dumps(event, protocol=5))
     return back

@@ -13,7 +13,7 @@ folders of those layouts; no links, devices, absolute or escaping names; caps
 on count and size against tar bombs). The official batches are extracted
 (filter="data") into a temporary folder next to `out` that is always removed;
 ImageFolder images are decoded straight from the archive, never written to
-disk. `out` appears whole or not at all. See pipeline/data.py for its layout.
+disk. `out` appears whole or not at all. pipeline/core/dataset.py defines its layout.
 """
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.core.dataset import ARRAY_FILES, CLASSES, IMAGE_SHAPE, MANIFEST, SPLITS, data_sha256
+from pipeline.core.dataset import (ARRAY_FILES, CLASSES, IMAGE_SHAPE, MANIFEST, SPLITS, DataManifest, SplitCounts,
+                                   data_sha256)
 from pipeline.core.errors import PipelineError, cli
-from pipeline.core.io import atomic_path, host_tag, sha256_file, sweep, write_json
+from pipeline.core.io import atomic_path, host_tag, sha256_file, sweep
 from pipeline.core.schema import load_data_config
 
 # Against tar bombs. CIFAR-10 has ~60,030 members and unpacks to ~185 MB
@@ -407,7 +408,7 @@ def _check_split(split: str, x: np.ndarray, y: np.ndarray, verify_counts: bool) 
 # ------------------------------------------------------------------------ stage
 
 def prepare(archive_path: str | os.PathLike, out_dir: str | os.PathLike, *,
-            verify_counts: bool = True) -> dict:
+            verify_counts: bool = True) -> DataManifest:
     """Unpack and check the archive; write the arrays and manifest.json to `out_dir`; return the manifest."""
     archive, out = Path(archive_path), Path(out_dir)
     if not archive.exists():
@@ -453,18 +454,16 @@ def prepare(archive_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                 np.save(staging / f"{split}_x.npy", x, allow_pickle=False)
                 np.save(staging / f"{split}_y.npy", y, allow_pickle=False)
             arrays = {name: sha256_file(staging / name) for name in ARRAY_FILES}
-            manifest = {
-                "format": fmt,
+            manifest = DataManifest(
+                format=fmt,
                 # what to call the data in reports: JPEG is lossy, so its accuracies are not the official ones
-                "name": ("CIFAR-10" if fmt == "cifar-python" else
-                         "CIFAR-10 (JPEG mirror)" if jpeg else "CIFAR-10 (image folders)"),
-                "classes": list(CLASSES),
-                "splits": {s: {"count": int(len(splits[s][1])), "per_class": per_class[s]} for s in SPLITS},
-                "source": {"path": str(archive_path), "sha256": sha256_file(archive)},
-                "arrays": arrays,
-                "data_sha256": data_sha256(arrays),
-            }
-            write_json(staging / MANIFEST, manifest)
+                name=("CIFAR-10" if fmt == "cifar-python" else
+                      "CIFAR-10 (JPEG mirror)" if jpeg else "CIFAR-10 (image folders)"),
+                classes=list(CLASSES),
+                splits={s: SplitCounts(count=len(splits[s][1]), per_class=per_class[s]) for s in SPLITS},
+                source={"path": str(archive_path), "sha256": sha256_file(archive)},
+                arrays=arrays, data_sha256=data_sha256(arrays))
+            (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
         return manifest
     finally:
         if tmp is not None:
@@ -481,8 +480,8 @@ def main(argv=None):
     cfg = load_data_config(args.params)
     t0 = time.perf_counter()
     m = prepare(args.archive, args.out, verify_counts=cfg.verify_counts)
-    print(f"{args.out}: {m['splits']['train']['count']:,} train + {m['splits']['test']['count']:,} test "
-          f"images ({m['format']}) in {time.perf_counter() - t0:.1f} s; data_sha256 {m['data_sha256']}")
+    print(f"{args.out}: {m.splits['train'].count:,} train + {m.splits['test'].count:,} test "
+          f"images ({m.format}) in {time.perf_counter() - t0:.1f} s; data_sha256 {m.data_sha256}")
 
 
 if __name__ == "__main__":

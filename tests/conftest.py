@@ -45,7 +45,10 @@ def write_prepared(folder: Path, train_per_class: int = 10, test_per_class: int 
         np.save(folder / f"{split}_y.npy", y, allow_pickle=False)
     arrays = {name: sha256_file(folder / name) for name in dataset.ARRAY_FILES}
     manifest = {"format": "synthetic", "name": "synthetic CIFAR-shaped images", "classes": list(dataset.CLASSES),
-                "splits": {s: {"count": int(len(y))} for s, (_, y) in splits.items()},
+                "splits": {s: {"count": int(len(y)), "per_class": {c: int((y == k).sum())
+                                                                  for k, c in enumerate(dataset.CLASSES)}}
+                           for s, (_, y) in splits.items()},
+                "source": {"path": "synthetic", "sha256": "0" * 64},
                 "arrays": arrays, "data_sha256": dataset.data_sha256(arrays)}
     (folder / dataset.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return folder
@@ -169,7 +172,7 @@ def assert_same_predictions(served, checkpoint: Path, data: Path, n: int = 64) -
     import torch
 
     import models
-    from pipeline.training.augment import normalize
+    from tests.training import normalize
 
     ckpt = torch.load(checkpoint, weights_only=True)
     net = models.create_model(ckpt["config"]["model"], **ckpt["config"]["knobs"])

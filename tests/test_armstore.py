@@ -24,18 +24,17 @@ def test_saves_land_in_order_and_the_last_one_stays(tmp_path):
     store = ArmStore(tmp_path)
     with StateWriter(store, "fp") as writer:
         for epoch in range(1, 6):
-            writer.save(_state(epoch), {"run_key": "k"})
-    state, side = store.load_state("fp", "cpu")
+            writer.save(_state(epoch))
+    state = store.load_state("fp", "cpu")
     assert state.epoch == 5 and torch.equal(state.model["w"], torch.full((1000,), 5.0))
-    assert side == {"run_key": "k"}
-    assert sorted(p.name for p in store.folder("fp").iterdir()) == ["run.json", "state.pt"]  # no temporaries
+    assert sorted(p.name for p in store.folder("fp").iterdir()) == ["state.pt"]  # no temporaries
 
 
 def test_one_write_at_a_time(tmp_path, monkeypatch):
     store = ArmStore(tmp_path)
     release, running, seen = threading.Event(), [], []
 
-    def slow_save(fp, state, side):
+    def slow_save(fp, state):
         running.append(state.epoch)
         seen.append(len(running))
         release.wait(5)
@@ -43,8 +42,8 @@ def test_one_write_at_a_time(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store, "save_state", slow_save)
     with StateWriter(store, "fp") as writer:
-        writer.save(_state(1), {})
-        t = threading.Thread(target=writer.save, args=(_state(2), {}))
+        writer.save(_state(1))
+        t = threading.Thread(target=writer.save, args=(_state(2),))
         t.start()
         t.join(0.3)
         assert t.is_alive()  # the second save waits for the first write
@@ -57,22 +56,22 @@ def test_one_write_at_a_time(tmp_path, monkeypatch):
 def test_a_failed_write_is_raised(tmp_path, monkeypatch, where):
     store = ArmStore(tmp_path)
 
-    def full_disk(fp, state, side):
+    def full_disk(fp, state):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(store, "save_state", full_disk)
     with pytest.raises(OSError, match="No space left"):
         with StateWriter(store, "fp") as writer:
-            writer.save(_state(1), {})
+            writer.save(_state(1))
             if where == "next save":
-                writer.save(_state(2), {})
+                writer.save(_state(2))
                 pytest.fail("the second save should have raised the first one's error")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not a state", "incomplete", "other device"])
 def test_a_bad_state_is_moved_aside_with_one_line(tmp_path, capsys, damage):
     store = ArmStore(tmp_path)
-    store.save_state("fp", _state(2, device="cuda" if damage == "other device" else "cpu"), {})
+    store.save_state("fp", _state(2, device="cuda" if damage == "other device" else "cpu"))
     path = store.folder("fp") / "state.pt"
     if damage == "truncated":
         os.truncate(path, path.stat().st_size // 2)
@@ -137,7 +136,7 @@ def test_restore_links_and_sweep_removes_leftovers(tmp_path):
     # what a kill -9 leaves: a temporary of a dead process, and a state of an arm that finished
     dead = store.folder(fp) / ".done.somehost-999999999.abc.tmp"
     (store.folder(fp) / f".done.{os.uname().nodename.replace('.', '_')}-999999999.abcd.tmp").mkdir()
-    store.save_state(fp, _state(1), {})
+    store.save_state(fp, _state(1))
     store.sweep()
     assert sorted(p.name for p in store.folder(fp).iterdir()) == ["done"]
     assert not dead.exists()
@@ -145,97 +144,133 @@ def test_restore_links_and_sweep_removes_leftovers(tmp_path):
 
 # --- what an arm's fingerprint covers ------------------------------------------------------------
 
-def _modules(root):
-    """Every project module under pipeline/ and models/: dotted name -> file."""
-    return {".".join(f.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): f
-            for top in ("pipeline", "models") for f in (root / top).rglob("*.py") if "__pycache__" not in f.parts}
+SIMPLE = ["pipeline/arm/job.py", "models/simple_cnn.py", "pipeline/arm/regimes/standard.py"]
 
 
-def _in_arm_code(path, root) -> bool:
-    from pipeline.core.provenance import ARM_CODE
+def test_an_arms_code_is_what_its_job_model_and_regime_import():
+    """Followed through every import (top-level or inside a function): the loop, the
+    augmentation kernels, the contracts of its files, the model registry; not
+    another model or regime, nor the modules listed as unable to change a result."""
+    from pipeline.core.provenance import NOT_FOLLOWED, code_files
 
-    rel = path.relative_to(root).as_posix()
-    return any(rel == p or rel.startswith(p + "/") for p in ARM_CODE)
-
-
-def test_the_arm_code_imports_nothing_unhashed():
-    """Every project module that the arm's code imports (at the top or inside a
-    function) is itself hashed into the fingerprint, or is listed, with a reason,
-    as one that cannot change what an arm computes."""
-    import ast
-
-    from pipeline.core.provenance import ARM_CODE_OUTSIDE, PACKAGE_ROOT as root
-
-    modules = _modules(root)
-    outside = set()
-    for name, f in modules.items():
-        if not _in_arm_code(f, root):
-            continue
-        for node in ast.walk(ast.parse(f.read_text())):
-            targets = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                       [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
-            for target in targets:
-                hit = next((m for m in (target, target.rsplit(".", 1)[0]) if m in modules), None)
-                if hit and not _in_arm_code(modules[hit], root):
-                    outside.add((name, hit))
-    unlisted = {(a, b) for a, b in outside if b not in ARM_CODE_OUTSIDE}
-    assert not unlisted, f"arm code imports unhashed modules (add them to ARM_CODE): {sorted(unlisted)}"
-    assert {b for _, b in outside} == set(ARM_CODE_OUTSIDE), "ARM_CODE_OUTSIDE lists modules nothing imports"
+    files = set(code_files(SIMPLE))
+    assert {"pipeline/arm/loop.py", "pipeline/arm/augment.py", "pipeline/arm/diagnostics.py",
+            "pipeline/core/contracts.py", "models/__init__.py", "models/registry.py", *SIMPLE} <= files
+    assert not files & {"models/resnet18.py", "pipeline/arm/regimes/strong.py", "pipeline/core/config.py",
+                        "pipeline/train/driver.py", "pipeline/core/jobs.py"}
+    # each module left out is one the arm's code does import (the list names no stale module)
+    everything = code_files(SIMPLE, skip={})
+    for module in NOT_FOLLOWED:
+        assert module.replace(".", "/") + ".py" in everything, module
 
 
 def test_the_driver_writes_an_arms_files_with_hashed_code():
-    """The files of a finished arm (the checkpoint, history.csv, metrics.json) are
-    written by functions whose code is part of the fingerprint."""
+    """The files of a finished arm (the checkpoints, history.csv, metrics.json,
+    diagnostics.json) are written by functions whose code is part of the fingerprint."""
     import inspect
     from pathlib import Path
 
-    from pipeline.core.contracts import RunMetrics, write_history
-    from pipeline.core.provenance import PACKAGE_ROOT as root
-    from pipeline.train import stage
+    from pipeline.arm.job import checkpoint
+    from pipeline.core.contracts import Checkpoint, DiagnosticsRecord, RunMetrics, write_history
+    from pipeline.core.provenance import PACKAGE_ROOT as root, code_files
 
-    for fn in (stage.checkpoint, stage.write_history, stage.RunMetrics.from_history, write_history,
-               RunMetrics.model_dump_json):
+    files = set(code_files(SIMPLE))
+    for fn in (checkpoint, Checkpoint.save, Checkpoint.to_dict, write_history, RunMetrics.from_history,
+               RunMetrics.model_dump_json, DiagnosticsRecord.model_dump_json):
         source = inspect.getsourcefile(fn)
         if "site-packages" in source:  # pydantic's own serialisation
             continue
-        assert _in_arm_code(Path(source).resolve(), root), f"{fn.__qualname__} is defined outside ARM_CODE"
+        assert Path(source).resolve().relative_to(root).as_posix() in files, f"{fn.__qualname__} is not hashed"
 
 
-def test_editing_arm_code_changes_the_fingerprint_and_other_code_does_not(tmp_path):
+def test_editing_an_arms_code_changes_its_fingerprint_and_other_code_does_not(tmp_path):
     import shutil
 
-    from pipeline.core.provenance import PACKAGE_ROOT, code_digest
+    from pipeline.core.provenance import PACKAGE_ROOT, code_files, digest
 
     root = tmp_path / "repo"
     for top in ("pipeline", "models"):
         shutil.copytree(PACKAGE_ROOT / top, root / top, ignore=shutil.ignore_patterns("__pycache__"))
-    before = code_digest(root=root)
-    for edited, changes in (("pipeline/core/dataset.py", True), ("pipeline/training/loop.py", True),
-                            ("models/simple_cnn.py", True), ("pipeline/core/contracts.py", True),
-                            ("pipeline/report/build.py", False), ("pipeline/train/stage.py", False),
-                            ("pipeline/evaluate/core.py", False)):
+    before = digest(code_files(SIMPLE, root))
+    for edited, changes in (("pipeline/arm/loop.py", True), ("models/simple_cnn.py", True),
+                            ("pipeline/arm/regimes/standard.py", True), ("pipeline/core/contracts.py", True),
+                            ("models/layers.py", True), ("models/resnet18.py", False),
+                            ("pipeline/arm/regimes/strong.py", False), ("pipeline/core/config.py", False),
+                            ("pipeline/core/dataset.py", False), ("pipeline/report/build.py", False),
+                            ("pipeline/train/stage.py", False), ("pipeline/evaluate/core.py", False)):
         f = root / edited
         text = f.read_text()
         f.write_text(text + "\nEDITED = 1\n")
-        assert (code_digest(root=root) != before) is changes, edited
+        assert (digest(code_files(SIMPLE, root)) != before) is changes, edited
         f.write_text(text + "\n# a comment changes nothing\n")
-        assert code_digest(root=root) == before, f"{edited}: a comment changed the fingerprint"
+        assert digest(code_files(SIMPLE, root)) == before, f"{edited}: a comment changed the fingerprint"
         f.write_text(text)
 
 
-def test_a_study_found_whole_in_the_arm_cache_never_imports_torch(tmp_path, prepared):
-    """Importing torch takes seconds; when every run is restored the train stage
-    does not load it (an import of torch fails in the second run here)."""
+def _train(proj, env_extra=None):
     import subprocess
     import sys
 
+    from tests.conftest import env
+
+    return subprocess.run([sys.executable, "-m", "pipeline.train", "--data", "prepared", "--no-mlflow",
+                           "--no-progress"], cwd=proj, env=env({"PYTHONPATH": str(proj), **(env_extra or {})}),
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def small_project(tmp_path, prepared):
+    """This project's code and a one-epoch, one-seed default study on the synthetic data."""
+    import shutil
+
     import yaml
 
-    from tests.conftest import REPO, env
+    from tests.conftest import REPO
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": [0], "epochs": 1, "batch_size": 32,
-                                                          "device": "cpu"}))
-    blocker = tmp_path / "blocker"
+    proj = tmp_path / "proj"
+    for top in ("pipeline", "models"):
+        shutil.copytree(REPO / top, proj / top, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(prepared, proj / "prepared")
+    (proj / "params.yaml").write_text(yaml.safe_dump({"seeds": [0], "epochs": 1, "batch_size": 32,
+                                                      "device": "cpu"}))
+    return proj
+
+
+def test_a_new_model_or_regime_restores_the_cached_arms_and_a_same_size_edit_retrains(small_project):
+    """Content, not size and modification time, decides: adding a model file and a
+    regime leaves the default arms cached; a one-character edit of simple_cnn.py
+    that keeps its size and modification time retrains them."""
+    proj = small_project
+    first = _train(proj)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("restored from the arm cache") == 0
+    tiny = (proj / "models" / "tutorial_cnn.py").read_text().replace("def tutorial_cnn(", "def tiny_cnn(")
+    (proj / "models" / "tiny_cnn.py").write_text(tiny)
+    (proj / "pipeline" / "arm" / "regimes" / "mirror.py").write_text(
+        (proj / "pipeline" / "arm" / "regimes" / "none.py").read_text())
+    config = proj / "pipeline" / "core" / "config.py"
+    config.write_text(config.read_text().replace('AUGMENTATIONS = ("none",', 'AUGMENTATIONS = ("none", "mirror",'))
+    again = _train(proj)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("restored from the arm cache") == 2, again.stdout
+    model = proj / "models" / "simple_cnn.py"
+    text, stat = model.read_text(), model.stat()
+    assert "scaled(128, width)" in text
+    model.write_text(text.replace("scaled(128, width)", "scaled(129, width)"))
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert model.stat().st_size == stat.st_size and model.stat().st_mtime_ns == stat.st_mtime_ns
+    edited = _train(proj)
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    assert edited.stdout.count("restored from the arm cache") == 0 and "2 to train" in edited.stdout, edited.stdout
+
+
+def test_a_study_found_whole_in_the_arm_cache_never_imports_torch(small_project):
+    """Importing torch takes seconds; when every run is restored the train stage
+    does not load it (an import of torch fails in the second run here)."""
+    import yaml
+
+    proj = small_project
+    blocker = proj / "blocker"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(
         "import sys\n"
@@ -244,17 +279,14 @@ def test_a_study_found_whole_in_the_arm_cache_never_imports_torch(tmp_path, prep
         "        if name == 'torch' or name.startswith('torch.'):\n"
         "            raise ImportError('torch was imported')\n"
         "sys.meta_path.insert(0, _NoTorch())\n")
-    cmd = [sys.executable, "-m", "pipeline.train", "--data", str(prepared), "--no-mlflow", "--no-progress"]
-    first = subprocess.run(cmd, cwd=tmp_path, env=env({"PYTHONPATH": str(REPO)}), capture_output=True, text=True,
-                           timeout=600)
+    first = _train(proj)
     assert first.returncode == 0, first.stderr
-    again = subprocess.run(cmd, cwd=tmp_path, env=env({"PYTHONPATH": f"{blocker}{os.pathsep}{REPO}"}),
-                           capture_output=True, text=True, timeout=600)
+    blocked = {"PYTHONPATH": f"{blocker}{os.pathsep}{proj}"}
+    again = _train(proj, blocked)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (again.stdout + again.stderr).count("restored from the arm cache") == 2, again.stdout + again.stderr
     # the guard itself works: a run with something to train does import torch, and fails here
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": [1], "epochs": 1, "batch_size": 32,
-                                                          "device": "cpu"}))
-    blocked = subprocess.run(cmd, cwd=tmp_path, env=env({"PYTHONPATH": f"{blocker}{os.pathsep}{REPO}"}),
-                             capture_output=True, text=True, timeout=600)
-    assert blocked.returncode != 0 and "torch was imported" in blocked.stdout + blocked.stderr
+    (proj / "params.yaml").write_text(yaml.safe_dump({"seeds": [1], "epochs": 1, "batch_size": 32,
+                                                      "device": "cpu"}))
+    failed = _train(proj, blocked)
+    assert failed.returncode != 0 and "torch was imported" in failed.stdout + failed.stderr

@@ -1,4 +1,4 @@
-"""Tests for pipeline.training.augment: batched, per-image-random augmentation regimes."""
+"""Tests for pipeline.arm.augment and its regimes: batched, per-image-random augmentation."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.training import AUGMENTATIONS, NORMS
-from pipeline.training import augment as A
-from pipeline.training.augment import Augmenter, augment, normalize
+from pipeline.arm import augment as A
+from pipeline.arm.augment import NORMS, Augmenter, regime_module
+from pipeline.arm.regimes import ssr_cutout, standard, strong
+from pipeline.core.config import AUGMENTATIONS, NORM_NAMES
+from tests.training import augment, normalize
 
 RANDOM_REGIMES = ["standard", "ssr_cutout", "strong"]
 
@@ -38,10 +40,14 @@ def _zero_pixels(y: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- basics
 
-def test_every_regime_has_a_kernel():
-    assert set(AUGMENTATIONS) == {"none", "standard", "ssr_cutout", "strong"}
+def test_every_regime_has_a_module_and_every_norm_its_constants():
+    from pathlib import Path
+
+    files = {f.stem for f in Path(A.__file__).with_name("regimes").glob("*.py")} - {"__init__"}
+    assert files == set(AUGMENTATIONS)
     for name in AUGMENTATIONS:
-        assert Augmenter(name, "cifar10", "cpu").regime == name
+        assert Augmenter(name, "cifar10", "cpu").regime == name and regime_module(name).DRAWS >= 0
+    assert set(NORMS) == set(NORM_NAMES)
 
 
 def test_augmenter_equals_the_checked_one_off_call():
@@ -219,7 +225,7 @@ def test_shift_scale_rotate_border_is_reflect_101():
     shifts = [(2, -3), (-1, 4), (0, 2)]  # (dx, dy) pixels
     dx = torch.tensor([s[0] / 32 for s in shifts])
     dy = torch.tensor([s[1] / 32 for s in shifts])
-    out = A._shift_scale_rotate(x, torch.zeros(3), torch.ones(3), dx, dy)
+    out = A.shift_scale_rotate(x, torch.zeros(3), torch.ones(3), dx, dy)
     for i, (sx, sy) in enumerate(shifts):
         padded = np.pad(x[i].numpy(), ((0, 0), (4, 4), (4, 4)), mode="reflect")
         ref = padded[:, 4 - sy:36 - sy, 4 - sx:36 - sx]
@@ -255,11 +261,11 @@ def test_strong_kernels_match_torchvision():
     factor = torch.tensor([0.8, 0.9, 1.0, 1.05, 1.15, 1.2])
     hue = torch.tensor([-0.1, -0.05, 0.0, 0.02, 0.07, 0.1])
     pairs = [
-        (A._rotate_nearest(x, angle), lambda i: tvf.rotate(x[i], float(angle[i]), InterpolationMode.NEAREST, fill=0)),
-        (A._adjust_brightness(x, factor), lambda i: tvf.adjust_brightness(x[i], float(factor[i]))),
-        (A._adjust_contrast(x, factor), lambda i: tvf.adjust_contrast(x[i], float(factor[i]))),
-        (A._adjust_saturation(x, factor), lambda i: tvf.adjust_saturation(x[i], float(factor[i]))),
-        (A._adjust_hue(x, hue, A.constants("cifar10").hue_n), lambda i: tvf.adjust_hue(x[i], float(hue[i]))),
+        (A.rotate_nearest(x, angle), lambda i: tvf.rotate(x[i], float(angle[i]), InterpolationMode.NEAREST, fill=0)),
+        (A.adjust_brightness(x, factor), lambda i: tvf.adjust_brightness(x[i], float(factor[i]))),
+        (A.adjust_contrast(x, factor), lambda i: tvf.adjust_contrast(x[i], float(factor[i]))),
+        (A.adjust_saturation(x, factor), lambda i: tvf.adjust_saturation(x[i], float(factor[i]))),
+        (A.adjust_hue(x, hue, A.constants("cifar10").hue_n), lambda i: tvf.adjust_hue(x[i], float(hue[i]))),
     ]
     for mine, ref in pairs:
         torch.testing.assert_close(mine, torch.stack([ref(i) for i in range(len(x))]), atol=1e-5, rtol=0)
@@ -272,7 +278,7 @@ def test_translate_matches_torchvision_affine():
     x = _images(8, seed=12).float() / 255
     ux = torch.linspace(0, 0.999, 8)
     uy = ux.flip(0)
-    out = A._translate(x, ux, uy)
+    out = strong._translate(x, ux, uy)
     for i in range(8):
         tx = round(float(-3.2 + 6.4 * ux[i]))
         ty = round(float(-3.2 + 6.4 * uy[i]))
@@ -290,12 +296,12 @@ def test_cuda_matches_cpu_semantics():
     x_gpu = x_cpu.cuda()
     # Same uniforms on both devices: the transforms themselves must agree
     # (nearest-neighbour ties may round differently on a few pixels).
-    u = torch.rand((256, A.STRONG_K), generator=_gen(14))
+    u = torch.rand((256, strong.DRAWS), generator=_gen(14))
     c_cpu, c_gpu = A.constants("cifar10", "cpu"), A.constants("cifar10", "cuda")
-    for apply in (A._apply_standard, A._apply_ssr_cutout, A._apply_strong):
-        a = apply(x_cpu[:256], u[:, :_k(apply)], c_cpu)
-        b = apply(x_gpu[:256], u[:, :_k(apply)].cuda(), c_gpu).cpu()
-        assert ((a - b).abs() > 1e-3).float().mean() < 0.01, apply.__name__
+    for regime in (standard, ssr_cutout, strong):
+        a = regime.apply(x_cpu[:256], u[:, :regime.DRAWS], c_cpu)
+        b = regime.apply(x_gpu[:256], u[:, :regime.DRAWS].cuda(), c_gpu).cpu()
+        assert ((a - b).abs() > 1e-3).float().mean() < 0.01, regime.__name__
     # Each device's own generator: same distributions, not the same bits.
     for name in ["none", *RANDOM_REGIMES]:
         a = augment(name, x_cpu, "cifar10", _gen(15))
@@ -308,8 +314,3 @@ def test_cuda_matches_cpu_semantics():
         za = _zero_pixels(a).flatten(1).any(1).float().mean()
         zb = _zero_pixels(b).flatten(1).any(1).float().mean()
         assert abs(za - zb) < 0.06, name
-
-
-def _k(apply) -> int:
-    return {A._apply_standard: A.STANDARD_K, A._apply_ssr_cutout: A.SSR_CUTOUT_K,
-            A._apply_strong: A.STRONG_K}[apply]

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.contracts import StudyRecord, run_dir
+from pipeline.core.contracts import run_dir
+from pipeline.core.study import StudyRecord
 from pipeline.report.build import SECTIONS
 from tests.conftest import assert_same_predictions
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pipeline import untar
 from pipeline.core import dataset as data
 from pipeline.core.errors import PipelineError
-from pipeline.training.subset import stratified_subset
+from pipeline.core.dataset import stratified_subset
 from tests import archives
 
 
@@ -108,7 +108,7 @@ def test_load_split_round_trip(prepared):
         assert np.bincount(y[idx]).tolist() == [1] * 10 and x[idx].shape == (10, 3, 32, 32)
     x, _ = data.load_split(folder, "test", mmap=False)
     assert not isinstance(x, np.memmap)
-    assert data.load_manifest(folder)["splits"]["train"]["count"] == 20
+    assert data.load_manifest(folder).splits["train"].count == 20
 
 
 def test_missing_folder_says_to_run_untar(tmp_path):

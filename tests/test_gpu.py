@@ -16,9 +16,10 @@ import yaml
 
 import models
 from pipeline.core.config import parse_params
-from pipeline.training.loop import Tensors, fit, seed_everything, set_determinism
+from pipeline.arm.loop import Tensors, seed_everything, set_determinism
 from tests.conftest import REPO, env
 from tests.synthetic import images
+from tests.training import fit
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -97,10 +98,12 @@ def test_cuda_graphs_train_with_the_partial_last_batch_like_eager():
 
 
 def test_precision_auto_uses_what_the_gpu_has():
-    from pipeline.training import resolve_precision
+    from pipeline.core.config import resolve_precision
+    from pipeline.train.engine import local_devices
 
     expected = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    assert resolve_precision("auto", "cuda") == expected
+    device, found = local_devices("auto")
+    assert device == "cuda" and resolve_precision("auto", found.type, found.bf16) == expected
     cfg = _cfg(epochs=1, precision="auto", aug="none")
     seed_everything(0)
     res = fit(models.create_model("simple_cnn").cuda(), *_data(50, 10), cfg, 0)

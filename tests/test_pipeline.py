@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -27,7 +28,9 @@ def test_repro_then_single_arm_experiment(tmp_path):
     proj = make_project(tmp_path)
     out = run("dvc repro", proj)
     assert "study simple_cnn: 2 arm(s) x 2 seed(s) x 2 epoch(s) on cpu" in out.stdout
-    assert "4 to train, 0 in the arm cache; about" in out.stdout  # the plan, with an estimate
+    assert "4 to train, 0 in the arm cache" in out.stdout  # the plan, then the time it takes, measured
+    assert re.search(r"^about \d+ s of training \([\d,]+ img/s measured on (its first steps|the first epoch) of "
+                     r"aug=none seed=0\)$", out.stdout, re.M), out.stdout
 
     # per arm x seed outputs, checkpoints that load safely and carry their config
     for arm in ("aug=none", "aug=standard"):

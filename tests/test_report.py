@@ -22,7 +22,9 @@ from PIL import Image
 
 from pipeline.core import stats
 from pipeline.core.config import parse_params
-from pipeline.core.contracts import HistoryRow, ModelFacts, StudyRecord, StudyRun
+from pipeline.core.contracts import HistoryRow
+from pipeline.core.study import StudyRecord, StudyRun
+from pipeline.evaluate.contracts import ModelFacts, Predictions
 from pipeline.core.dataset import CLASSES
 from pipeline.evaluate import core
 from pipeline.report import build, stage
@@ -56,11 +58,10 @@ def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, f
                 p[k] += d
             correct = rng.random(len(labels)) < p[labels]
             preds = np.where(correct, labels, (labels + 1 + rng.integers(0, 9, len(labels))) % 10)
-            ev, arrays = core.checkpoint_eval(arm=arm, seed=s, which="last", epoch=3, test_preds=preds,
-                                              test_y=labels, test_loss=1.0, train_acc=0.9, train_loss=0.3,
-                                              running_acc=0.85, top_n=6)
-            arrays["confidence"] = rng.random(len(labels)).astype(np.float32)
-            evals[(arm, s, "last")] = (ev, arrays)
+            ev = core.checkpoint_eval(arm=arm, seed=s, which="last", epoch=3, test_preds=preds, test_y=labels,
+                                      test_loss=1.0, train_acc=0.9, train_loss=0.3, running_acc=0.85, top_n=6)
+            evals[(arm, s, "last")] = (ev, Predictions(preds, preds == labels,
+                                                       rng.random(len(labels)).astype(np.float32), labels))
     facts = {a: ModelFacts(model="simple_cnn", knobs=(knobs or {}).get(a, {"dropout": 0.5}), params=545_290,
                            trainable_params=545_290, flops=12_260_000, macs=6_130_000, flops_convention="2 x MACs",
                            receptive_field=10, layers=[]) for a in arms}
@@ -75,7 +76,7 @@ def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, f
         params=params, params_text="seeds: [0]\n", record=record, summary=summary,
         histories={a: {s: history for s in seeds} for a in arms},
         diagnostics={a: None for a in arms},
-        predictions={a: {**{k: v for k, v in evals[(a, 0, "last")][1].items()}, "label": labels} for a in arms},
+        predictions={a: evals[(a, 0, "last")][1] for a in arms},
         filters={a: rng.random((32, 3, 3, 3)).astype(np.float32) for a in arms},
         test_images=rng.integers(0, 255, (len(labels), 3, 32, 32), dtype=np.uint8),
         data_name=data_name, data_sha256="d" * 64, n_train=50_000, tracking={}, code_version="abc",

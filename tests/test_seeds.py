@@ -10,29 +10,12 @@ import pytest
 
 from pipeline.core import stats
 from pipeline.core.config import parse_params
-from pipeline.core.contracts import StudyRecord
-from pipeline.train.stage import more_seeds, widest_interval
+from pipeline.core.study import StudyRecord
+from pipeline.train.observers import SeedsOnDemand
+from pipeline.train.plan import widest_interval
 from tests.conftest import run_study
 
 ARMS = ["aug=none", "aug=standard"]
-
-
-class FakeDriver:
-    """Trains nothing: each (arm, seed) gets the accuracy `table` gives it."""
-
-    def __init__(self, table):
-        self.table, self.results, self.rounds = table, {}, []
-        self.store, self.retrain = None, False
-
-    def run(self, jobs, arms):
-        self.rounds.append(sorted({j.seed for j in jobs}))
-        for j in jobs:
-            self.results[(j.arm, j.seed)] = SimpleNamespace(test_acc=self.table(j.arm, j.seed))
-
-
-class FakeProgress:
-    def add(self, jobs, store, retrain):
-        pass
 
 
 def _jobs_for(seeds):
@@ -40,11 +23,17 @@ def _jobs_for(seeds):
 
 
 def _study(table, **plan):
+    """Seeds on demand as the driver runs it, training nothing: each (arm, seed) gets
+    the accuracy `table` gives it. (params, the observer, the seeds of each round)."""
     params = parse_params({"aug": ["none", "standard"], "seeds": plan})
-    driver = FakeDriver(table)
-    driver.run(_jobs_for(params.seeds), None)
-    seeds, reason = more_seeds(params, driver, FakeProgress(), _jobs_for, None, list(params.seeds))
-    return params, driver, seeds, reason
+    seeds, rounds = SeedsOnDemand(params, _jobs_for), []
+    jobs = _jobs_for(params.seeds)
+    while jobs:
+        rounds.append(sorted({j.seed for j in jobs}))
+        for j in jobs:
+            seeds.done(SimpleNamespace(spec=j, metrics=SimpleNamespace(test_acc=table(j.arm, j.seed))))
+        jobs = seeds.more()
+    return params, seeds, rounds
 
 
 def _noisy(sd, effect=0.02):
@@ -64,28 +53,27 @@ def test_widest_interval_is_welchs_half_width():
 
 
 def test_a_precise_difference_stops_at_the_minimum():
-    _, driver, seeds, reason = _study(_noisy(0.0001), min=3, max=8, halfwidth=0.5)
-    assert seeds == [0, 1, 2] and driver.rounds == [[0, 1, 2]]
-    assert reason.startswith("3 seeds ran: the widest 95% interval") and "within the ±0.5 asked for" in reason
+    _, s, rounds = _study(_noisy(0.0001), min=3, max=8, halfwidth=0.5)
+    assert s.seeds == [0, 1, 2] and rounds == [[0, 1, 2]]
+    assert s.reason.startswith("3 seeds ran: the widest 95% interval") and "within the ±0.5 asked for" in s.reason
 
 
 def test_a_noisy_difference_stops_at_the_maximum():
-    _, driver, seeds, reason = _study(_noisy(0.03), min=2, max=6, halfwidth=0.1)
-    assert seeds == list(range(6))
-    assert [s for r in driver.rounds for s in r] == list(range(6))  # every seed trained once, in order
-    assert "6 seeds ran, the maximum asked for" in reason and "wider than the ±0.1 asked for" in reason
+    _, s, rounds = _study(_noisy(0.03), min=2, max=6, halfwidth=0.1)
+    assert s.seeds == list(range(6))
+    assert [x for r in rounds for x in r] == list(range(6))  # every seed trained once, in order
+    assert "6 seeds ran, the maximum asked for" in s.reason and "wider than the ±0.1 asked for" in s.reason
 
 
 def test_it_stops_as_soon_as_the_interval_is_narrow_enough():
-    table = _noisy(0.01)
-    params, driver, seeds, _ = _study(table, min=2, max=40, halfwidth=1.0)
+    params, s, rounds = _study(_noisy(0.01), min=2, max=40, halfwidth=1.0)
     target = params.seed_plan.halfwidth / 100
-    assert 2 < len(seeds) < 40
-    assert widest_interval(driver.results, ARMS, "aug=none", seeds, 0.95) <= target
-    for r in range(1, len(driver.rounds)):  # every earlier stop point was still too wide
-        before = seeds[:len(seeds) - sum(len(x) for x in driver.rounds[r:])]
-        assert widest_interval(driver.results, ARMS, "aug=none", before, 0.95) > target
-    assert len(driver.rounds) <= 4  # it adds what the observed spread says, not one seed per round
+    assert 2 < len(s.seeds) < 40
+    assert widest_interval(s.results, ARMS, "aug=none", s.seeds, 0.95) <= target
+    for r in range(1, len(rounds)):  # every earlier stop point was still too wide
+        before = s.seeds[:len(s.seeds) - sum(len(x) for x in rounds[r:])]
+        assert widest_interval(s.results, ARMS, "aug=none", before, 0.95) > target
+    assert len(rounds) <= 4  # it adds what the observed spread says, not one seed per round
 
 
 def test_the_decision_ignores_the_size_of_the_effect():
@@ -116,23 +104,44 @@ def test_the_stages_record_and_report_the_seeds_that_ran(tmp_path, prepared, mon
 def test_plain_lines_show_the_jobs_where_they_run_and_the_eta(capsys):
     """Without a terminal there is no bar: the line where a job starts and the one
     where it finishes carry the jobs done, running (on which node) and waiting."""
-    from pipeline.core.config import parse_params
     from pipeline.core.contracts import RunMetrics
+    from pipeline.core.jobs import JobSpec
     from pipeline.train.progress import Progress, _Job
-    from pipeline.training.job import JobSpec
 
     arm = parse_params({}).arms[0]
     specs = [JobSpec(arm.name, seed, arm.train, f"fp{seed}", "cpu", "auto") for seed in range(3)]
-    progress = Progress(enabled=False)
-    progress.jobs = {s.fp: _Job(2, 100) for s in specs}
+    progress = Progress(parse_params({}), "cpu", 100, 0, enabled=False)
+    progress.engine = SimpleNamespace(slots=2, name="Ray on this machine")
+    progress.jobs = {s.fp: _Job(2) for s in specs}
     progress.total, progress.rate = 600, 10.0
-    progress.started(specs[2], "")  # sent to Ray, not yet on a worker: still waiting, and no line
-    progress.started(specs[0], "node-a")
-    progress.started(specs[1], "node-b")
-    progress.finished(specs[0], RunMetrics(train_acc=0.9, train_loss=0.1, test_acc=0.7, test_loss=0.9, gap=0.2,
-                                           best_test_acc=0.71, best_epoch=2, train_seconds=5.0))
+    progress.started(specs[2], "", 0)  # sent to Ray, not yet on a worker: still waiting, and no line
+    progress.started(specs[0], "node-a", 0)
+    progress.placed(specs[1], "node-b")
+    progress.done(SimpleNamespace(spec=specs[0], restored=False, metrics=RunMetrics(
+        train_acc=0.9, train_loss=0.1, test_acc=0.7, test_loss=0.9, gap=0.2, best_test_acc=0.71, best_epoch=2,
+        train_seconds=5.0)))
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("started on node-a [jobs 0 done, 1 running on node-a, 2 waiting; ETA 60 s]"), lines
     assert "jobs 0 done, 2 running on node-a, node-b, 1 waiting" in lines[1], lines
     assert lines[2].startswith(f"{specs[0].label}: test acc 0.7000"), lines
     assert "[jobs 1 done, 1 running on node-b, 1 waiting" in lines[2], lines
+
+
+def test_the_time_a_study_takes_is_measured_on_its_first_real_steps(capsys, monkeypatch):
+    """No separate speed measurement: after the warm-up steps, the first second of a
+    job's own steps gives the rate, said once."""
+    from pipeline.core.jobs import JobSpec
+    from pipeline.train import progress as P
+
+    arm = parse_params({}).arms[0]
+    spec = JobSpec(arm.name, 0, arm.train, "fp0", "cpu", "auto")
+    progress = P.Progress(parse_params({}), "cpu", 1000, 0, enabled=False)
+    progress.engine = SimpleNamespace(slots=1, name="this process")
+    progress.jobs, progress.total = {spec.fp: P._Job(3)}, 3000
+    clock = iter(range(100))
+    monkeypatch.setattr(P.time, "perf_counter", lambda: next(clock) * 0.25)  # a step of 100 images per 0.25 s
+    progress.started(spec, "here", 0)
+    for _ in range(P.WARMUP_STEPS + 6):
+        progress.step(100)
+    said = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("about")]
+    assert said == ["about 8 s of training (400 img/s measured on its first steps of aug=none seed=0)"], said

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from pipeline.core.contracts import StudyRecord, run_dir
+from pipeline.core.contracts import run_dir
+from pipeline.core.study import StudyRecord
 from pipeline.evaluate.contracts import StudySummary as Summary
 from pipeline.core.io import local_path
 from tests.conftest import assert_same_predictions

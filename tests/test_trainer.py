@@ -10,16 +10,9 @@ import torch
 
 import models
 from pipeline.core.config import parse_params
-from pipeline.training.loop import (
-    Tensors,
-    build_optimizer,
-    build_schedule,
-    fit,
-    resolve_device,
-    seed_everything,
-    set_determinism,
-)
+from pipeline.arm.loop import Tensors, build_optimizer, build_schedule, resolve_device, seed_everything, set_determinism
 from tests.synthetic import images
+from tests.training import fit
 
 
 def _data(n_train=20, n_test=10):
@@ -114,8 +107,8 @@ def test_deterministic_kernels_are_a_process_setting():
 
 
 def test_evaluation_batches_fit_the_device_and_never_change_the_result():
-    from pipeline.training.augment import Augmenter
-    from pipeline.training.loop import eval_batch_size, evaluate
+    from pipeline.arm.augment import Augmenter
+    from pipeline.arm.loop import eval_batch_size, evaluate
 
     assert eval_batch_size("auto", torch.device("cpu")) == 256
     assert eval_batch_size("auto", torch.device("cuda")) == 1024
@@ -185,9 +178,9 @@ def test_resume_from_any_epoch_state_is_bitwise_equal_to_an_uninterrupted_run():
 def test_an_incomplete_state_is_refused():
     from pipeline.core.contracts import TrainState
 
-    with pytest.raises(ValueError, match="not a training state"):
+    with pytest.raises(ValueError, match="not a TrainState"):
         TrainState.from_dict({"epoch": 1})
-    with pytest.raises(ValueError, match="not a training state"):
+    with pytest.raises(ValueError, match="not a TrainState"):
         TrainState.from_dict([1, 2])
 
 
@@ -252,14 +245,14 @@ def test_no_host_synchronisation_per_step(aug):
 def test_the_sync_counter_sees_a_copy_from_the_host_per_step(monkeypatch):
     """The test above would fail if a step built a constant on the device (checked by
     putting one back into the normalisation)."""
-    from pipeline.training import augment as A
+    from pipeline.arm import augment as A
 
     source = ("def per_step_constant(x, c):\n"
               "    mean = torch.tensor([0.4914, 0.4822, 0.4465], device=x.device).view(1, 3, 1, 1)\n"
               "    return original(x, Constants(mean, c.std, c.hue_n))\n")
-    scope = {"torch": torch, "original": A._normalize_unit_, "Constants": A.Constants}
+    scope = {"torch": torch, "original": A.normalize_unit_, "Constants": A.Constants}
     exec(compile(source, A.__file__, "exec"), scope)  # as if written in augment.py
-    monkeypatch.setattr(A, "_normalize_unit_", scope["per_step_constant"])
+    monkeypatch.setattr(A, "normalize_unit_", scope["per_step_constant"])
     assert _count("standard", 4) != _count("standard", 32)
 
 

@@ -43,7 +43,7 @@ def _run(params, archive, out):
 
 def _check_outputs(out: Path, archive: Path, expected: dict, fmt: str, per_class: int) -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest == data.load_manifest(out)
+    assert manifest == data.load_manifest(out).model_dump()
     assert manifest["format"] == fmt
     assert manifest["classes"] == list(data.CLASSES)
     for split in ("train", "test"):
@@ -67,7 +67,7 @@ def _check_outputs(out: Path, archive: Path, expected: dict, fmt: str, per_class
 def test_official_format_round_trips(tmp_path, work):
     archive = tmp_path / "in" / "cifar.tar.gz"
     expected = archives.write_official(archive, per_class=3)
-    manifest = untar.prepare(archive, work / "prepared", verify_counts=False)
+    manifest = untar.prepare(archive, work / "prepared", verify_counts=False).model_dump()
     assert manifest == _check_outputs(work / "prepared", archive, expected, "cifar-python", 3)
     assert [p.name for p in work.iterdir()] == ["prepared"]  # no temporary folders left
 
@@ -96,7 +96,7 @@ def test_main_writes_output_and_is_deterministic(tmp_path, work, params, capsys)
     out = capsys.readouterr().out
     assert "20 train + 20 test images (imagefolder)" in out
     a, b = data.load_manifest(work / "a"), data.load_manifest(work / "b")
-    assert a["data_sha256"] == b["data_sha256"]
+    assert a.data_sha256 == b.data_sha256
     # Running again over an existing output replaces it whole.
     _run(params, archive, work / "a")
     assert data.load_manifest(work / "a") == a
@@ -402,7 +402,7 @@ def test_real_jpeg_mirror(tmp_path):
     if not REAL_ARCHIVE.is_file():
         pytest.skip(f"optional data {REAL_ARCHIVE} is absent")
     t0 = time.perf_counter()
-    manifest = untar.prepare(REAL_ARCHIVE, tmp_path / "prepared", verify_counts=True)
+    manifest = untar.prepare(REAL_ARCHIVE, tmp_path / "prepared", verify_counts=True).model_dump()
     seconds = time.perf_counter() - t0
     assert manifest["format"] == "imagefolder"
     assert manifest["splits"]["train"] == {"count": 50_000, "per_class": {c: 5_000 for c in data.CLASSES}}

@@ -42,9 +42,18 @@ from pipeline.core.schema import (
     show,
     unknown_key,
 )
-from pipeline.training import AUGMENTATIONS, COMPILE_MODES, NORMS, OPTIMIZERS, PRECISIONS, SCHEDULES
 
 PRESETS_FILE = Path(__file__).with_name("presets.yaml")
+
+# The choices a training config can make. Each augmentation regime is a module of
+# pipeline/arm/regimes/, each normalisation an entry of pipeline.arm.augment.NORMS.
+AUGMENTATIONS = ("none", "standard", "ssr_cutout", "strong")
+NORM_NAMES = ("cifar10", "cifar10_legacy")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "onecycle", "cosine")  # stepped once per batch
+# auto: mixed precision where a GPU gains from it (resolve_precision)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 class TrainConfig(BaseModel):
@@ -55,7 +64,7 @@ class TrainConfig(BaseModel):
     model: Literal[tuple(models.list_models())]
     knobs: dict[str, Any] = {}  # every knob of the model, defaults filled in
     aug: Literal[AUGMENTATIONS]
-    norm: Literal[tuple(NORMS)] = "cifar10"
+    norm: Literal[NORM_NAMES] = "cifar10"
     optimizer: Literal[OPTIMIZERS] = "adam"
     lr: number(gt=0, le=10) = 1e-3
     momentum: number(ge=0, lt=1) = 0.9  # sgd only
@@ -251,6 +260,18 @@ def _check_combination(c: TrainConfig) -> None:
     if c.max_lr is not None and c.schedule != "onecycle":
         raise ConfigError(f"max_lr = {c.max_lr!r}: only the onecycle schedule uses it "
                           f"(schedule is {c.schedule!r}); set max_lr to null")
+
+
+def resolve_precision(precision: str, device_type: str, bf16: bool) -> str:
+    """`auto` made concrete, once per study, for the device its jobs train on: bf16
+    on a GPU that has it (Ampere and later), fp16 with a gradient scaler on older
+    GPUs (a T4, the resnet18 recipe's own), fp32 on the CPU, where mixed precision
+    buys nothing."""
+    if precision != "auto":
+        return precision
+    if device_type != "cuda":
+        return "fp32"
+    return "bf16" if bf16 else "fp16"
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:

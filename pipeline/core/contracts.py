@@ -1,29 +1,24 @@
-"""The files that pass between stages, defined once: the writer and the reader
+"""The files the train stage writes, defined once: the writer and the reader
 both import these types, and reading validates what was written.
 
-    runs/<arm>/seed=<k>/   model.pt, best.pt (checkpoints), history.csv (HistoryRow),
-                           metrics.json (RunMetrics), diagnostics.json
-    runs/study.json        StudyRecord: the arms and seeds that trained, the MLflow runs
-    evaluation/<arm>/seed=<k>/<last|best>.json   CheckpointEval
-    evaluation/summary.json                       StudySummary (pipeline.evaluate.contracts:
-                                                  this Summary, and a crossed study's factors)
-    .arm-cache/<fp>/state.pt                      TrainState (resumable, after every epoch)
+    runs/<arm>/seed=<k>/   model.pt, best.pt (Checkpoint), history.csv (HistoryRow),
+                           metrics.json (RunMetrics), diagnostics.json (DiagnosticsRecord)
+    .arm-cache/<fp>/       done/manifest.json (ArmFiles); state.pt (TrainState, after every epoch)
 
-This file is part of every trained arm's identity (pipeline.core.provenance.ARM_CODE):
-a change to its code retrains every arm. What only the evaluation and the report
-read, added since, lives in pipeline.evaluate.contracts instead.
+The evaluation's files are defined in pipeline.evaluate.contracts. This file is
+part of every trained arm's identity (pipeline.core.provenance): a change to its
+code retrains every arm.
 """
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.stats import Bootstrap, ClassDiff, McNemar, MeanCI, Power, Welch
 
 CHECKPOINTS = {"last": "model.pt", "best": "best.pt"}  # which -> file name in a run's folder
 
@@ -50,10 +45,6 @@ def read_json(path: str | Path, cls: type[M], hint: str) -> M:
         err = exc.errors()[0]
         where = ".".join(map(str, err["loc"])) or "the file"
         raise CorruptFile(f"{path} is not a valid {cls.__name__} ({where}: {err['msg']}); {hint}") from None
-
-
-def write_json_text(obj: Contract) -> str:
-    return obj.model_dump_json(indent=1) + "\n"
 
 
 def run_dir(runs: str | Path, arm: str, seed: int) -> Path:
@@ -127,39 +118,113 @@ class RunMetrics(Contract):
 
 
 @dataclass
-class TrainState:
-    """Everything needed to go on training after an epoch; `fit(resume=...)` takes it back.
+class TorchRecord:
+    """A record saved with torch.save and loaded with `weights_only=True` (tensors,
+    numbers, strings, lists and dicts only: loading runs no code from the file)."""
 
-    Saved with torch.save and loaded with `weights_only=True`: tensors, numbers,
-    strings, lists and dicts only.
-    """
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Any):
+        """Raises ValueError when `d` is not a complete record of this kind."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(d, dict) or set(d) != set(names):
+            got = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"not a {cls.__name__} (keys {got}, expected {names})")
+        record = cls(**d)
+        record.check()
+        return record
+
+    def check(self) -> None:
+        pass
+
+    def save(self, path: str | Path) -> None:
+        import torch
+
+        torch.save(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        import torch
+
+        return cls.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+@dataclass
+class TrainState(TorchRecord):
+    """Everything needed to go on training after an epoch; the loop's `resume` takes it back."""
 
     epoch: int
     model: dict  # state_dict, on the host
     optimizer: dict
     schedule: dict | None
     scaler: dict | None
-    rng: dict  # {"init": ..., "data": ..., "cuda": ...} generator states
+    rng: dict  # {"data": ..., "cpu": ..., "cuda": ...} generator states
     history: list[dict]  # HistoryRow dicts
     best_epoch: int
     best_acc: float
     best_state: dict | None
-    diagnostics: dict | None
+    diagnostics: dict | None  # DiagnosticsRecord, as a dict
     device: str  # device type it trained on: a CUDA state is not resumed on the CPU
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def check(self) -> None:
+        if not isinstance(self.epoch, int) or self.epoch < 1 or len(self.history) != self.epoch:
+            raise ValueError(f"epoch {self.epoch!r} does not match its {len(self.history)} history rows")
 
-    @classmethod
-    def from_dict(cls, d: Any) -> "TrainState":
-        """Raises ValueError when `d` is not a complete state."""
-        names = [f.name for f in fields(cls)]
-        if not isinstance(d, dict) or set(d) != set(names):
-            got = sorted(d) if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"not a training state (keys {got}, expected {names})")
-        if not isinstance(d["epoch"], int) or d["epoch"] < 1 or len(d["history"]) != d["epoch"]:
-            raise ValueError(f"epoch {d['epoch']!r} does not match its {len(d['history'])} history rows")
-        return cls(**d)
+
+@dataclass
+class Checkpoint(TorchRecord):
+    """runs/<arm>/seed=<k>/model.pt (the last epoch) and best.pt: weights and what made them."""
+
+    model: dict  # state_dict, on the host
+    model_name: str
+    config: dict  # the arm's TrainConfig, model_dump()ed
+    arm: str
+    seed: int
+    epoch: int
+    example: Any  # a few test images, uint8 (4, 3, 32, 32): the logged model's input example
+    code_version: str
+    dvc_experiment: str
+    data_sha256: str
+
+    def check(self) -> None:
+        if not isinstance(self.config, dict) or not {"model", "knobs", "norm", "precision"} <= self.config.keys():
+            raise ValueError("its config lacks model, knobs, norm or precision")
+
+
+class GradRow(Contract):
+    epoch: int
+    layer: str
+    mean_abs: float
+    max_abs: float
+
+
+class RatioRow(Contract):
+    epoch: int
+    layer: str
+    ratio: float
+
+
+class WeightRow(Contract):
+    epoch: int
+    layer: str
+    min: float
+    max: float
+    mean: float
+    std: float
+    counts: list[int]
+
+
+class DiagnosticsRecord(Contract):
+    """runs/<arm>/seed=<k>/diagnostics.json (pipeline.arm.diagnostics)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
+
+    layers: list[str]
+    gradients: list[GradRow]
+    update_ratio: list[RatioRow]
+    weights: list[WeightRow]
 
 
 class ArmFiles(Contract):
@@ -170,111 +235,3 @@ class ArmFiles(Contract):
     trained_at: str  # UTC, ISO 8601
     device: str
     code_version: str
-    tracking_key: str | None = None  # the run that trained it, which holds its logged models
-
-
-class StudyRun(Contract):
-    arm: str
-    seed: int
-    restored: bool  # from the arm cache, not trained by this execution
-    wall_seconds: float = 0.0  # from start to finish in this execution (0 when restored)
-    fingerprint: str
-    trained_at: str
-    code_version: str  # of the code that trained it
-    tracking_key: str | None = None  # the run's key in the tracking journal
-    model_key: str | None = None  # the run holding its logged models (the one that trained it)
-
-
-class StudyRecord(Contract):
-    """runs/study.json: what the train stage ran, for the stages after it."""
-
-    study: str
-    arms: list[str]
-    seeds: list[int]
-    seeds_reason: str  # why this many seeds
-    runs: list[StudyRun]
-    tracking_key: str | None = None  # the parent run's key in the tracking journal
-    device: str
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-class Confusion(Contract):
-    true: str
-    pred: str
-    count: int
-    rate: float  # of the true class's images
-
-
-class CheckpointEval(Contract):
-    """One checkpoint of one arm x seed, evaluated (evaluation/<arm>/seed=<k>/<which>.json)."""
-
-    arm: str
-    seed: int
-    checkpoint: Literal["last", "best"]
-    epoch: int
-    test_acc: float
-    test_loss: float
-    train_acc_clean: float  # eval mode, no augmentation, on the training images
-    train_loss_clean: float
-    train_acc_running: float  # over the augmented batches of the checkpoint's epoch
-    gap_clean: float
-    gap_running: float
-    per_class_acc: list[float]
-    confusion: list[list[int]]
-    top_confusions: list[Confusion]
-
-
-class ArmSummary(Contract):
-    test_acc: MeanCI
-    train_acc_clean: MeanCI
-    train_acc_running: MeanCI
-    gap_clean: MeanCI
-    gap_running: MeanCI
-    per_class_acc: list[float]  # mean over seeds
-    confusion: list[list[int]]  # summed over seeds
-    top_confusions: list[Confusion]
-
-
-class Comparison(Contract):
-    """One arm against the baseline."""
-
-    welch: Welch  # test accuracy over seeds: does the recipe differ?
-    p_adjusted: float | None  # Holm over the study's comparisons (= welch.p with one comparison)
-    power: Power
-    per_class: tuple[ClassDiff, ...]  # per-class accuracy over seeds, Holm over the classes
-    # over test images (do these trained models differ?); the last checkpoint only
-    paired_bootstrap: Bootstrap | None
-    mcnemar_per_seed: list[McNemar]
-    verdict: str
-
-
-class CheckpointSummary(Contract):
-    arms: dict[str, ArmSummary]
-    comparisons: dict[str, Comparison]
-
-
-class ModelFacts(Contract):
-    model: str
-    knobs: dict[str, Any]
-    params: int
-    trainable_params: int
-    flops: int
-    macs: int
-    flops_convention: str
-    receptive_field: int
-    layers: list[dict]
-
-
-class Summary(Contract):
-    """The statistics across seeds and against the baseline; evaluation/summary.json
-    holds them as a pipeline.evaluate.contracts.StudySummary."""
-
-    baseline: str
-    confidence: float
-    correction: str  # how p-values of several comparisons are adjusted
-    seeds: list[int]
-    classes: list[str]
-    checkpoints: dict[str, CheckpointSummary]
-    model_facts: dict[str, ModelFacts]  # per arm

@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import ValidationError
 
+from pipeline.core.contracts import Contract
 from pipeline.core.errors import PipelineError
 
 # The official label order (batches.meta of the official archive; it is also
@@ -36,25 +39,40 @@ def data_sha256(arrays: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_manifest(folder: str | Path) -> dict:
+class SplitCounts(Contract):
+    count: int
+    per_class: dict[str, int]
+
+
+class DataManifest(Contract):
+    """data/prepared/manifest.json, written by the untar stage."""
+
+    format: str  # cifar-python, imagefolder
+    name: str  # what to call the data in reports, e.g. "CIFAR-10 (JPEG mirror)"
+    classes: list[str]
+    splits: dict[Literal["train", "test"], SplitCounts]
+    source: dict[str, str]  # the archive's path and sha256
+    arrays: dict[str, str]  # file name -> sha256
+    data_sha256: str  # data_sha256(arrays)
+
+
+def load_manifest(folder: str | Path) -> DataManifest:
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
         raise PipelineError(f"no prepared data at {folder}: the folder does not exist; {_NOT_PREPARED}")
     try:
-        manifest = json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise PipelineError(f"no prepared data at {folder}: {MANIFEST} is missing; {_NOT_PREPARED}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PipelineError(f"{path} is not valid JSON ({exc}); {_NOT_PREPARED}") from None
-    ok = (isinstance(manifest, dict) and isinstance(manifest.get("splits"), dict)
-          and all(isinstance(manifest["splits"].get(s), dict) and
-                  isinstance(manifest["splits"][s].get("count"), int) for s in SPLITS)
-          and isinstance(manifest.get("data_sha256"), str))
-    if not ok:
-        raise PipelineError(f"{path} lacks the splits' counts or data_sha256 (an old or foreign file); "
-                            f"{_NOT_PREPARED}")
-    return manifest
+    try:
+        return DataManifest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise PipelineError(f"{path} is not a manifest of the prepared data ({'.'.join(map(str, err['loc']))}: "
+                            f"{err['msg']}; an old or foreign file); {_NOT_PREPARED}") from None
 
 
 def load_split(folder: str | Path, split: str, *, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +85,7 @@ def load_split(folder: str | Path, split: str, *, mmap: bool = True) -> tuple[np
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     folder = Path(folder)
     manifest = load_manifest(folder)
-    n = manifest["splits"][split]["count"]
+    n = manifest.splits[split].count
     arrays = []
     for kind, dtype, shape in (("x", np.uint8, (n, *IMAGE_SHAPE)), ("y", np.int64, (n,))):
         path = folder / f"{split}_{kind}.npy"
@@ -86,3 +104,56 @@ def load_split(folder: str | Path, split: str, *, mmap: bool = True) -> tuple[np
         raise PipelineError(f"{folder / f'{split}_y.npy'} holds labels outside 0..{len(CLASSES) - 1}; "
                             f"{_NOT_PREPARED}")
     return x, y
+
+
+# --------------------------------------------------------------------------- subsets: quick runs
+
+
+def _quotas(available: np.ndarray, limit: int) -> np.ndarray:
+    """Split `limit` (<= available.sum()) over classes as evenly as their sizes allow.
+
+    Water-filling: every class gets min(size, level) for the highest level that
+    fits, and the remainder goes, one each, to the lowest classes that still
+    have images to give.
+    """
+    lo, hi = 0, int(available.max())
+    while lo < hi:  # highest level with sum(min(available, level)) <= limit
+        mid = (lo + hi + 1) // 2
+        if np.minimum(available, mid).sum() <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    quota = np.minimum(available, lo)
+    rest = limit - int(quota.sum())
+    quota[np.flatnonzero(available > lo)[:rest]] += 1
+    return quota
+
+
+def stratified_subset(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of `limit` images, as equal per class as possible, chosen by `seed`.
+
+    Classes are the distinct labels present, in ascending order; when `limit`
+    does not divide evenly the lowest classes get one more. A class with too
+    few images gives all it has and the rest is spread over the others. None,
+    or a limit of at least len(labels), means every index.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = _quotas(counts, limit)
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(labels == c), size=int(q), replace=False)
+              for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def load_subset(folder, split: str, limit: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One split of the prepared data, cut to its stratified subset: (x, y, indices)."""
+    x, y = load_split(folder, split)
+    idx = stratified_subset(y, limit, seed)
+    return np.ascontiguousarray(x[idx]), np.ascontiguousarray(y[idx]), idx

@@ -3,28 +3,30 @@ experiment, the library versions."""
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
 import subprocess
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+import numpy as np
 
 # `dvc exp run --queue/--temp` executes in a copy of the repository under this folder.
 _EXP_TMP = os.path.join(".dvc", "tmp", "exps")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding pipeline/ and models/
 
-# The code that computes a trained arm and writes its files: the arm's
-# fingerprint hashes these folders and files, and the train stage in dvc.yaml
-# depends on them. tests/test_armstore.py checks that this code imports nothing
-# else of the project but ARM_CODE_OUTSIDE, and that the driver writes an arm's
-# files with functions defined here.
-ARM_CODE = ("models", "pipeline/training", "pipeline/core/dataset.py", "pipeline/core/contracts.py")
-# What the arm's code may import from outside ARM_CODE without it being hashed, and why.
-ARM_CODE_OUTSIDE = {
+# What a trained arm is made by: the job (pipeline/arm/job.py), its model's file,
+# its augmentation regime's file, and every file of this project they import,
+# followed through the imports (function-level ones too) but not into these
+# modules, whose change cannot change what an arm computes:
+ARM_ENTRY = "pipeline/arm/job.py"
+NOT_FOLLOWED = {
     "pipeline.core.config": "an arm's resolved config values are part of its fingerprint",
     "pipeline.core.errors": "error messages only",
-    "pipeline.core.stats": "the evaluation's result types, which contracts.py also defines; no arm file holds one",
+    "pipeline.core.jobs": "the containers a job's results travel in",
 }
 # The libraries whose versions are part of an arm's identity.
 ARM_LIBRARIES = ("torch", "torchvision", "numpy")
@@ -92,58 +94,88 @@ def _semantic_source(text: str, name: str) -> str:
     return ast.dump(tree, include_attributes=False)
 
 
-def code_digest(folders=ARM_CODE, root: Path = PACKAGE_ROOT, remember: bool = True) -> str:
-    """sha256 over every .py file in `folders` (folders or files, relative to `root`),
-    by path and by what the code does (comments and docstrings left out). Each file's
-    part is remembered by its size and modification time (parsing is the slow part),
-    in the repository's .cache/ unless `remember` is False (a Ray worker, which has no
-    repository of its own)."""
-    known = _digest_cache() if remember else {}
-    h = hashlib.sha256()
-    for folder in folders:
-        where = root / folder
-        for f in [where] if where.suffix == ".py" else sorted(where.rglob("*.py")):
-            if "__pycache__" in f.parts:
-                continue
-            rel = f.relative_to(root).as_posix()
-            st = f.stat()
-            stamp = f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-            part = known.get(stamp)
-            if part is None:
-                part = hashlib.sha256(_semantic_source(f.read_text(encoding="utf-8"), rel).encode()).hexdigest()
-                known[stamp] = part
-                _DIRTY[0] = True
-            h.update(rel.encode() + b"\0" + part.encode() + b"\0")
-    if remember:
-        _save_digest_cache(known)
-    return h.hexdigest()
+def _file_digest(f: Path, rel: str) -> str:
+    return hashlib.sha256(_semantic_source(f.read_text(encoding="utf-8"), rel).encode()).hexdigest()
 
 
-_DIGESTS: dict[str, str] | None = None
-_DIRTY = [False]
+def _module_file(name: str, root: Path) -> Path | None:
+    """The file of project module `name` under `root`, or None (not the project's)."""
+    base = root.joinpath(*name.split("."))
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
 
 
-def _digest_cache_path() -> Path:
-    return repo_root() / ".cache" / "code-digests.json"
+def _imports(tree: ast.AST) -> list[str]:
+    """Every module a file imports, wherever the import statement is; `from a import b`
+    names both a and a.b (b may be a submodule)."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return out
 
 
-def _digest_cache() -> dict[str, str]:
-    global _DIGESTS
-    if _DIGESTS is None:
-        try:
-            _DIGESTS = json.loads(_digest_cache_path().read_text())
-        except (OSError, ValueError):
-            _DIGESTS = {}
-    return _DIGESTS
+def code_files(entries, root: Path = PACKAGE_ROOT, skip=NOT_FOLLOWED) -> dict[str, str]:
+    """{path relative to `root`: its digest} of the project files `entries` and every
+    project module they import, transitively (packages' __init__ files included),
+    except the modules in `skip`."""
+    todo = [root / e for e in entries]
+    out: dict[str, str] = {}
+    while todo:
+        f = todo.pop()
+        rel = f.relative_to(root).as_posix()
+        if rel in out:
+            continue
+        out[rel] = _file_digest(f, rel)
+        for name in _imports(ast.parse(f.read_text(encoding="utf-8"), filename=rel)):
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
+                if ".".join(parts[:i]) in skip:
+                    break
+                dep = _module_file(".".join(parts[:i]), root)
+                if dep is not None:
+                    todo.append(dep)
+    return dict(sorted(out.items()))
 
 
-def _save_digest_cache(known: dict[str, str]) -> None:
-    if not _DIRTY[0]:
-        return
-    try:
-        from pipeline.core.io import write_json
+def digest(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
-        write_json(_digest_cache_path(), known)
-        _DIRTY[0] = False
-    except OSError:
-        pass  # a cache: without it, only slower
+
+@functools.cache
+def arm_code(model: str, aug: str, root: Path = PACKAGE_ROOT) -> str:
+    """The digest of the code an arm of `model` with augmentation `aug` runs, by
+    content (comments and docstrings left out)."""
+    return digest(code_files([ARM_ENTRY, f"models/{model}.py", f"pipeline/arm/regimes/{aug}.py"], root))
+
+
+def code_digest(folders, root: Path = PACKAGE_ROOT) -> str:
+    """The digest of every .py file in `folders` (folders or files, relative to `root`), by content."""
+    files = [f for d in folders for f in ([root / d] if d.endswith(".py") else sorted((root / d).rglob("*.py")))
+             if "__pycache__" not in f.parts]
+    return digest({f.relative_to(root).as_posix(): _file_digest(f, f.relative_to(root).as_posix()) for f in files})
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a study's results come from, as its runs and checkpoints record it."""
+
+    code_version: str
+    dvc_experiment: str
+    data_name: str  # "CIFAR-10 (JPEG mirror)"
+    data_sha256: str  # of the prepared arrays
+    archive_sha256: str  # of the downloaded archive
+    data_source: str  # data.url
+    data_params: dict  # data.* of params.yaml
+    n_train: int
+    n_test: int
+    examples: np.ndarray  # a few test images (uint8): the logged models' input example
+
+    def example(self):
+        import torch
+
+        return torch.from_numpy(self.examples.copy())

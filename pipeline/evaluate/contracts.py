@@ -1,14 +1,88 @@
-"""The evaluation's contracts added since pipeline.core.contracts: what a crossed
-study (two or more axes) adds to evaluation/summary.json.
+"""The evaluate stage's files, defined once (the report reads them back validated).
 
-They live here, outside the code that is part of a trained arm's identity
-(pipeline.core.provenance.ARM_CODE, which holds pipeline/core/contracts.py), so
-that a change to what the evaluation reports never retrains an arm.
+    evaluation/<arm>/seed=<k>/<last|best>.json               CheckpointEval
+    evaluation/<arm>/seed=<k>/<last|best>_predictions.npz    Predictions
+    evaluation/summary.json                                  StudySummary
+
+They are not part of a trained arm's identity: a change here retrains nothing.
 """
 from __future__ import annotations
 
-from pipeline.core.contracts import Contract, Summary
-from pipeline.core.stats import Contrast, Welch
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.core.contracts import Contract
+from pipeline.core.stats import Bootstrap, ClassDiff, Contrast, McNemar, MeanCI, Power, Welch
+
+
+class Confusion(Contract):
+    true: str
+    pred: str
+    count: int
+    rate: float  # of the true class's images
+
+
+class CheckpointEval(Contract):
+    """One checkpoint of one arm x seed, evaluated (evaluation/<arm>/seed=<k>/<which>.json)."""
+
+    arm: str
+    seed: int
+    checkpoint: Literal["last", "best"]
+    epoch: int
+    test_acc: float
+    test_loss: float
+    train_acc_clean: float  # eval mode, no augmentation, on the training images
+    train_loss_clean: float
+    train_acc_running: float  # over the augmented batches of the checkpoint's epoch
+    gap_clean: float
+    gap_running: float
+    per_class_acc: list[float]
+    confusion: list[list[int]]
+    top_confusions: list[Confusion]
+
+
+class ArmSummary(Contract):
+    test_acc: MeanCI
+    train_acc_clean: MeanCI
+    train_acc_running: MeanCI
+    gap_clean: MeanCI
+    gap_running: MeanCI
+    per_class_acc: list[float]  # mean over seeds
+    confusion: list[list[int]]  # summed over seeds
+    top_confusions: list[Confusion]
+
+
+class Comparison(Contract):
+    """One arm against the baseline."""
+
+    welch: Welch  # test accuracy over seeds: does the recipe differ?
+    p_adjusted: float | None  # Holm over the study's comparisons (= welch.p with one comparison)
+    power: Power
+    per_class: tuple[ClassDiff, ...]  # per-class accuracy over seeds, Holm over the classes
+    # over test images (do these trained models differ?); the last checkpoint only
+    paired_bootstrap: Bootstrap | None
+    mcnemar_per_seed: list[McNemar]
+    verdict: str
+
+
+class CheckpointSummary(Contract):
+    arms: dict[str, ArmSummary]
+    comparisons: dict[str, Comparison]
+
+
+class ModelFacts(Contract):
+    model: str
+    knobs: dict[str, Any]
+    params: int
+    trainable_params: int
+    flops: int
+    macs: int
+    flops_convention: str
+    receptive_field: int
+    layers: list[dict]
 
 
 class Effect(Contract):
@@ -43,9 +117,42 @@ class Interaction(Contract):
     verdict: str
 
 
-class StudySummary(Summary):
-    """evaluation/summary.json: every statistic the report shows."""
+class StudySummary(Contract):
+    """evaluation/summary.json: every statistic the report shows, across seeds and
+    against the baseline."""
 
+    baseline: str
+    confidence: float
+    correction: str  # how p-values of several comparisons are adjusted
+    seeds: list[int]
+    classes: list[str]
+    checkpoints: dict[str, CheckpointSummary]
+    model_facts: dict[str, ModelFacts]  # per arm
     # a study with two or more axes: each factor within the others, and their interactions
     effects: list[Effect] = []
     interactions: list[Interaction] = []
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One checkpoint's per-image results on the test subset, in its order: the
+    predicted class, whether it is right, the softmax confidence, the true class."""
+
+    pred: np.ndarray  # int64
+    correct: np.ndarray  # bool
+    confidence: np.ndarray  # float32
+    label: np.ndarray  # int64
+
+    def __post_init__(self):
+        if not len(self.pred) == len(self.correct) == len(self.confidence) == len(self.label):
+            raise ValueError("per-image arrays of different lengths")
+
+    def save(self, path: str | Path) -> None:
+        np.savez_compressed(path, pred=self.pred, correct=self.correct, confidence=self.confidence,
+                            label=self.label)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Predictions":
+        """Raises OSError, KeyError or ValueError when the file is missing or not one of these."""
+        with np.load(path) as z:
+            return cls(z["pred"], z["correct"].astype(bool), z["confidence"], z["label"])

@@ -5,16 +5,19 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.core import stats
-from pipeline.core.contracts import (
+from pipeline.core.dataset import CLASSES
+from pipeline.evaluate.contracts import (
     ArmSummary,
     CheckpointEval,
     CheckpointSummary,
     Comparison,
     Confusion,
+    Effect,
+    Interaction,
     ModelFacts,
+    Predictions,
+    StudySummary,
 )
-from pipeline.core.dataset import CLASSES
-from pipeline.evaluate.contracts import Effect, Interaction, StudySummary
 
 CORRECTION = "holm"  # family-wise: no spurious claim among the arms, nor among one arm's ten classes
 TARGET_DIFFERENCE = 0.01  # the difference (1 point) whose seed count the power analysis states
@@ -45,16 +48,15 @@ def per_class_accuracy(cm: np.ndarray) -> list[float]:
 
 def checkpoint_eval(*, arm: str, seed: int, which: str, epoch: int, test_preds: np.ndarray, test_y: np.ndarray,
                     test_loss: float, train_acc: float, train_loss: float, running_acc: float,
-                    top_n: int) -> tuple[CheckpointEval, dict[str, np.ndarray]]:
-    """The numbers of one evaluated checkpoint, and its per-image arrays."""
+                    top_n: int) -> CheckpointEval:
+    """The numbers of one evaluated checkpoint."""
     cm = confusion(test_y, test_preds, len(CLASSES))
     test_acc = float((test_preds == test_y).mean())
-    ev = CheckpointEval(arm=arm, seed=seed, checkpoint=which, epoch=epoch, test_acc=test_acc, test_loss=test_loss,
+    return CheckpointEval(arm=arm, seed=seed, checkpoint=which, epoch=epoch, test_acc=test_acc, test_loss=test_loss,
                         train_acc_clean=train_acc, train_loss_clean=train_loss, train_acc_running=running_acc,
                         gap_clean=train_acc - test_acc, gap_running=running_acc - test_acc,
                         per_class_acc=per_class_accuracy(cm), confusion=cm.tolist(),
                         top_confusions=top_confusions(cm, top_n))
-    return ev, {"pred": test_preds.astype(np.int64), "correct": test_preds == test_y}
 
 
 def _arm_summary(rows: list[CheckpointEval], conf: float, top_n: int) -> ArmSummary:
@@ -145,7 +147,7 @@ def _combinations(axes: dict[str, list[str]]) -> list[dict[str, str]]:
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
-def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, dict]], arms: list[str], seeds: list[int],
+def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]], arms: list[str], seeds: list[int],
             baseline: str, confidence: float, bootstrap: int, top_n: int, labels: np.ndarray,
             facts: dict[str, ModelFacts], axes: dict[str, dict[str, str]] | None = None) -> StudySummary:
     """Statistics across seeds per arm, and each arm against the baseline.
@@ -163,7 +165,7 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, dict]], arms
         rows = {a: [evals[(a, s, which)][0] for s in seeds] for a in arms}
         summaries = {a: _arm_summary(rows[a], confidence, top_n) for a in arms}
         base_acc = [r.test_acc for r in rows[baseline]]
-        base_correct = np.stack([evals[(baseline, s, which)][1]["correct"] for s in seeds])
+        base_correct = np.stack([evals[(baseline, s, which)][1].correct for s in seeds])
         base_class = np.array([r.per_class_acc for r in rows[baseline]])
         others = [a for a in arms if a != baseline]
         tests = {a: stats.welch([r.test_acc for r in rows[a]], base_acc, confidence) for a in others}
@@ -171,7 +173,7 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, dict]], arms
         comparisons = {}
         full = which == "last"  # the best checkpoint is optimistic: a reference, tested over seeds only
         for a in others:
-            correct = np.stack([evals[(a, s, which)][1]["correct"] for s in seeds])
+            correct = np.stack([evals[(a, s, which)][1].correct for s in seeds])
             w = tests[a]
             comparisons[a] = Comparison(
                 welch=w, p_adjusted=adjusted[a],

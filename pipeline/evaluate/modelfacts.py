@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
-from pipeline.core.contracts import ModelFacts
+from pipeline.evaluate.contracts import ModelFacts
 
 
 def count_flops(model: nn.Module, shape=(1, 3, 32, 32)) -> int:

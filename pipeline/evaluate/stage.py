@@ -25,25 +25,18 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.config import Params, load_params
-from pipeline.core.schema import show
-from pipeline.core.contracts import (
-    CHECKPOINTS,
-    CheckpointEval,
-    ModelFacts,
-    StudyRecord,
-    read_history,
-    read_json,
-    run_dir,
-)
+from pipeline.core.contracts import CHECKPOINTS, Checkpoint, read_history, read_json, run_dir
+from pipeline.core.dataset import load_manifest, load_subset
 from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path, sha256_file, write_json
 from pipeline.core.provenance import code_digest, repo_root
+from pipeline.core.schema import show
+from pipeline.core.study import StudyRecord
 from pipeline.evaluate import core
-from pipeline.evaluate.contracts import StudySummary
-from pipeline.training.subset import load_subset
+from pipeline.evaluate.contracts import CheckpointEval, ModelFacts, Predictions, StudySummary
 
 CACHE = Path(".cache") / "evaluations"
-EVAL_CODE = ("models", "pipeline/training", "pipeline/evaluate")
+EVAL_CODE = ("models", "pipeline/arm", "pipeline/evaluate")
 _NOT_TRAINED = "run `dvc repro train` first"
 
 
@@ -57,7 +50,7 @@ class Evaluator:
 
     def tensors(self):
         if self._tensors is None:
-            from pipeline.training.loop import Tensors, resolve_device
+            from pipeline.arm.loop import Tensors, resolve_device
 
             self._device = resolve_device(self.params.run.device)
             d = self.params.data
@@ -67,19 +60,19 @@ class Evaluator:
         return self._tensors
 
     def evaluate(self, path: Path, arm: str, seed: int, which: str, history, top_n: int):
-        """(CheckpointEval, per-image arrays, first-layer filters) of one checkpoint."""
+        """(CheckpointEval, Predictions, first-layer filters) of one checkpoint."""
         import torch
 
         import models
-        from pipeline.training.augment import Augmenter
-        from pipeline.training.loop import eval_batch_size, evaluate
+        from pipeline.arm.augment import Augmenter
+        from pipeline.arm.loop import eval_batch_size, evaluate
 
         train, test = self.tensors()
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            cfg = ckpt["config"]
-            model = models.create_model(cfg["model"], **cfg.get("knobs", {}))
-            model.load_state_dict(ckpt["model"])
+            ckpt = Checkpoint.load(path)
+            cfg = ckpt.config
+            model = models.create_model(cfg["model"], **cfg["knobs"])
+            model.load_state_dict(ckpt.model)
         except Exception as exc:  # noqa: BLE001  truncated, garbled or foreign
             raise PipelineError(f"cannot load the checkpoint {path} ({type(exc).__name__}); {_NOT_TRAINED}") from None
         model = model.to(self._device).to(memory_format=torch.channels_last)
@@ -87,14 +80,16 @@ class Evaluator:
         bs = eval_batch_size(self.params.run.eval_batch_size, self._device)
         te = evaluate(model, test, aug, cfg["precision"], bs)
         tr = evaluate(model, train, aug, cfg["precision"], bs)
-        ev, arrays = core.checkpoint_eval(
-            arm=arm, seed=seed, which=which, epoch=ckpt["epoch"], test_preds=te.preds.numpy(),
-            test_y=test.y.cpu().numpy(), test_loss=te.loss, train_acc=tr.acc, train_loss=tr.loss,
-            running_acc=history[ckpt["epoch"] - 1].train_acc,  # the checkpoint's own epoch
+        y = test.y.cpu().numpy()
+        ev = core.checkpoint_eval(
+            arm=arm, seed=seed, which=which, epoch=ckpt.epoch, test_preds=te.preds.numpy(), test_y=y,
+            test_loss=te.loss, train_acc=tr.acc, train_loss=tr.loss,
+            running_acc=history[ckpt.epoch - 1].train_acc,  # the checkpoint's own epoch
             top_n=top_n)
-        arrays["confidence"] = te.probs.max(1).values.numpy().astype(np.float32)
+        pred = te.preds.numpy().astype(np.int64)
+        predictions = Predictions(pred, pred == y, te.probs.max(1).values.numpy().astype(np.float32), y)
         filters = models.first_conv(model).weight.detach().float().cpu().numpy()
-        return ev, arrays, filters
+        return ev, predictions, filters
 
 
 def _facts(name: str, knobs: dict, cache: Path) -> ModelFacts:
@@ -115,13 +110,11 @@ def _facts(name: str, knobs: dict, cache: Path) -> ModelFacts:
 
 
 def evaluate_study(params: Params, record: StudyRecord, runs: Path, data: Path, cache: Path):
-    """{(arm, seed, which): (CheckpointEval, arrays, filters)}, from the cache where it can."""
-    from pipeline.core.dataset import load_manifest
-
+    """{(arm, seed, which): (CheckpointEval, Predictions, filters)}, from the cache where it can."""
     evaluator = Evaluator(params, data)
     d = params.data
     # what decides an evaluation besides the checkpoint: data, code, and how it runs
-    context = json.dumps({"data": load_manifest(data)["data_sha256"], "subset": [d.train_limit, d.test_limit,
+    context = json.dumps({"data": load_manifest(data).data_sha256, "subset": [d.train_limit, d.test_limit,
                           d.subset_seed], "code": code_digest(EVAL_CODE), "top_n": params.report.top_confusions,
                           "device": params.run.device, "eval_batch_size": params.run.eval_batch_size})
     top_n = params.report.top_confusions
@@ -159,24 +152,21 @@ def _load_cached(folder: Path, arm: str, seed: int):
         return None
     try:
         ev = CheckpointEval.model_validate_json((folder / "eval.json").read_bytes())
-        with np.load(folder / "predictions.npz") as z:
-            arrays = {k: z[k] for k in ("pred", "correct", "confidence")}
+        predictions = Predictions.load(folder / "predictions.npz")
         filters = np.load(folder / "filters.npy")
-        if not (len(arrays["pred"]) == len(arrays["correct"]) == len(arrays["confidence"])):
-            raise ValueError("arrays of different lengths")
     except Exception as exc:  # noqa: BLE001  truncated, garbled or partly missing
         print(f"warning: the cached evaluation {folder} is damaged ({type(exc).__name__}); evaluating again",
               file=sys.stderr, flush=True)
         shutil.rmtree(folder, ignore_errors=True)
         return None
-    return ev.model_copy(update={"arm": arm, "seed": seed}), arrays, filters
+    return ev.model_copy(update={"arm": arm, "seed": seed}), predictions, filters
 
 
-def _store(folder: Path, ev: CheckpointEval, arrays: dict, filters: np.ndarray) -> None:
+def _store(folder: Path, ev: CheckpointEval, predictions: Predictions, filters: np.ndarray) -> None:
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         (tmp / "eval.json").write_text(ev.model_dump_json())
-        np.savez_compressed(tmp / "predictions.npz", **arrays)
+        predictions.save(tmp / "predictions.npz")
         np.save(tmp / "filters.npy", filters)
 
 
@@ -218,7 +208,7 @@ def main(argv=None) -> None:
     # statsmodels' Holm runs a full garbage collection per call: with what is loaded
     # so far frozen out of the collector, each takes milliseconds, not a tenth of a second
     gc.freeze()
-    _, labels, _ = load_subset(data, "test", params.data.test_limit, params.data.subset_seed)
+    labels = next(iter(evals.values()))[1].label
     facts = {a.name: _facts(a.train.model, a.train.knobs, cache) for a in params.arms}
     summary = core.compare({k: (v[0], v[1]) for k, v in evals.items()}, record.arms, record.seeds,
                            params.baseline.name, params.report.confidence, params.report.bootstrap,
@@ -226,11 +216,11 @@ def main(argv=None) -> None:
                            {a.name: {k: show(v) for k, v in a.axes.items()} for a in params.arms})
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
-        for (arm, seed, which), (ev, arrays, filters) in evals.items():
+        for (arm, seed, which), (ev, predictions, filters) in evals.items():
             dest = run_dir(tmp, arm, seed)
             dest.mkdir(parents=True, exist_ok=True)
             (dest / f"{which}.json").write_text(ev.model_dump_json(indent=1) + "\n")
-            np.savez_compressed(dest / f"{which}_predictions.npz", **arrays, label=labels)
+            predictions.save(dest / f"{which}_predictions.npz")
             if which == "last":
                 np.save(dest / "filters.npy", filters)
         (tmp / "summary.json").write_text(summary.model_dump_json(indent=1) + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core import stats
-from pipeline.core.contracts import StudyRecord
+from pipeline.core.study import StudyRecord
 from pipeline.evaluate.contracts import StudySummary
 from pipeline.tracking.journal import Journal
 

@@ -16,8 +16,9 @@ import numpy as np
 
 from pipeline.core import stats
 from pipeline.core.config import Params
-from pipeline.core.contracts import HistoryRow, StudyRecord
-from pipeline.evaluate.contracts import StudySummary
+from pipeline.core.contracts import DiagnosticsRecord, HistoryRow
+from pipeline.core.study import StudyRecord
+from pipeline.evaluate.contracts import Predictions, StudySummary
 
 SECTIONS = ("Headline", "Ablation table", "Learning curves", "Per-class accuracy", "Confusion matrices",
             "Diagnostics", "Galleries", "Model facts", "Provenance")
@@ -123,9 +124,8 @@ class Inputs:
     record: StudyRecord
     summary: StudySummary
     histories: dict[str, dict[int, list[HistoryRow]]]  # arm -> seed -> epochs
-    diagnostics: dict[str, dict | None]  # arm -> diagnostics of its first seed
-    # arm -> its first seed's last checkpoint: pred, correct, confidence, label
-    predictions: dict[str, dict[str, np.ndarray]]
+    diagnostics: dict[str, DiagnosticsRecord | None]  # arm -> diagnostics of its first seed
+    predictions: dict[str, Predictions]  # arm -> its first seed's last checkpoint
     filters: dict[str, np.ndarray]  # arm -> first-layer conv weights of its first seed
     test_images: np.ndarray  # the evaluated test images, uint8 (N, 3, 32, 32); may be memory-mapped
     data_name: str  # "CIFAR-10 (JPEG mirror)"
@@ -227,7 +227,7 @@ def _budget(ctx: _Ctx) -> str:
 def _headline(ctx: _Ctx) -> list:
     inp, last, base = ctx.inp, ctx.last, ctx.baseline
     n = len(ctx.seeds)
-    n_images = len(inp.predictions[base]["label"])
+    n_images = len(inp.predictions[base].label)
     blocks = [para("Study ", ("b", inp.params.study), f" (preset {inp.params.preset}) on ", ("b", inp.data_name),
                    f": {plural(len(ctx.arms), 'arm')} x {plural(n, 'seed')} ({', '.join(map(str, ctx.seeds))}), "
                    "baseline ", ("b", base), f", each trained {_budget(ctx)}. Numbers are for the last checkpoint "
@@ -575,27 +575,27 @@ def _diagnostics(ctx: _Ctx) -> list:
     for i, arm in enumerate(ctx.arms):
         d = ctx.inp.diagnostics.get(arm)
         blocks.append(Heading(arm))
-        if not d or not d.get("layers"):
+        if not d or not d.layers:
             blocks.append(para("No diagnostics were recorded for this run."))
             continue
         s = f"{i:02d}_{slug(arm)}"
-        layers = d["layers"]
-        if d.get("gradients"):
+        layers = d.layers
+        if d.gradients:
             blocks.append(Figure(f"grad_flow_{s}", "gradient_flow",
-                                 {"layers": layers, "rows": d["gradients"], "arm": arm},
+                                 {"layers": layers, "rows": [r.model_dump() for r in d.gradients], "arm": arm},
                                  f"Gradient flow per layer, {arm}",
                                  "Mean and max |grad| per layer, one line per epoch (log scale). Vanishing "
                                  "gradients show as a steep drop towards the input layers."))
-        if d.get("update_ratio"):
+        if d.update_ratio:
             blocks.append(Figure(f"update_ratio_{s}", "update_ratio",
-                                 {"layers": layers, "rows": d["update_ratio"], "arm": arm},
+                                 {"layers": layers, "rows": [r.model_dump() for r in d.update_ratio], "arm": arm},
                                  f"Update-to-weight ratio per layer, {arm}",
                                  "How far each layer's weights moved during each epoch, relative to their "
                                  "size (log scale): a layer stuck far below the others barely learns; one "
                                  "near 1 is rewritten every epoch."))
-        if d.get("weights"):
+        if d.weights:
             blocks.append(Figure(f"weights_{s}", "weight_histograms",
-                                 {"layers": layers, "rows": d["weights"], "arm": arm},
+                                 {"layers": layers, "rows": [r.model_dump() for r in d.weights], "arm": arm},
                                  f"Weight distributions per layer, {arm}",
                                  "One panel per layer; each recorded epoch's histogram overlaid (colour = epoch)."))
     return blocks
@@ -607,7 +607,7 @@ def _galleries(ctx: _Ctx) -> list:
     blocks = [para(f"Seed {seed}, last checkpoint. Green: correct; red: wrong (true class, then the "
                    "prediction and its softmax confidence).")]
     first = ctx.inp.predictions[ctx.arms[0]]
-    n = len(first["label"])
+    n = len(first.label)
     sample = np.unique(np.linspace(0, n - 1, min(GALLERY_SIZE, n)).round().astype(int))
     for i, arm in enumerate(ctx.arms):
         p = ctx.inp.predictions[arm]
@@ -615,16 +615,16 @@ def _galleries(ctx: _Ctx) -> list:
         blocks.append(Heading(arm))
 
         def grid(sel, title):
-            return {"images": np.asarray(x[sel]), "true": [classes[k] for k in p["label"][sel]],
-                    "pred": [classes[k] for k in p["pred"][sel]],
-                    "confidence": [float(c) for c in p["confidence"][sel]], "title": title}
+            return {"images": np.asarray(x[sel]), "true": [classes[k] for k in p.label[sel]],
+                    "pred": [classes[k] for k in p.pred[sel]],
+                    "confidence": [float(c) for c in p.confidence[sel]], "title": title}
 
         blocks.append(Figure(f"samples_{s}", "prediction_grid", grid(sample, f"{arm}: sample test images"),
                              f"Sample predictions, {arm}",
                              f"{len(sample)} test images spread over the test set, the same for every arm."))
-        wrong = np.flatnonzero(~p["correct"].astype(bool))
+        wrong = np.flatnonzero(~p.correct)
         if len(wrong):
-            worst = wrong[np.argsort(-p["confidence"][wrong], kind="stable")][:GALLERY_SIZE]
+            worst = wrong[np.argsort(-p.confidence[wrong], kind="stable")][:GALLERY_SIZE]
             blocks.append(Figure(f"mistakes_{s}", "prediction_grid", grid(worst, f"{arm}: most confident mistakes"),
                                  f"Most confident mistakes, {arm}",
                                  f"The {len(worst)} misclassified test images with the highest confidence "

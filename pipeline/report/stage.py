@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import json
 import pickle
 import sys
 from pathlib import Path
@@ -25,14 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.config import load_params
-from pipeline.core.contracts import StudyRecord, read_history, read_json, run_dir
-from pipeline.core.dataset import load_manifest, load_split
+from pipeline.core.contracts import DiagnosticsRecord, read_history, read_json, run_dir
+from pipeline.core.dataset import load_manifest, load_split, stratified_subset
 from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path
 from pipeline.core.provenance import code_version, dvc_experiment, repo_root
-from pipeline.evaluate.contracts import StudySummary
+from pipeline.core.study import StudyRecord
+from pipeline.evaluate.contracts import Predictions, StudySummary
 from pipeline.report.build import Inputs, Report, build_report
-from pipeline.training.subset import stratified_subset
 
 FIGURE_CACHE = Path(".cache") / "figures"
 _NOT_EVALUATED = "run `dvc repro evaluate` first"
@@ -55,14 +54,11 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
     for arm in record.arms:
         histories[arm] = {s: read_history(run_dir(runs, arm, s) / "history.csv") for s in record.seeds}
         diag = run_dir(runs, arm, first) / "diagnostics.json"
-        try:
-            diagnostics[arm] = json.loads(diag.read_text()) if diag.exists() else None
-        except ValueError:
-            raise PipelineError(f"{diag} is not valid JSON; run `dvc repro train` again") from None
+        diagnostics[arm] = (read_json(diag, DiagnosticsRecord, "run `dvc repro train` again") if diag.exists()
+                            else None)
         src = run_dir(evaluation, arm, first)
         try:
-            with np.load(src / "last_predictions.npz") as z:
-                predictions[arm] = {k: z[k] for k in ("pred", "correct", "confidence", "label")}
+            predictions[arm] = Predictions.load(src / "last_predictions.npz")
             filters[arm] = np.load(src / "filters.npy")
         except (OSError, KeyError, ValueError):
             raise PipelineError(f"the predictions or filters in {src} are missing or damaged; "
@@ -70,18 +66,17 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
     manifest = load_manifest(data)
     x, y = load_split(data, "test")
     idx = stratified_subset(y, params.data.test_limit, params.data.subset_seed)
-    labels = next(iter(predictions.values()))["label"]
+    labels = next(iter(predictions.values())).label
     if len(idx) != len(labels) or not np.array_equal(y[idx], labels):
         raise PipelineError(f"the test images in {data} are not the ones {evaluation} was computed on; "
                             f"{_NOT_EVALUATED}")
-    n_train = manifest["splits"]["train"]["count"]
+    n_train = manifest.splits["train"].count
     if params.data.train_limit is not None:
         n_train = min(n_train, params.data.train_limit)
     return Inputs(
         params=params, params_text=params_path.read_text(), record=record, summary=summary,
         histories=histories, diagnostics=diagnostics, predictions=predictions, filters=filters,
-        test_images=_Indexed(x, idx), data_name=manifest.get("name", "CIFAR-10"),
-        data_sha256=manifest["data_sha256"], n_train=n_train, tracking=_tracking(params.study, record),
+        test_images=_Indexed(x, idx), data_name=manifest.name, data_sha256=manifest.data_sha256, n_train=n_train, tracking=_tracking(params.study, record),
         code_version=code_version(), dvc_experiment=dvc_experiment(),
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 

@@ -19,6 +19,8 @@ from pickle import dump, dumps, load, loads  # noqa: F401  what torch may call o
 
 from torch._weights_only_unpickler import Unpickler as _SafeUnpickler
 
+from pipeline.core.contracts import Checkpoint
+
 
 class Pickler(_Pickler):
     def dump(self, obj):
@@ -28,23 +30,23 @@ class Pickler(_Pickler):
 
 class Unpickler(_SafeUnpickler):
     def load(self):
-        ckpt = super().load()
-        if isinstance(ckpt, dict) and {"model", "config"} <= ckpt.keys():
-            return classifier(ckpt)
-        return ckpt
+        loaded = super().load()
+        try:
+            return classifier(Checkpoint.from_dict(loaded))
+        except ValueError:  # not a checkpoint: what the file holds
+            return loaded
 
 
-def classifier(ckpt: dict):
+def classifier(ckpt: Checkpoint):
     """The checkpoint's network with its normalisation in front, in eval mode, on the CPU;
-    it keeps the checkpoint (`.checkpoint`), which is what saving it writes."""
+    it keeps the checkpoint (`.checkpoint`, a dict), which is what saving it writes."""
     import models
     from models.layers import Classifier
-    from pipeline.training import NORMS
+    from pipeline.arm.augment import NORMS
 
-    cfg = ckpt["config"]
-    net = models.create_model(cfg["model"], **cfg.get("knobs", {}))
-    net.load_state_dict(ckpt["model"])
-    mean, std = NORMS[cfg["norm"]]
+    net = models.create_model(ckpt.config["model"], **ckpt.config["knobs"])
+    net.load_state_dict(ckpt.model)
+    mean, std = NORMS[ckpt.config["norm"]]
     model = Classifier(net, mean, std).eval()
-    model.checkpoint = ckpt
+    model.checkpoint = ckpt.to_dict()
     return model

@@ -131,6 +131,20 @@ class Journal:
         """Register the run's logged model `model` in the Model Registry."""
         self._append(key, {"do": "register", "model": model, "registered_name": registered_name})
 
+    # --- which run holds an arm x seed (by fingerprint)
+
+    def arm_run(self, fp: str) -> dict | None:
+        """{"key", "open"}: the run that trains (open) or trained the arm with fingerprint `fp`."""
+        try:
+            return json.loads((self.dir / "arms" / f"{fp}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def set_arm_run(self, fp: str, key: str, open: bool) -> None:
+        from pipeline.core.io import write_json
+
+        write_json(self.dir / "arms" / f"{fp}.json", {"key": key, "open": open})
+
     def reap(self) -> list[str]:
         """End as KILLED every run of this host left running by a process that is gone
         (kill -9, a reboot); a resumed run is opened again by `resume`."""
@@ -210,7 +224,3 @@ def _plain(v):
     if hasattr(v, "item"):
         return v.item()
     raise TypeError(f"{type(v).__name__} is not JSON-able")
-
-
-def remove_journal(root: Path) -> None:
-    shutil.rmtree(Path(root) / JOURNAL, ignore_errors=True)

@@ -18,11 +18,10 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 def classifier_from_checkpoint(path: str | Path):
     """The checkpoint's network with its normalisation in front, in eval mode, on the CPU."""
-    import torch
-
+    from pipeline.core.contracts import Checkpoint
     from pipeline.tracking.checkpoint_pickle import classifier
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = Checkpoint.load(path)
     return classifier(ckpt), ckpt
 
 
@@ -37,7 +36,7 @@ def log_checkpoint_model(run_id: str, checkpoint: Path, name: str) -> str:
     from pipeline.tracking import checkpoint_pickle
 
     model, ckpt = classifier_from_checkpoint(checkpoint)
-    example = np.asarray(ckpt["example"], dtype=np.uint8) if "example" in ckpt else np.zeros((1, 3, 32, 32), np.uint8)
+    example = np.asarray(ckpt.example, dtype=np.uint8)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
     with mlflow.start_run(run_id=run_id):
@@ -45,7 +44,7 @@ def log_checkpoint_model(run_id: str, checkpoint: Path, name: str) -> str:
             model, name=name, signature=infer_signature(example, out), input_example=example,
             serialization_format="pickle", pickle_module=checkpoint_pickle,
             code_paths=[str(PROJECT / "models"), str(PROJECT / "pipeline")], pip_requirements=_requirements(),
-            metadata={"checkpoint_epoch": ckpt.get("epoch"), "arm": ckpt.get("arm"), "seed": ckpt.get("seed")})
+            metadata={"checkpoint_epoch": ckpt.epoch, "arm": ckpt.arm, "seed": ckpt.seed})
         mlflow.set_tag(f"model_id.{name}", info.model_id)
     local = local_path(mlflow.get_logged_model(info.model_id).artifact_location)
     if local is not None:

@@ -1,44 +1,29 @@
-"""Finished and interrupted arms, kept by fingerprint so no work is lost.
-
-An arm x seed's fingerprint is the sha256 of its resolved training config, its
-seed, the data it trains on (checksum and subset), the code that computes it
-(pipeline.core.provenance.ARM_CODE, comments and docstrings left out), the
-versions of torch, torchvision and numpy, and the device type. The store sits at
-the repository root (`.arm-cache/`, found from inside queued DVC experiments
-too), so every experiment shares it:
+"""Finished and interrupted arms, kept by fingerprint (pipeline.train.plan) so no
+work is lost. The store sits at the repository root (`.arm-cache/`, found from
+inside queued DVC experiments too), so every experiment shares it:
 
 - `<fp>/done/`: a finished run's files, read-only, and `manifest.json` with the
   sha256 of each. An entry is restored only after every checksum matches; a
   damaged one is moved to `quarantine/` (one line says so) and the arm trains again.
   Outputs under runs/ are hard links to these files: each checkpoint is stored once.
 - `<fp>/state.pt`: the full training state after the last finished epoch, so a
-  killed run resumes where it stopped; `<fp>/run.json` names its tracking run.
+  killed run resumes where it stopped.
 - `<fp>.lock`: held while one process trains that fingerprint.
 """
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import os
-import shutil
 import stat
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from pipeline.core.config import TrainConfig
 from pipeline.core.contracts import ArmFiles, TrainState
 from pipeline.core.io import atomic_path, link_or_copy, sha256_file, sweep
 
 STORE = ".arm-cache"
 MANIFEST = "manifest.json"
-
-
-def fingerprint(cfg: TrainConfig, seed: int, data_id: dict, code: str, versions: dict, device_type: str) -> str:
-    blob = json.dumps({"config": cfg.model_dump(), "seed": seed, "data": data_id, "code": code,
-                       "versions": versions, "device": device_type}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def say(message: str) -> None:
@@ -51,6 +36,14 @@ class ArmStore:
 
     def folder(self, fp: str) -> Path:
         return self.root / fp
+
+    def done_fps(self) -> set[str]:
+        """The fingerprints with a finished entry (checked when restored)."""
+        return {d.parent.name for d in self.root.glob("*/done")} if self.root.is_dir() else set()
+
+    def saved_fps(self) -> set[str]:
+        """The fingerprints with a saved training state."""
+        return {d.parent.name for d in self.root.glob("*/state.pt")} if self.root.is_dir() else set()
 
     def lock(self, fp: str):
         from filelock import FileLock
@@ -110,17 +103,14 @@ class ArmStore:
 
     # --- interrupted arms
 
-    def load_state(self, fp: str, device_type: str) -> tuple[TrainState, dict] | None:
-        """The saved state and its side record (tracking run key) of an interrupted
-        run, or None. A state that is unreadable, incomplete or from another device
-        type is moved aside with one line."""
-        import torch
-
+    def load_state(self, fp: str, device_type: str) -> TrainState | None:
+        """The saved state of an interrupted run, or None. A state that is unreadable,
+        incomplete or from another device type is moved aside with one line."""
         path = self.folder(fp) / "state.pt"
         if not path.exists():
             return None
         try:
-            state = TrainState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+            state = TrainState.load(path)
         except Exception as exc:  # cut short by a full disk, or not a state at all
             self.quarantine(path, f"the saved training state {path} cannot be resumed ({type(exc).__name__}: "
                                   f"{' '.join(str(exc).split())[:160]})")
@@ -128,23 +118,14 @@ class ArmStore:
         if state.device != device_type:
             self.quarantine(path, f"the saved state {path} was trained on {state.device}, this run is on {device_type}")
             return None
-        try:
-            side = json.loads((self.folder(fp) / "run.json").read_text())
-        except (OSError, ValueError):
-            side = {}
-        return state, side
+        return state
 
-    def save_state(self, fp: str, state: TrainState, side: dict) -> None:
-        import torch
-
+    def save_state(self, fp: str, state: TrainState) -> None:
         with atomic_path(self.folder(fp) / "state.pt") as tmp:
-            torch.save(state.to_dict(), tmp)
-        with atomic_path(self.folder(fp) / "run.json") as tmp:
-            tmp.write_text(json.dumps(side) + "\n")
+            state.save(tmp)
 
     def drop_state(self, fp: str) -> None:
-        for name in ("state.pt", "run.json"):
-            (self.folder(fp) / name).unlink(missing_ok=True)
+        (self.folder(fp) / "state.pt").unlink(missing_ok=True)
 
     def sweep(self) -> None:
         """What killed runs left: temporaries, and states of arms that finished after all."""
@@ -190,10 +171,10 @@ class StateWriter:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
         self._pending: Future | None = None
 
-    def save(self, state: TrainState, side: dict) -> None:
+    def save(self, state: TrainState) -> None:
         """`state` must not share memory with anything training goes on changing."""
         self.wait()
-        self._pending = self._pool.submit(self._store.save_state, self._fp, state, side)
+        self._pending = self._pool.submit(self._store.save_state, self._fp, state)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -208,12 +189,3 @@ class StateWriter:
             self.wait()
         finally:
             self._pool.shutdown(wait=True)
-
-
-def remove_tree(path: Path) -> None:
-    """rmtree that also removes read-only files (finished entries are read-only)."""
-    def onerror(func, p, _exc):
-        os.chmod(p, stat.S_IWUSR | stat.S_IRUSR)
-        func(p)
-
-    shutil.rmtree(path, onerror=onerror)

@@ -1,12 +1,12 @@
 """Where jobs run: in this process, one at a time, or on Ray (this machine or a cluster).
 
 An engine takes `JobSpec`s with their resume states and hands back, as they
-happen, `(spec, event)` pairs: `Placed` (where the job runs, once a worker
-has it), each `Epoch` (with the state to save) followed by the `Usage` of the
-machine that trained it, then `Finished`; or `Failed` (the job's own error) or
-`Lost` (its worker or node died: the driver resubmits it from its last saved
-state). The driver does everything else, so the data and results cross the
-network and nothing else.
+happen, `(spec, event)` pairs (pipeline.core.jobs): `Placed` (where the job
+runs, once a worker has it), each `Epoch` (with the state to save) followed by
+the `Usage` of the machine that trained it, then `Finished`; or `Failed` (the
+job's own error) or `Lost` (its worker or node died: the driver resubmits it
+from its last saved state). The driver does everything else, so the data and
+results cross the network and nothing else.
 
 Choosing one (`make_engine`): a cluster address (params `cluster`, or
 RAY_ADDRESS) sends every job there; otherwise several jobs at once on this
@@ -16,7 +16,6 @@ share, and starting Ray would cost seconds for nothing).
 """
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import sys
@@ -26,40 +25,21 @@ from typing import Callable, Iterator
 
 from pipeline.core.contracts import TrainState
 from pipeline.core.errors import PipelineError
-from pipeline.training.job import Data, JobSpec, run_job
+from pipeline.core.jobs import Data, Epoch, Event, Failed, Finished, JobSpec, Lost, Placed, Usage
 
 GPU_JOBS_MAX = 8  # jobs sharing one GPU at most
 GIB = 1 << 30
 
 
-@dataclass
-class Placed:
-    """The job reached a worker: `where` it runs (host:node)."""
-
-    where: str
-
-
-@dataclass
-class Usage:
-    """The CPU, memory and GPU use of the machine a job runs on, sampled after each
-    epoch there (MLflow's system-metrics names)."""
-
-    metrics: dict[str, float]
-
-
 def system_metrics(device: str) -> dict[str, float]:
     """What MLflow's system-metrics tab shows (its metric names), sampled in the
     process that trains (on a Ray worker, there: the driver's GPU holds no job)."""
-    out = {}
-    try:
-        import psutil
+    import psutil
 
-        out["system/cpu_utilization_percentage"] = psutil.cpu_percent(interval=None)
-        mem = psutil.virtual_memory()
-        out["system/system_memory_usage_megabytes"] = (mem.total - mem.available) / 2**20
-        out["system/system_memory_usage_percentage"] = mem.percent
-    except ImportError:
-        pass
+    mem = psutil.virtual_memory()
+    out = {"system/cpu_utilization_percentage": psutil.cpu_percent(interval=None),
+           "system/system_memory_usage_megabytes": (mem.total - mem.available) / 2**20,
+           "system/system_memory_usage_percentage": mem.percent}
     if device.startswith("cuda"):
         import torch
 
@@ -72,31 +52,16 @@ def with_usage(events: Iterator, device: str) -> Iterator:
     """A job's events, each `Epoch` followed by the `Usage` of the process training it.
     Before the first: psutil's CPU use is measured from one call to the next, and the
     GPU's memory peak is made the job's own (not an earlier job's in this process)."""
-    try:
-        import psutil
+    import psutil
 
-        psutil.cpu_percent(interval=None)
-    except ImportError:
-        pass
+    psutil.cpu_percent(interval=None)
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.reset_peak_memory_stats()
     for event in events:
         yield event
-        if type(event).__name__ == "Epoch":
+        if isinstance(event, Epoch):
             yield Usage(system_metrics(device))
-
-
-@dataclass
-class Failed:
-    error: BaseException
-
-
-@dataclass
-class Lost:
-    """The job's worker process or node died; nothing is wrong with the job."""
-
-    reason: str
 
 
 class LocalEngine:
@@ -106,7 +71,9 @@ class LocalEngine:
     slots = 1
 
     def __init__(self, data: Data, on_step: Callable[[int], None] | None = None):
-        self.data, self.on_step = data, on_step
+        from pipeline.arm.job import run_job
+
+        self.data, self.on_step, self._run = data, on_step, run_job
         self._job: tuple[JobSpec, Iterator] | None = None
 
     def busy(self) -> int:
@@ -114,9 +81,9 @@ class LocalEngine:
 
     def submit(self, spec: JobSpec, resume: TrainState | None) -> None:
         assert self._job is None, "the local engine runs one job at a time"
-        self._job = (spec, with_usage(run_job(spec, self.data, resume, self.on_step), spec.device))
+        self._job = (spec, with_usage(self._run(spec, self.data, resume, self.on_step), spec.device))
 
-    def events(self, timeout: float | None = None) -> Iterator[tuple[JobSpec, object]]:
+    def events(self, timeout: float | None = None) -> Iterator[tuple[JobSpec, Event]]:
         """The next event of the running job (blocks while it trains; with one job at
         a time there is no free slot to wait for, so `timeout` does not apply)."""
         spec, gen = self._job
@@ -126,17 +93,12 @@ class LocalEngine:
             self._job = None
             yield spec, Failed(exc)
             return
-        if type(event).__name__ == "Finished":
+        if isinstance(event, Finished):
             self._job = None
         yield spec, event
 
     def where(self, spec: JobSpec) -> str:
         return socket.gethostname()
-
-    def measure(self, spec: JobSpec) -> float:
-        from pipeline.train.estimate import measure
-
-        return measure(spec, self.data)
 
     def cancel(self) -> None:
         self._job = None
@@ -148,22 +110,20 @@ class LocalEngine:
 # --------------------------------------------------------------------------- Ray
 
 
-@functools.cache
-def worker_build() -> tuple[str, dict[str, str]]:
-    """What decides an arm's results here (computed once per process): the digest of
-    the arm's code and the versions of the libraries in its fingerprint
-    (pipeline.core.provenance)."""
-    from pipeline.core.provenance import code_digest, library_versions
+def build(spec: JobSpec) -> tuple[str, dict[str, str]]:
+    """What decides `spec`'s results on this machine: the digest of the code it runs
+    and the versions of the libraries in its fingerprint (pipeline.core.provenance)."""
+    from pipeline.core.provenance import arm_code, library_versions
 
-    return code_digest(remember=False), library_versions()
+    return arm_code(spec.cfg.model, spec.cfg.aug), library_versions()
 
 
-def check_build(expected: tuple[str, dict[str, str]] | None, where: str) -> None:
+def check_build(spec: JobSpec, expected: tuple[str, dict[str, str]] | None, where: str) -> None:
     """Refuse to train on a worker whose code or libraries differ from the driver's:
     its results would be cached under a fingerprint that does not describe them."""
     if expected is None:
         return
-    code, versions = worker_build()
+    code, versions = build(spec)
     if code != expected[0]:
         raise PipelineError(f"the Ray worker on {where} has other training code than this machine (code digest "
                             f"{code[:12]}, here {expected[0][:12]}); install the same commit on every node")
@@ -174,21 +134,17 @@ def check_build(expected: tuple[str, dict[str, str]] | None, where: str) -> None
 
 
 def _remote_job(spec: JobSpec, data: Data, resume: TrainState | None,
-                build: tuple[str, dict[str, str]] | None = None):
+                expected: tuple[str, dict[str, str]] | None = None):
     """The job on a Ray worker: every event goes back to the driver as it happens."""
     import ray
 
+    from pipeline.arm.job import run_job
+
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts; deterministic arms need it
     where = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:6]}"
-    yield where  # first: where it runs
-    check_build(build, where)
+    yield Placed(where)  # first: where it runs
+    check_build(spec, expected, where)
     yield from with_usage(run_job(spec, data, resume), spec.device)
-
-
-def _remote_measure(spec: JobSpec, data: Data) -> float:
-    from pipeline.train.estimate import measure
-
-    return measure(spec, data)
 
 
 @dataclass(frozen=True)
@@ -210,6 +166,28 @@ def _probe() -> Devices:
         return Devices()
     return Devices("cuda", bool(torch.cuda.is_bf16_supported(including_emulation=False)),
                    int(torch.cuda.get_device_properties(0).total_memory))
+
+
+# Where one of these exists an NVIDIA driver may be present (Linux, WSL); elsewhere
+# torch cannot start CUDA, so `device: auto` is the CPU without importing torch.
+_NVIDIA_SIGNS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg")
+
+
+def local_devices(setting: str) -> tuple[str, Devices]:
+    """The device `setting` (params `device`) means on this machine, and what it has.
+    torch is imported only where an NVIDIA driver may be present."""
+    if setting == "cpu" or (setting == "auto" and sys.platform.startswith("linux")
+                            and not any(map(os.path.exists, _NVIDIA_SIGNS))):
+        return "cpu", Devices()
+    from pipeline.arm.loop import resolve_device
+
+    device = resolve_device(setting)
+    if device.type != "cuda":
+        return str(device), Devices()
+    import torch
+
+    return str(device), Devices("cuda", bool(torch.cuda.is_bf16_supported(including_emulation=False)),
+                                int(torch.cuda.get_device_properties(device).total_memory))
 
 
 _DEVICES: dict[str | None, Devices] = {}  # per address: a cluster is probed once per process
@@ -314,20 +292,16 @@ class RayEngine:
         # job had, whatever Ray assigns next (0: CPU workers are reused)
         max_calls = 1 if self.options.get("num_gpus") else 0
         self._remote = ray.remote(max_retries=0, max_calls=max_calls)(_remote_job)
-        self._measure = ray.remote(max_calls=max_calls)(_remote_measure)
-        from pipeline.core.provenance import code_digest, library_versions
-
-        self.build = (code_digest(), library_versions())  # what every worker must run too
         self.running: dict[str, _Running] = {}
 
     def busy(self) -> int:
         return len(self.running)
 
     def submit(self, spec: JobSpec, resume: TrainState | None) -> None:
-        gen = self._remote.options(**self.options).remote(spec, self.data_ref, resume, self.build)
+        gen = self._remote.options(**self.options).remote(spec, self.data_ref, resume, build(spec))
         self.running[spec.fp] = _Running(spec, gen)
 
-    def events(self, timeout: float | None = None) -> Iterator[tuple[JobSpec, object]]:
+    def events(self, timeout: float | None = None) -> Iterator[tuple[JobSpec, Event]]:
         """The events that are ready now (waits for at least one, or `timeout` seconds)."""
         ray = self._ray
         by_gen = {id(r.gen): r for r in self.running.values()}
@@ -347,21 +321,15 @@ class RayEngine:
                 self.running.pop(job.spec.fp, None)
                 yield job.spec, ray_failure(job.spec, job.node, exc)
                 continue
-            if isinstance(event, str):
-                job.node = event
-                yield job.spec, Placed(event)
-                continue
-            if type(event).__name__ == "Finished":
+            if isinstance(event, Placed):
+                job.node = event.where
+            elif isinstance(event, Finished):
                 self.running.pop(job.spec.fp, None)
             yield job.spec, event
 
     def where(self, spec: JobSpec) -> str:
         job = self.running.get(spec.fp)
         return job.node if job is not None else ""
-
-    def measure(self, spec: JobSpec) -> float:
-        """Training speed, measured on a worker with the job's resources."""
-        return self._ray.get(self._measure.options(**self.options).remote(spec, self.data_ref))
 
     def cancel(self) -> None:
         for job in self.running.values():

@@ -1,8 +1,8 @@
 """The one training loop. It takes the network as an argument and never imports
-a particular model; every architecture and every arm trains through `fit()`.
+a particular model; every architecture and every arm trains through `train_epochs()`.
 
 Data lives on the training device as uint8 NCHW tensors; augmentation runs there
-in batches (pipeline.training.augment). Per-step metrics are accumulated on the
+in batches (pipeline.arm.augment). Per-step metrics are accumulated on the
 device and read once per epoch, so the loop does not wait on the GPU at every step.
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ from torch import nn
 from pipeline.core.config import TrainConfig
 from pipeline.core.contracts import HistoryRow, TrainState
 from pipeline.core.errors import PipelineError
-from pipeline.training import resolve_precision
-from pipeline.training.augment import Augmenter
-from pipeline.training.diagnostics import Diagnostics
+from pipeline.core.jobs import Epoch
+from pipeline.arm.augment import Augmenter
+from pipeline.arm.diagnostics import Diagnostics
 
 # torch.compile modes that replay CUDA graphs
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -118,7 +118,10 @@ def build_schedule(cfg: TrainConfig, opt, steps_per_epoch: int):
 
 
 def autocast(precision: str, device: torch.device):
-    precision = resolve_precision(precision, device.type)
+    """Mixed precision as `precision` says: fp32, bf16 or fp16 (concrete: the stage
+    resolved `auto` for the device, pipeline.core.config.resolve_precision)."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision {precision!r}: resolve it for the device first (fp32, bf16 or fp16)")
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -158,30 +161,6 @@ def evaluate(model: nn.Module, data: Tensors, aug: Augmenter, precision: str, ba
                       preds=preds_t, probs=torch.cat(probs).float().cpu())
 
 
-@dataclass
-class Epoch:
-    """What `train_epochs` yields after each epoch."""
-
-    row: HistoryRow
-    state: TrainState | None  # everything needed to go on (when asked for)
-
-
-def fit(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed: int, *,
-        on_epoch: Callable[[HistoryRow], None] | None = None,
-        on_state: Callable[[TrainState], None] | None = None, **kw) -> Result:
-    """`train_epochs` with callbacks: `on_epoch(row)` and `on_state(state)` after each epoch."""
-    epochs = train_epochs(model, train, test, cfg, seed, states=on_state is not None, **kw)
-    while True:
-        try:
-            ep = next(epochs)
-        except StopIteration as stop:
-            return stop.value
-        if on_epoch is not None:
-            on_epoch(ep.row)
-        if on_state is not None:
-            on_state(ep.state)
-
-
 def train_epochs(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed: int, *,
                  eval_batch: int = 256, states: bool = True, on_step: Callable[[int], None] | None = None,
                  resume: TrainState | None = None, diagnostics: bool = True) -> Generator[Epoch, None, Result]:
@@ -200,7 +179,6 @@ def train_epochs(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConf
     interrupted (on the CPU; on CUDA with deterministic kernels).
     """
     device = train.x.device
-    cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device.type)})
     gen = torch.Generator(device=device).manual_seed(streams(seed)[1])
     aug = Augmenter(cfg.aug, cfg.norm, device)
     # NHWC: faster convolutions with cuDNN and oneDNN alike (1.1-1.5x measured on 2 CPU cores)

@@ -1,0 +1,108 @@
+"""The train stage's decisions, pure: a study's jobs and their fingerprints, which
+of them are restored from the arm cache, resumed or trained, and when seeds on
+demand stop. No torch and no files: the driver (pipeline.train.driver) carries
+a plan out.
+
+An arm x seed's fingerprint is the sha256 of its resolved training config, its
+seed, the data it trains on (the prepared data's checksum and the subset's
+indices), the code it runs (pipeline.core.provenance.arm_code: the job, its
+model's file and its regime's file, by content), the versions of torch,
+torchvision and numpy, and the device type.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+
+from pipeline.core import stats
+from pipeline.core.config import Params, SeedPlan, TrainConfig, resolve_precision
+from pipeline.core.contracts import RunMetrics
+from pipeline.core.jobs import JobSpec
+from pipeline.core.provenance import arm_code
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Everything besides config and seed that decides what an arm computes."""
+
+    data_id: dict
+    versions: dict
+    device_type: str
+    code: Callable[[str, str], str] = field(default=arm_code, compare=False)  # (model, aug) -> digest
+
+    def fingerprint(self, cfg: TrainConfig, seed: int) -> str:
+        blob = json.dumps({"config": cfg.model_dump(), "seed": seed, "data": self.data_id,
+                           "code": self.code(cfg.model, cfg.aug), "versions": self.versions,
+                           "device": self.device_type}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def jobs_for(params: Params, seeds: Sequence[int], identity: Identity, device: str,
+             bf16: bool | None) -> list[JobSpec]:
+    """Every arm x seed of `seeds`, arm-major, with precision made concrete for the
+    device (once, here) and its fingerprint."""
+    jobs = []
+    for arm in params.arms:
+        cfg = arm.train.model_copy(update={"precision": resolve_precision(arm.train.precision, identity.device_type,
+                                                                          bool(bf16))})
+        jobs += [JobSpec(arm.name, seed, cfg, identity.fingerprint(cfg, seed), device, params.run.eval_batch_size,
+                         params.run.deterministic) for seed in seeds]
+    return jobs
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an execution does with each of its jobs (`jobs`, in their order)."""
+
+    jobs: tuple[JobSpec, ...]
+    restore: tuple[JobSpec, ...]  # finished in the arm cache
+    resume: tuple[JobSpec, ...]  # an interrupted run's state is saved: it goes on from there
+    train: tuple[JobSpec, ...]  # from the first epoch
+
+    @property
+    def to_train(self) -> tuple[JobSpec, ...]:
+        return tuple(j for j in self.jobs if j not in self.restore)
+
+
+def plan(jobs: Sequence[JobSpec], done: Collection[str], saved: Collection[str], retrain: bool = False) -> Plan:
+    """`done`: the fingerprints finished in the arm cache; `saved`: those with a saved
+    state. With `retrain`, every job trains from its first epoch."""
+    restore = tuple(j for j in jobs if not retrain and j.fp in done)
+    resume = tuple(j for j in jobs if not retrain and j.fp not in done and j.fp in saved)
+    return Plan(tuple(jobs), restore, resume, tuple(j for j in jobs if j not in restore and j not in resume))
+
+
+# --------------------------------------------------------------------------- seeds on demand
+
+
+def widest_interval(results: dict[tuple[str, int], RunMetrics], arms: list[str], baseline: str,
+                    seeds: Sequence[int], confidence: float) -> float:
+    """The widest CI half-width (a fraction) of the test-accuracy differences to the
+    baseline over these seeds (of the arm's own mean, with one arm); inf when undefined."""
+    acc = {a: [results[(a, s)].test_acc for s in seeds] for a in arms}
+    intervals = ([stats.welch(acc[a], acc[baseline], confidence).ci for a in arms if a != baseline]
+                 or [stats.mean_ci(acc[baseline], confidence).ci])
+    return max(iv.half_width if iv.half_width is not None else math.inf for iv in intervals)
+
+
+def more_seeds(seed_plan: SeedPlan, widest: float, seeds: Sequence[int]) -> tuple[list[int], str]:
+    """Seeds on demand: the seeds to add now (none once every difference is as precise
+    as asked, or the maximum ran), and why. Each round adds the seeds the observed
+    spread says are needed (at least one). Never looks at a p-value."""
+    n, target = len(seeds), seed_plan.halfwidth / 100
+    shown = "undefined" if math.isinf(widest) else f"{100 * widest:.2f} points"
+    asked = f"{seed_plan.confidence * 100:g}% interval of a difference to the baseline"
+    if widest <= target:
+        return [], (f"{n} seeds ran: the widest {asked} is ±{shown}, within the ±{seed_plan.halfwidth:g} asked for "
+                    f"(seeds: min {seed_plan.min}, max {seed_plan.max})")
+    if n >= seed_plan.max:
+        return [], (f"{n} seeds ran, the maximum asked for: the widest {asked} is still ±{shown}, wider than the "
+                    f"±{seed_plan.halfwidth:g} asked for")
+    # half-width ~ t * sd * sqrt(2 / n): the n that would reach the target, if the spread holds
+    need = n + 1 if math.isinf(widest) else math.ceil(n * (widest / target) ** 2)
+    new = list(range(n, min(seed_plan.max, max(need, n + 1))))
+    return new, (f"with {n} seeds the widest interval is ±{shown} (asked: ±{seed_plan.halfwidth:g}); adding seeds "
+                 f"{', '.join(map(str, new))}")
