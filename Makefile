@@ -29,7 +29,7 @@ $(CHROMIUM):
 
 # The test suite (the slow end-to-end tests included).
 test: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # Browse every run. The study opens on its runs table in MLflow's model-training
 # view: http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning

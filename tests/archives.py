@@ -7,6 +7,8 @@ batch order; ImageFolder: class, then file name).
 """
 from __future__ import annotations
 
+import contextlib
+import gzip
 import io
 import os
 import pickle
@@ -52,7 +54,10 @@ def write_tar(path: Path, members, mode: str = "w:gz") -> Path:
     """Write (TarInfo, bytes-or-None) pairs, in order, as they are: no name clean-up."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as tf:
+    # gzip's header carries a time unless told one: the same members give the same bytes
+    with (gzip.GzipFile(path, "wb", mtime=0) if mode == "w:gz" else contextlib.nullcontext()) as gz, \
+            tarfile.open(path if gz is None else None, mode if gz is None else "w", fileobj=gz,
+                         format=tarfile.PAX_FORMAT) as tf:
         for info, data in members:
             tf.addfile(info, io.BytesIO(data) if data is not None else None)
     return path

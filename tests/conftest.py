@@ -4,7 +4,12 @@
   learnable images, made once per session.
 - `project(tmp_path, **params)`: a git + DVC repository of this project's code
   with a small generated official-format archive, for end-to-end runs.
-- `run(cmd, cwd)`: a shell command in such a project, with the venv on PATH.
+- `trained`: such a project whose default study ran end to end once per session;
+  `make_project(..., cached=trained)` copies its arm, evaluation and figure caches
+  in, so a test that needs a study (not its training) restores it.
+- `run(cmd, cwd)`: a shell command in such a project, with the venv on PATH and
+  the tracking journal sent only when a test flushes it (TRACKING_ON: in the
+  background, as for users).
 - `study_files`: a real 2-arm x 2-seed study through the stages' main()s (slow).
 """
 from __future__ import annotations
@@ -62,9 +67,16 @@ def prepared(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- projects
 
 
+# The stages send the tracking journal in the background (a flusher process each); in
+# the tests that is the exception, where it is what they test: the others flush when
+# they read the store, and their stages do not compete with flushers for the CPU.
+TRACKING_ON = {"CIFAR_ABLATE_TRACKING": "on"}
+
+
 def env(extra: dict | None = None) -> dict:
     out = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "RAY_"))}
     out["PATH"] = f"{BIN}{os.pathsep}{out['PATH']}"
+    out.setdefault("CIFAR_ABLATE_TRACKING", "off")
     out["GIT_AUTHOR_NAME"] = out["GIT_COMMITTER_NAME"] = "test"
     out["GIT_AUTHOR_EMAIL"] = out["GIT_COMMITTER_EMAIL"] = "test@example.invalid"
     return {**out, **(extra or {})}
@@ -78,25 +90,43 @@ def run(cmd: str, cwd: Path, check: bool = True, timeout: int = 600, extra_env: 
     return out
 
 
-def make_project(tmp: Path, per_class: int = 12, **params) -> Path:
-    """A git + DVC repository holding this project's code and a small official-format archive."""
+CACHES = (".arm-cache", ".cache/evaluations", ".cache/figures")
+
+
+def make_project(tmp: Path, per_class: int = 12, cached: Path | None = None, **params) -> Path:
+    """A git + DVC repository holding this project's code and a small official-format
+    archive; with `cached`, a copy of that project's caches (see `trained`)."""
     proj = tmp / "proj"
     proj.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         shutil.copy2(REPO / name, proj / name)
     for name in ("pipeline", "models"):
         shutil.copytree(REPO / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    archive = tmp / "cifar-10-python.tar.gz"
+    archive = proj / "cifar-10-python.tar.gz"  # committed: queued experiments' copies have it too
     write_official(archive, per_class=per_class)
     p = yaml.safe_load((proj / "params.yaml").read_text())
     p.update({"seeds": [0, 1], "epochs": 2, "batch_size": 32})
-    p["data"].update({"url": str(archive), "sha256": sha256_file(archive), "md5": None, "verify_counts": False})
+    # a relative path: the same params.yaml, so the same commit, in every project
+    p["data"].update({"url": archive.name, "sha256": sha256_file(archive), "md5": None, "verify_counts": False})
     p.update(params)
     (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     run("git init -q && dvc init -q && dvc config core.analytics false", proj)
     shutil.copytree(REPO / ".dvc" / "plots", proj / ".dvc" / "plots")  # the plot templates
     shutil.copy2(REPO / ".dvc" / "config", proj / ".dvc" / "config")
-    run("git add -A && git commit -qm init", proj)
+    # one commit for the same tree, whatever the time: checkpoints record it, and those a
+    # project retrains equal the ones it copied from `cached`
+    run("git add -A && git commit -qm init", proj, extra_env={"GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+                                                               "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"})
+    for rel in CACHES if cached is not None else ():
+        shutil.copytree(cached / rel, proj / rel, ignore=shutil.ignore_patterns("*.lock", "quarantine"))
+    return proj
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A project whose default study (make_project's params) ran `dvc repro` once."""
+    proj = make_project(tmp_path_factory.mktemp("trained"))
+    run("dvc repro", proj)
     return proj
 
 

@@ -79,8 +79,10 @@ def resolve_device(name: str) -> torch.device:
 def set_determinism(deterministic: bool) -> None:
     """Once per process, before any arm: deterministic CUDA kernels, or cuDNN's
     autotuner. (The CPU is deterministic either way. cuBLAS also needs
-    CUBLAS_WORKSPACE_CONFIG, which the stage sets before CUDA starts.)"""
-    torch.use_deterministic_algorithms(deterministic)
+    CUBLAS_WORKSPACE_CONFIG, which the stage sets before CUDA starts.) Only a change
+    is set: setting it loads torch's compiler (seconds) whatever the value."""
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
 
 

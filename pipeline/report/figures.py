@@ -233,14 +233,15 @@ def weight_histograms(layers, rows: list[dict], arm: str) -> bytes:
 
 
 def _mosaic(tiles: np.ndarray, cols: int, pad: int) -> np.ndarray:
-    """(n, 3, h, w) float tiles in [0, 1] as one (H, W, 3) image, `pad` white pixels
-    between them: torchvision's make_grid."""
-    import torch
-    from torchvision.utils import make_grid
-
-    grid = make_grid(torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32)), nrow=cols, padding=pad,
-                     pad_value=1.0)
-    return grid.permute(1, 2, 0).numpy()
+    """(n, 3, h, w) float tiles in [0, 1] as one (H, W, 3) image, `cols` to a row,
+    `pad` white pixels around each."""
+    n, _, h, w = tiles.shape
+    out = np.ones((math.ceil(n / cols) * (h + pad) + pad, cols * (w + pad) + pad, 3), np.float32)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = \
+            tile.transpose(1, 2, 0)
+    return out
 
 
 def prediction_grid(images: np.ndarray, true: list[str], pred: list[str], confidence: list[float],
