@@ -125,14 +125,14 @@ def test_a_damaged_entry_is_never_restored(tmp_path, capsys, damage):
     assert not d.exists()
 
 
-def test_restore_links_and_sweep_removes_leftovers(tmp_path):
+def test_restore_copies_and_sweep_removes_leftovers(tmp_path):
     store = ArmStore(tmp_path)
     fp = _finished(store)
     folder, _ = store.done(fp)
     ArmStore.restore(folder, tmp_path / "runs" / "arm" / "seed=0")
     out = tmp_path / "runs" / "arm" / "seed=0"
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt"]
-    assert (out / "model.pt").stat().st_ino == (folder / "model.pt").stat().st_ino  # stored once
+    assert not os.path.samefile(out / "model.pt", folder / "model.pt")  # an edit of runs/ never reaches the cache
     # what a kill -9 leaves: a temporary of a dead process, and a state of an arm that finished
     dead = store.folder(fp) / ".done.somehost-999999999.abc.tmp"
     (store.folder(fp) / f".done.{os.uname().nodename.replace('.', '_')}-999999999.abcd.tmp").mkdir()

@@ -70,6 +70,25 @@ def test_RAY_ADDRESS_sends_the_study_to_a_running_cluster(tmp_path, prepared):
         _same_run(tmp_path / "ray" / arm / "seed=0", tmp_path / "local" / arm / "seed=0")
 
 
+def test_a_missing_or_wrong_token_is_the_line_that_names_the_token(tmp_path, prepared):
+    address, token, stop = os.environ.get("CIFAR_ABLATE_TEST_RAY"), os.environ.get("CIFAR_ABLATE_TEST_RAY_TOKEN"), None
+    if not address:
+        address, token, stop = start_ray_head()
+    try:
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": [0], "epochs": 1, "cluster": address}))
+        for auth in ({}, ray_client_env("0" * 64)):  # none, and another cluster's
+            proc = _train(tmp_path, "runs", data=prepared, extra_env={"HOME": str(tmp_path), **auth})
+            out = proc.communicate(timeout=120)[0]
+            assert proc.returncode == 2, out
+            assert out.strip().splitlines()[-1] == (
+                f"error: the Ray cluster {address} refused this machine's token (missing or wrong); set "
+                f"RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token"), out
+            assert "Traceback" not in out
+    finally:
+        if stop:
+            stop()
+
+
 def test_a_node_that_dies_mid_arm_loses_nothing(tmp_path, prepared):
     """A two-node cluster on this machine: the job starts on one node; once it has
     saved an epoch, its worker is frozen (so that the job cannot end on the first

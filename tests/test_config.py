@@ -116,6 +116,12 @@ def test_yaml_1_2_floats(tmp_path):
     ({"preset": "dilated_net", "knobs": {"dilation": 7}}, "knobs.dilation = 7: expected one of 1, 2, 3, 4"),
     ({"knobs": [1]}, "knobs = [1]: expected a mapping"),
     ([1, 2], "expected a mapping"),
+    ({"study": "."}, "study = '.': expected a name of up to 100 letters, digits, '.', '_' or '-' that starts with"),
+    ({"study": ".."}, "study = '..': expected a name"),
+    ({"study": ""}, "study = '': expected a name"),
+    ({"study": ".hidden"}, "study = '.hidden': expected a name"),
+    ({"study": "a/b"}, "study = 'a/b': expected a name"),
+    ({"seeds": [[0] * 1000] * 1000}, "seeds = [[0, 0, 0, 0, ...], [0, 0, 0, 0, ...], [0, 0, 0, 0, ...], "),
 ])
 def test_bad_input_is_one_clear_line(raw, needle):
     with pytest.raises(ConfigError) as e:
@@ -123,6 +129,40 @@ def test_bad_input_is_one_clear_line(raw, needle):
     msg = str(e.value)
     assert needle in msg
     assert "\n" not in msg
+
+
+def test_a_bad_value_is_shown_in_a_few_items_however_large_it_is():
+    with pytest.raises(ConfigError) as e:
+        parse_params({"lr": [[1.5] * 10_000] * 10_000, "seeds": [0]})
+    assert len(str(e.value)) < 300
+
+
+def test_a_yaml_alias_is_refused_before_it_expands(tmp_path):
+    """A 1 kB file of nested aliases (an 'alias bomb') would expand to 9^8 strings."""
+    import time
+
+    lines = ['a0: &a0 ["xxxxxxxxxx","xxxxxxxxxx","xxxxxxxxxx","xxxxxxxxxx","xxxxxxxxxx",'
+             '"xxxxxxxxxx","xxxxxxxxxx","xxxxxxxxxx","xxxxxxxxxx"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (tmp_path / "params.yaml").write_text("\n".join(lines) + "\nseeds: [0]\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        load_params(tmp_path / "params.yaml")
+    assert time.perf_counter() - t0 < 2
+    assert str(e.value) == f"{tmp_path / 'params.yaml'}: line 2: a YAML alias (*a0); params take plain values, " \
+                           f"written out"
+
+
+def test_a_refused_study_name_stops_the_train_stage_before_anything_is_written(tmp_path, prepared):
+    from tests.conftest import env
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"study": "..", "seeds": [0], "epochs": 1}))
+    out = subprocess.run([sys.executable, "-m", "pipeline.train", "--data", str(prepared), "--no-mlflow"],
+                         cwd=tmp_path, env=env({"PYTHONPATH": str(REPO)}), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("error: params.yaml: study = '..': expected a name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_seeds_on_demand_start_with_the_minimum():

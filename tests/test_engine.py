@@ -3,6 +3,12 @@ GPU (nodes as `ray.nodes()` describes them, GPU memory as the cluster's probe
 reports it)."""
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -12,6 +18,7 @@ from pipeline.core.jobs import Data, Epoch, Failed, Finished, JobSpec, Lost, Usa
 from pipeline.train import engine
 from pipeline.train.engine import GIB, GPU_JOBS_MAX, LocalEngine, capacity, job_resources, make_engine
 from pipeline.train.plan import Identity, jobs_for
+from tests.conftest import REPO, env
 from tests.synthetic import images
 
 SIZES = (50_000, 10_000)  # the full dataset lives on every GPU a job uses
@@ -218,3 +225,50 @@ def test_every_node_with_gpus_is_probed_on_that_node(monkeypatch):
         assert finished == [0, 1]
     finally:
         ray.shutdown()
+
+
+# --- joining a cluster: one line, within a bound --------------------------------------------------
+
+
+def _connect(address: str, connect_s: int = 60, **popen) -> subprocess.Popen:
+    """engine.connect(address) in a process of its own (a Ray that hangs stays there)."""
+    code = ("import sys, pipeline.train.engine as E; from pipeline.core.errors import cli\n"
+            f"E.CONNECT_S = {connect_s}\n"
+            "cli(lambda argv: E.connect(sys.argv[1]))()\n")
+    return subprocess.Popen([sys.executable, "-c", code, address], cwd=REPO, env=env({"PYTHONPATH": str(REPO)}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "garbage.invalid:1"])
+def test_an_unreachable_cluster_is_one_line_at_once(address):
+    t0 = time.monotonic()
+    _, err = _connect(address).communicate(timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot reach the Ray cluster {address}: "), err
+    assert err.endswith("; check `cluster` in params.yaml or RAY_ADDRESS (the machine running the study must be a "
+                        "node of that cluster)\n"), err
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port that accepts connections and never answers, as a cluster that hangs."""
+    server = socket.create_server(("127.0.0.1", 0))
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+def test_a_cluster_that_never_answers_is_one_line_within_the_bound(silent_server):
+    t0 = time.monotonic()
+    proc = _connect(silent_server, connect_s=3)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and time.monotonic() - t0 < 60, err
+    assert err == (f"error: the Ray cluster {silent_server} did not answer within 3 s; check `cluster` in params.yaml "
+                   f"or RAY_ADDRESS (the machine running the study must be a node of that cluster)\n"), err
+
+
+def test_ctrl_c_while_connecting_is_one_line(silent_server):
+    proc = _connect(silent_server, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(4)  # Ray is imported and connecting
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == f"interrupted while connecting to the Ray cluster {silent_server}\n", err

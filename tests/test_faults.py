@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -196,10 +197,12 @@ def test_an_unreachable_tracking_store_is_one_line_and_catches_up_later(tmp_path
     proj = make_project(tmp_path, seeds=[0], epochs=2, batch_size=32, aug="none")
     port = free_port()  # a team server that is down
     extra = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
-    out = run("dvc repro train", proj, extra_env={**extra, **TRACKING_ON})
-    _no_traceback(out.stdout, out.stderr)
-    lines = [line for line in out.stderr.splitlines() if "tracking store" in line]
-    assert len(lines) == 1 and "unavailable" in lines[0] and "sent at the next run" in lines[0], out.stderr
+    run("dvc repro untar", proj)
+    for stage in ("train", "evaluate", "report"):  # each says it once
+        out = run(f"dvc repro --single-item {stage}", proj, extra_env={**extra, **TRACKING_ON})
+        _no_traceback(out.stdout, out.stderr)
+        lines = [line for line in out.stderr.splitlines() if "tracking store" in line]
+        assert len(lines) == 1 and "unavailable" in lines[0] and "sent at the next run" in lines[0], (stage, out.stderr)
     store = tmp_path / "server.db"
     _, stop = start_mlflow_server(f"sqlite:///{store}", tmp_path / "artifacts", tmp_path / "server.log", port=port)
     try:  # the server is back
@@ -208,6 +211,61 @@ def test_an_unreachable_tracking_store_is_one_line_and_catches_up_later(tmp_path
         stop()
     runs = mlflow_runs(store)
     assert len(runs) == 2 and all(r["status"] == "FINISHED" for r in runs)
+
+
+def test_editing_the_files_you_work_on_never_changes_a_logged_record(tmp_path):
+    """runs/, the arm cache, the journal and the MLflow store share no file: saving a
+    fine-tuned model over runs/.../model.pt or appending to its history.csv changes
+    no logged model or artifact; and a store's own copy changed after it was logged
+    is caught: `flush` names the file, loading the model refuses its weights."""
+    import hashlib
+
+    proj = make_project(tmp_path, seeds=[0], epochs=1, aug="none")
+    run("dvc repro train", proj)
+    flush_tracking(proj)
+    run_dir = proj / "runs" / "aug=none" / "seed=0"
+    stores = [proj / ".arm-cache", proj / ".cache" / "tracking", proj / "mlartifacts"]
+    inodes = {f.stat().st_ino for store in stores for f in store.rglob("*") if f.is_file()}
+    assert not {f.stat().st_ino for f in run_dir.iterdir()} & inodes, "runs/ shares a file with a store"
+    original = torch.load(run_dir / "model.pt", weights_only=True)
+    history = (run_dir / "history.csv").read_bytes()
+    for f in run_dir.iterdir():  # as root: a read-only file is no obstacle
+        f.chmod(0o644)
+    tuned = {**original, "model": {k: v + 1 if v.is_floating_point() else v for k, v in original["model"].items()}}
+    torch.save(tuned, run_dir / "model.pt")
+    with open(run_dir / "history.csv", "a") as f:
+        f.write("2,0,0,0,0,0,0,0\n")
+    uri = f"sqlite:///{proj / 'mlflow.db'}"
+    (tmp_path / "load.py").write_text(
+        "import mlflow, mlflow.pytorch, sys, torch\n"
+        "mlflow.set_tracking_uri(sys.argv[1])\n"
+        "[m] = [m for m in mlflow.search_logged_models(experiment_ids=['1'], output_format='list')\n"
+        "       if m.name == 'last_model']\n"
+        "torch.save(mlflow.pytorch.load_model(f'models:/{m.model_id}').checkpoint['model'], sys.argv[2])\n")
+    run(f"python {tmp_path / 'load.py'} {uri} {tmp_path / 'logged.pt'}", proj)
+    logged = torch.load(tmp_path / "logged.pt", weights_only=True)
+    assert all(torch.equal(logged[k], v) for k, v in original["model"].items())
+    [store_history] = [f for f in (proj / "mlartifacts").rglob("history.csv")]
+    assert store_history.read_bytes() == history
+    assert "warning" not in run("python -m pipeline.tracking flush", proj).stderr
+    # the store's own copies, changed after they were logged
+    with open(store_history, "a") as f:
+        f.write("edited\n")
+    for weights in (proj / "mlartifacts").rglob("model.pth"):  # the last and the best checkpoint's model
+        saved = torch.load(weights, weights_only=True)
+        saved["model"] = tuned["model"]
+        torch.save(saved, weights)
+    out = run("python -m pipeline.tracking flush", proj)
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"{store_history} (run aug=none seed=0" in warnings[0], out.stderr
+    assert "changed after it was logged" in warnings[0]
+    refused = run(f"python {tmp_path / 'load.py'} {uri} {tmp_path / 'again.pt'}", proj, check=False)
+    assert refused.returncode != 0 and "were changed after it was logged" in refused.stderr
+    [child] = [r for r in mlflow_runs(proj / "mlflow.db") if r["parent"] is not None]
+    with sqlite3.connect(proj / "mlflow.db") as db:
+        [(logged_sha,)] = db.execute("select value from tags where run_uuid = ? and key = 'sha256:history.csv'",
+                                     (child["id"],)).fetchall()
+    assert logged_sha == hashlib.sha256(history).hexdigest()
 
 
 def _stage_with_a_full_disk(proj, stage: str, patch: str) -> subprocess.CompletedProcess:
@@ -225,10 +283,11 @@ def _stage_with_a_full_disk(proj, stage: str, patch: str) -> subprocess.Complete
 FULL_ON_SECOND_SAVE = """
 import torch
 _save, _calls = torch.save, [0]
-def save(*a, **k):
+def save(*a, **k):  # what torch's zip writer raises when the disk is full
     _calls[0] += 1
     if _calls[0] == 2:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "state.pt")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
     return _save(*a, **k)
 torch.save = save
 """
@@ -247,14 +306,17 @@ def test_a_full_disk_while_training_or_evaluating_is_one_line_and_keeps_what_was
     out = _stage_with_a_full_disk(proj, "train", FULL_ON_SECOND_SAVE)
     assert out.returncode == 2, out.stderr
     _no_traceback(out.stdout, out.stderr)
-    assert out.stderr.strip().splitlines()[-1].startswith("error: No space left on device")
+    line = out.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: no space left on the disk holding {re.escape(str(proj))}/\.arm-cache/[0-9a-f]{{64}}"
+                        r"/ \([\d,]+ MiB free\); free some space, then run the same command again \(what finished "
+                        r"is kept, and training goes on from its last saved epoch\)", line), line
     states = list(proj.glob(".arm-cache/*/state.pt"))
     assert len(states) == 1 and torch.load(states[0], weights_only=True)["epoch"] == 1  # the epoch before
     run("dvc repro", proj)
     before = (proj / "evaluation" / "summary.json").read_bytes()
     run("rm -rf .cache/evaluations", proj)  # so the evaluation has to write its arrays again
     out = _stage_with_a_full_disk(proj, "evaluate", FULL_ON_ARRAYS)
-    assert out.returncode == 2 and "No space left on device" in out.stderr, out.stderr
+    assert out.returncode == 2 and "no space left on the disk holding" in out.stderr, out.stderr
     _no_traceback(out.stdout, out.stderr)
     assert (proj / "evaluation" / "summary.json").read_bytes() == before
     assert _results(proj) == reference

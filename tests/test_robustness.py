@@ -22,7 +22,7 @@ from tests.conftest import descendants, wait_for_saved_epochs
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "No space left on device"),
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left on the disk holding"),
                                          (errno.EROFS, "Read-only file system")])
 def test_a_full_disk_or_read_only_folder_is_one_line_and_keeps_the_old_output(tmp_path, capsys, code, words):
     out = tmp_path / "metrics.json"

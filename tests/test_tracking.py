@@ -1,16 +1,19 @@
-"""What a study leaves in MLflow's embedded store, beyond the runs' layout: each
-checkpoint stored once, the winning arm's model registered, system metrics per
-epoch, and the study's answer as the parent run's description."""
+"""What a study leaves in MLflow's embedded store, beyond the runs' layout: records
+that are their own copies, with their checksums; the winning arm's model
+registered, system metrics per epoch, and the study's answer as the parent run's
+description."""
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
 from pipeline.core.contracts import run_dir
 from pipeline.core.study import StudyRecord
 from pipeline.evaluate.contracts import StudySummary as Summary
-from pipeline.core.io import local_path
 from tests.conftest import assert_same_predictions
 
 
@@ -35,9 +38,10 @@ def store(study_files):
 
 
 @pytest.mark.slow
-def test_each_checkpoint_and_file_is_stored_once(store):
-    """The logged model's weights file and the run's artifacts are hard links to the
-    files in runs/ (and the arm cache): no second copy on this disk."""
+def test_each_logged_record_is_its_own_copy_with_its_checksum(store):
+    """The logged model's weights and the run's artifacts share no file with runs/ or
+    the arm cache; each artifact's sha256 is a tag of its run; and the model loads as
+    the network that predicts what the checkpoint predicts."""
     import mlflow
 
     checked = 0
@@ -45,12 +49,11 @@ def test_each_checkpoint_and_file_is_stored_once(store):
         tags = run.data.tags
         folder = run_dir(store["files"]["runs"], tags["arm"], int(tags["seed"]))
         model = mlflow.get_logged_model(tags["model_id.last_model"])
-        weights = local_path(model.artifact_location) / "data" / "model.pth"
-        assert os.path.samefile(weights, folder / "model.pt")
-        assert os.stat(weights).st_nlink >= 3  # the arm cache, runs/ and the store: one file
-        history = local_path(run.info.artifact_uri) / "history.csv"
-        assert os.path.samefile(history, folder / "history.csv")
-        # and the one file is what mlflow.pytorch loads: the network that predicts as the checkpoint does
+        weights = Path(unquote(urlparse(model.artifact_location).path)) / "data" / "model.pth"
+        assert not os.path.samefile(weights, folder / "model.pt") and os.stat(weights).st_nlink == 1
+        history = Path(unquote(urlparse(run.info.artifact_uri).path)) / "history.csv"
+        assert not os.path.samefile(history, folder / "history.csv")
+        assert tags["sha256:history.csv"] == hashlib.sha256(history.read_bytes()).hexdigest()
         assert_same_predictions(mlflow.pytorch.load_model(f"models:/{model.model_id}"), folder / "model.pt",
                                 store["files"]["data"])
         checked += 1
@@ -100,21 +103,21 @@ def test_the_parent_run_describes_the_answer(store):
     assert "reports/report-test/report.html" in note
 
 
-def test_only_a_file_that_never_changes_is_linked_into_the_store(tmp_path):
-    """A logged file becomes a hard link to its source only where the source is read-only
-    (the arm cache's): git or DVC rewriting a tracked report in place must not reach the
-    copy in the store. Linking twice changes nothing and leaves no temporary behind."""
-    from pipeline.core.io import link_in_place
+def test_a_copy_is_independent_of_its_source(tmp_path):
+    """clone_file: copy-on-write where the file system has it, else a copy; either way
+    writing one side leaves the other as it was, and the mode is kept."""
+    from pipeline.core.io import clone_file
 
-    src, dest = tmp_path / "src.csv", tmp_path / "store" / "src.csv"
-    dest.parent.mkdir()
-    src.write_text("a\n")
-    dest.write_text("a\n")
-    assert not link_in_place(src, dest) and not os.path.samefile(src, dest)  # writable: stays a copy
+    src, dest = tmp_path / "src.pt", tmp_path / "dest.pt"
+    src.write_bytes(b"weights" * 1000)
     src.chmod(0o444)
-    assert link_in_place(src, dest) and os.path.samefile(src, dest)
-    assert not link_in_place(src, dest)  # already one file
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["src.csv"]
+    clone_file(src, dest)
+    assert dest.read_bytes() == src.read_bytes() and not os.path.samefile(src, dest)
+    assert oct(dest.stat().st_mode & 0o777) == "0o444"
+    dest.chmod(0o644)
+    with open(dest, "r+b") as f:
+        f.write(b"W")
+    assert src.read_bytes() == b"weights" * 1000
 
 
 def test_a_store_that_refuses_writes_is_told_from_one_that_refuses_an_event():

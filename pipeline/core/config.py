@@ -134,9 +134,11 @@ def parse_params(raw: Any) -> Params:
             raise unknown_key("", key, TOP_KEYS)
 
     preset = check_value("preset", Literal[tuple(presets())], raw.get("preset", "simple_cnn"))
-    study = raw.get("study") or preset
-    if not isinstance(study, str) or not re.fullmatch(r"[\w.\-]{1,100}", study):
-        raise bad("study", study, "a name of letters, digits, '.', '_' or '-', or null")
+    study = preset if raw.get("study") is None else raw["study"]
+    # a folder name (reports/<study>/) and an MLflow experiment: never ".", "..", hidden or empty
+    if not isinstance(study, str) or not re.fullmatch(r"[A-Za-z0-9][\w.\-]{0,99}", study):
+        raise bad("study", study, "a name of up to 100 letters, digits, '.', '_' or '-' that starts with a letter "
+                                  "or digit, or null (the preset's name)")
     seeds, seed_plan = _seeds(raw.get("seeds", [0]))
     data = check_section(DataConfig, "data", raw.get("data"))
     report = check_section(ReportConfig, "report", raw.get("report"))

@@ -12,6 +12,8 @@ code retrains every arm.
 from __future__ import annotations
 
 import csv
+import errno
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -142,7 +144,12 @@ class TorchRecord:
     def save(self, path: str | Path) -> None:
         import torch
 
-        torch.save(self.to_dict(), path)
+        try:
+            torch.save(self.to_dict(), path)
+        except RuntimeError as exc:  # how torch's zip writer says a write failed (a full disk)
+            if "write" not in str(exc):
+                raise
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
 
     @classmethod
     def load(cls, path: str | Path):

@@ -1,7 +1,11 @@
 """The one error type stages raise for bad input, and how `main()`s report it."""
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import re
+import shutil
 import sys
 
 
@@ -20,8 +24,22 @@ def cli(main):
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         except OSError as exc:  # full disk, read-only folder, missing file
-            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-            print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+            print(f"error: {os_error(exc)}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def os_error(exc: OSError) -> str:
+    """An OSError in one line: what failed, where, and for a full disk how much is
+    free and what to do."""
+    where = re.sub(r"/\.[^/]+\.tmp(/.*)?$", "/", str(exc.filename or ""))  # a writer's temporary: its folder
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = ""
+        try:
+            free = f" ({shutil.disk_usage(os.path.dirname(os.path.abspath(where)) or '.').free / 2**20:,.0f} MiB free)"
+        except OSError:
+            pass
+        return (f"no space left on the disk holding {where or 'the output'}{free}; free some space, then run the "
+                f"same command again (what finished is kept, and training goes on from its last saved epoch)")
+    return f"{exc.strerror or exc}" + (f" ({where})" if where else "")

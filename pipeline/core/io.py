@@ -93,43 +93,19 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def link_or_copy(src: Path, dest: Path) -> None:
-    """A hard link where the file system allows one (no extra space), else a copy."""
+# ioctl(FICLONE): a copy that shares the blocks until one side is written (btrfs, xfs, ...)
+_FICLONE = 0x40049409
+
+
+def clone_file(src: Path, dest: Path) -> None:
+    """`dest`, an independent copy of `src`: a reflink (copy-on-write, no extra space)
+    where the file system has them, else a plain copy. Never a hard link: a record
+    once made must not change when another copy is edited."""
     try:
-        os.link(src, dest)
-    except OSError:
+        import fcntl
+
+        with open(src, "rb") as s, open(dest, "wb") as d:
+            fcntl.ioctl(d.fileno(), _FICLONE, s.fileno())
+        shutil.copystat(src, dest)
+    except (OSError, ImportError):
         shutil.copy2(src, dest)
-
-
-def local_path(uri: str) -> Path | None:
-    """The folder on this machine behind an artifact URI; None for a remote store."""
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    return Path(uri) if parsed.scheme == "" else None
-
-
-def link_in_place(src: Path, dest: Path) -> bool:
-    """Replace `dest`, a copy of what `src` holds, by a hard link to `src`: one file on disk.
-    Only for a `src` that is never changed (read-only, replaced whole when rewritten): the
-    link would carry a change into `dest`. False (the copy stays) where `src` is writable,
-    or on another file system."""
-    try:
-        if not dest.is_file() or os.path.samefile(src, dest):
-            return False
-        if os.stat(src).st_mode & 0o222:
-            return False
-    except OSError:
-        return False
-    tmp = dest.with_name(f".{dest.name}.link")
-    try:
-        tmp.unlink(missing_ok=True)  # left by a killed flusher
-        os.link(src, tmp)
-        os.replace(tmp, dest)
-        return True
-    except OSError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)

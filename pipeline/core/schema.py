@@ -6,6 +6,7 @@ training keys; the data stages use only this.
 from __future__ import annotations
 
 import difflib
+import reprlib
 import types
 import typing
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ def read_yaml(path: str | Path) -> Any:
     """YAML 1.2, as DVC reads params.yaml (so `1e-3` is a number, `yes` a string)."""
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
+    from ruamel.yaml.events import AliasEvent
 
     path = Path(path)
     try:
@@ -125,8 +127,13 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it ({exc})") from None
+    yaml = YAML(typ="safe", pure=True)
     try:
-        return YAML(typ="safe", pure=True).load(text)
+        for event in yaml.parse(text):  # an alias can expand a few kB into gigabytes: none is taken
+            if isinstance(event, AliasEvent):
+                raise ConfigError(f"{path}: line {event.start_mark.line + 1}: a YAML alias (*{event.anchor}); "
+                                  f"params take plain values, written out")
+        return yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}" if mark else ""
@@ -179,19 +186,21 @@ def describe(tp, meta=()) -> str:
     return " ".join([noun, " and ".join(f"{s} {v}" for s, v in bounds.items())]).strip()
 
 
+# a value in an error message: a few items of a few levels, never the whole of a huge one
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxstring, _SHORT.maxother = 3, 4, 4, 60, 60
+
+
 def unknown_key(where: str, key: Any, allowed) -> ConfigError:
     allowed = [str(a) for a in allowed]
-    hint = difflib.get_close_matches(str(key), allowed, n=1)
+    hint = difflib.get_close_matches(str(key)[:100], allowed, n=1)
     did = f" (did you mean '{hint[0]}'?)" if hint else ""
-    shown = key if isinstance(key, str) and key.isprintable() and key.strip() else repr(key)
+    shown = key if isinstance(key, str) and key.isprintable() and key.strip() and len(key) <= 60 else _SHORT.repr(key)
     return ConfigError(f"{where}{shown}: unknown key{did}; known keys: {', '.join(allowed)}")
 
 
 def bad(key: str, value: Any, allowed: str) -> ConfigError:
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return ConfigError(f"{key} = {shown}: expected {allowed}")
+    return ConfigError(f"{key} = {_SHORT.repr(value)}: expected {allowed}")
 
 
 def did_you_mean(value, tp) -> str:

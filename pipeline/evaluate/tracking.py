@@ -88,3 +88,4 @@ def log_evaluation(record: StudyRecord, summary: StudySummary, evals: dict, summ
     journal.tags(record.tracking_key, {**tags, "mlflow.note.content": parent_description(summary, record)})
     journal.artifact(record.tracking_key, summary_path, "evaluation")
     journal.flush_in_background()
+    journal.warn_if_unavailable()

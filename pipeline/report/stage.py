@@ -182,6 +182,7 @@ def main(argv=None) -> None:
         if inputs.params.report.register_model:
             register_winner(journal, inputs, inputs.params.report.register_model)
         journal.flush_in_background()
+        journal.warn_if_unavailable()
     print(f"report: {out / 'report.md'}, {out / 'report.html'} ({len(report.figures())} figures)")
 
 

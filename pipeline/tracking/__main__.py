@@ -1,5 +1,6 @@
 """python -m pipeline.tracking flush [--timeout S]: send the journal to the tracking store now
-(and again, whole, any run the store no longer has)."""
+(and again, whole, any run the store no longer has), then check that every file
+logged to a store on this machine is as it was logged."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,8 @@ def main(argv=None) -> None:
         print(journal.status_line() or "error: the tracking store is unavailable", file=sys.stderr)
         raise SystemExit(1)
     print(f"tracking journal sent to {journal.uri}")
+    for line in flusher.Flusher(journal.root, journal.uri).changed_artifacts():
+        print(f"warning: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -5,36 +5,60 @@ it with `torch.load(path, pickle_module=M)`, M being named in the model's
 `pickle_module_info.txt`. With this module as M:
 
 - saving writes the checkpoint the model was built from (the dict in
-  runs/<arm>/seed=<k>/model.pt), not a second, pickled copy of the network; where
-  the MLflow store is on the same disk, pipeline.tracking.models then links the
-  file to the checkpoint itself, so it is stored once;
+  runs/<arm>/seed=<k>/model.pt), not a second, pickled copy of the network, with
+  the sha256 of its weights;
 - loading reads that dict as `torch.load(weights_only=True)` does (no code from the
-  file runs) and gives back the network behind the normalisation it was trained
-  with (models.layers.Classifier), in eval mode.
+  file runs), refuses weights that no longer match their sha256 (a record, once
+  logged, does not change), and gives back the network behind the normalisation
+  it was trained with (models.layers.Classifier), in eval mode.
 """
 from __future__ import annotations
 
+import hashlib
 from pickle import Pickler as _Pickler
 from pickle import dump, dumps, load, loads  # noqa: F401  what torch may call on a pickle module
 
+import torch
 from torch._weights_only_unpickler import Unpickler as _SafeUnpickler
 
 from pipeline.core.contracts import Checkpoint
+from pipeline.core.errors import PipelineError
+
+
+WEIGHTS_SHA256 = "weights_sha256"
+
+
+def weights_sha256(weights: dict) -> str:
+    """sha256 over a state_dict's names and tensors' bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        h.update(name.encode() + b"\0" + weights[name].detach().cpu().contiguous().view(-1).view(torch.uint8)
+                 .numpy().tobytes())
+    return h.hexdigest()
 
 
 class Pickler(_Pickler):
     def dump(self, obj):
         # a Classifier made by classifier_from_checkpoint() carries its checkpoint
-        return super().dump(getattr(obj, "checkpoint", obj))
+        ckpt = getattr(obj, "checkpoint", obj)
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+            ckpt = {**ckpt, WEIGHTS_SHA256: weights_sha256(ckpt["model"])}
+        return super().dump(ckpt)
 
 
 class Unpickler(_SafeUnpickler):
     def load(self):
         loaded = super().load()
+        recorded = loaded.pop(WEIGHTS_SHA256, None) if isinstance(loaded, dict) else None
         try:
-            return classifier(Checkpoint.from_dict(loaded))
+            ckpt = Checkpoint.from_dict(loaded)
         except ValueError:  # not a checkpoint: what the file holds
             return loaded
+        if recorded is not None and weights_sha256(ckpt.model) != recorded:
+            raise PipelineError(f"the weights of this logged model ({ckpt.arm} seed={ckpt.seed}, epoch {ckpt.epoch}) "
+                                f"were changed after it was logged: their sha256 differs from the one logged with "
+                                f"them; log it again from its checkpoint in the arm cache")
+        return classifier(ckpt)
 
 
 def classifier(ckpt: Checkpoint):

@@ -21,10 +21,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
-from pipeline.core.io import link_in_place, local_path, pid_alive, write_json
+from pipeline.core.io import pid_alive, sha256_file, write_json
 from pipeline.tracking.journal import ARTIFACTS, DB_NAME, JOURNAL
 
+SHA256_TAG = "sha256:"  # + an artifact's path in its run: the file's sha256 when it was logged
 LINGER_S = 3.0  # idle time before exiting once the watched process is gone
 GIVE_UP_S = 60.0  # how long an unreachable store is retried after that
 POLL_S = 0.5
@@ -201,14 +203,12 @@ class Flusher:
         elif do == "artifact":
             src = self.dir / ev["file"]
             c.log_artifact(run_id, str(src), ev.get("folder"))
-            # a read-only file (the arm cache's) in a store on this disk: one file, linked
-            store = None if src.stat().st_mode & 0o222 else local_path(c.get_run(run_id).info.artifact_uri)
-            if store is not None:
-                link_in_place(src, store / (ev.get("folder") or "") / src.name)
+            if "sha256" in ev:  # what the file was when logged: `flush` checks the store's copy against it
+                c.set_tag(run_id, f"{SHA256_TAG}{ev.get('folder') or ''}/{src.name}".replace(":/", ":"), ev["sha256"])
         elif do == "model":
             from pipeline.tracking.models import log_checkpoint_model
 
-            log_checkpoint_model(run_id, self.dir / ev["checkpoint"], ev["name"])
+            log_checkpoint_model(run_id, self.dir / ev.get("file", ev.get("checkpoint", "")), ev["name"])
         elif do == "dataset":
             _log_dataset(c, run_id, ev)
         elif do == "register":
@@ -227,6 +227,25 @@ class Flusher:
             else:
                 ids[key] = self._sent(key)["run_id"]
         return ids[key]
+
+    def changed_artifacts(self) -> list[str]:
+        """Of every run this journal sent to a store on this machine, the artifacts whose
+        copy there no longer has the sha256 they were logged with: one line each."""
+        out = []
+        for key in self._ours():
+            run_id = self._sent(key)["run_id"]
+            if run_id is None or not self._run_exists(run_id):
+                continue
+            run = self.client.get_run(run_id)
+            uri = urlparse(run.info.artifact_uri)
+            if uri.scheme not in ("", "file"):
+                continue  # a remote artifact store: not read back here
+            for tag, digest in run.data.tags.items():
+                path = Path(unquote(uri.path)) / tag[len(SHA256_TAG):]
+                if tag.startswith(SHA256_TAG) and (not path.is_file() or sha256_file(path) != digest):
+                    out.append(f"{path} (run {run.info.run_name}, {run_id}) changed after it was logged: its "
+                               f"sha256 differs from the one logged with it")
+        return out
 
     def flush_once(self) -> int:
         """Send everything pending now; the number of runs that had events."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.io import link_or_copy
+from pipeline.core.io import clone_file, sha256_file
 from pipeline.core.provenance import repo_root
 
 DB_NAME = "mlflow.db"
@@ -99,29 +98,23 @@ class Journal:
     def tags(self, key: str, tags: dict[str, Any]) -> None:
         self._append(key, {"do": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
-    def artifact(self, key: str, path: str | os.PathLike, folder: str | None = None) -> None:
-        """A file to log; kept in the journal so it outlives a queued experiment's
-        workspace: a hard link to a read-only file (the arm cache's, never changed),
-        a copy of any other (git and DVC may rewrite a tracked file in place)."""
+    def _keep(self, key: str, path: str | os.PathLike) -> dict:
+        """A copy of `path` in the journal (it outlives a queued experiment's workspace,
+        and no later edit of the original reaches it), and its sha256."""
         path = Path(path)
-        blob_dir = self.dir / "runs" / key / "files" / secrets.token_hex(4)
-        blob_dir.mkdir(parents=True)
-        if path.stat().st_mode & 0o222:
-            shutil.copy2(path, blob_dir / path.name)
-        else:
-            link_or_copy(path, blob_dir / path.name)
-        self._append(key, {"do": "artifact", "file": str((blob_dir / path.name).relative_to(self.dir)),
-                           "folder": folder})
+        blob = self.dir / "runs" / key / "files" / secrets.token_hex(4) / path.name
+        blob.parent.mkdir(parents=True)
+        clone_file(path, blob)
+        return {"file": str(blob.relative_to(self.dir)), "sha256": sha256_file(blob)}
+
+    def artifact(self, key: str, path: str | os.PathLike, folder: str | None = None) -> None:
+        """A file to log (its sha256 goes with it, as a tag of the run)."""
+        self._append(key, {"do": "artifact", **self._keep(key, path), "folder": folder})
 
     def model(self, key: str, checkpoint: str | os.PathLike, name: str) -> None:
         """A checkpoint to log as an MLflow model (built by the flusher, which
         alone loads torch for it)."""
-        path = Path(checkpoint)
-        blob_dir = self.dir / "runs" / key / "files" / secrets.token_hex(4)
-        blob_dir.mkdir(parents=True)
-        link_or_copy(path, blob_dir / path.name)
-        self._append(key, {"do": "model", "checkpoint": str((blob_dir / path.name).relative_to(self.dir)),
-                           "name": name})
+        self._append(key, {"do": "model", **self._keep(key, checkpoint), "name": name})
 
     def dataset(self, key: str, *, name: str, digest: str, source: str, context: str, rows: int) -> None:
         self._append(key, {"do": "dataset", "name": name, "digest": digest, "source": source,
@@ -190,6 +183,12 @@ class Journal:
                              cwd=self.root, env=_flusher_env())
         finally:
             log.close()
+
+    def warn_if_unavailable(self) -> None:
+        """The status line, as a warning on stderr, when records wait for the store."""
+        line = self.status_line()
+        if line:
+            print(f"warning: {line}", file=sys.stderr, flush=True)
 
     def status_line(self) -> str | None:
         """One line when the store has been unreachable and records wait in the journal."""

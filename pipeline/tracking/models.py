@@ -4,14 +4,11 @@ The logged model takes what the data set holds, uint8 images (N, 3, 32, 32),
 and returns logits: the checkpoint's network behind the normalisation it was
 trained with (models.layers.Classifier). `mlflow.pytorch.load_model` gives it
 back; it predicts the same classes as the checkpoint in runs/. Its weights file
-is the checkpoint itself (pipeline.tracking.checkpoint_pickle): in a store on
-this disk a hard link to the one in the arm cache, so a checkpoint is stored once.
+is the checkpoint itself, with the sha256 of its weights (pipeline.tracking.checkpoint_pickle).
 """
 from __future__ import annotations
 
 from pathlib import Path
-
-from pipeline.core.io import link_in_place, local_path
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -46,9 +43,6 @@ def log_checkpoint_model(run_id: str, checkpoint: Path, name: str) -> str:
             code_paths=[str(PROJECT / "models"), str(PROJECT / "pipeline")], pip_requirements=_requirements(),
             metadata={"checkpoint_epoch": ckpt.epoch, "arm": ckpt.arm, "seed": ckpt.seed})
         mlflow.set_tag(f"model_id.{name}", info.model_id)
-    local = local_path(mlflow.get_logged_model(info.model_id).artifact_location)
-    if local is not None:
-        link_in_place(Path(checkpoint), local / "data" / "model.pth")
     return info.model_id
 
 

@@ -5,7 +5,8 @@ inside queued DVC experiments too), so every experiment shares it:
 - `<fp>/done/`: a finished run's files, read-only, and `manifest.json` with the
   sha256 of each. An entry is restored only after every checksum matches; a
   damaged one is moved to `quarantine/` (one line says so) and the arm trains again.
-  Outputs under runs/ are hard links to these files: each checkpoint is stored once.
+  Outputs under runs/ are copies (copy-on-write where the file system has it):
+  editing one never reaches the cache or a logged MLflow record.
 - `<fp>/state.pt`: the full training state after the last finished epoch, so a
   killed run resumes where it stopped.
 - `<fp>.lock`: held while one process trains that fingerprint.
@@ -20,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.core.contracts import ArmFiles, TrainState
-from pipeline.core.io import atomic_path, link_or_copy, sha256_file, sweep
+from pipeline.core.io import atomic_path, clone_file, sha256_file, sweep
 
 STORE = ".arm-cache"
 MANIFEST = "manifest.json"
@@ -93,13 +94,12 @@ class ArmStore:
 
     @staticmethod
     def restore(src: Path, dest: Path) -> None:
-        """A finished run into the workspace, atomically: hard links (no extra space)
-        where the file system allows, else copies."""
+        """A finished run into the workspace, atomically, as independent copies."""
         with atomic_path(dest) as tmp:
             tmp.mkdir()
             for f in src.iterdir():
                 if f.name != MANIFEST:
-                    link_or_copy(f, tmp / f.name)
+                    clone_file(f, tmp / f.name)
 
     # --- interrupted arms
 

@@ -16,9 +16,12 @@ share, and starting Ray would cost seconds for nothing).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -193,33 +196,91 @@ def local_devices(setting: str) -> tuple[str, Devices]:
 _DEVICES: dict[str | None, Devices] = {}  # per address: a cluster is probed once per process
 
 
+CONNECT_S = 60  # how long joining a cluster may take before the study says it cannot
+
+
 def connect(address: str | None) -> Devices:
-    """Join the cluster at `address` (or start Ray here) and say what its jobs train on."""
+    """Join the cluster at `address` (or start Ray here) and say what its jobs train on.
+    A cluster that cannot be reached, refuses this machine's token or does not answer
+    within CONNECT_S seconds is one line; so is Ctrl-C while connecting."""
     try:
         import ray
     except ImportError:
         raise PipelineError("Ray is not installed, and this study asks for it (a cluster address or several jobs "
                             "at once): pip install 'ray==2.60.0'") from None
     if not ray.is_initialized():
-        try:
-            if address:
-                ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
-            else:
-                # "local": a Ray of its own, even where `ray start` left a cluster running on this
-                # machine (ray.init() would join that one); a cluster is used only when asked for
-                ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                         configure_logging=False, log_to_driver=False)
-        except ray.exceptions.AuthenticationError as exc:
-            raise PipelineError(f"the Ray cluster {address} refused this machine's token "
-                                f"({' '.join(str(exc).split())[:160]}); set RAY_AUTH_MODE=token and the cluster's "
-                                f"token in RAY_AUTH_TOKEN or ~/.ray/auth_token") from None
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise PipelineError(f"cannot reach the Ray cluster {address}: {' '.join(str(exc).split())[:200]}; "
-                                f"check `cluster` in params.yaml or RAY_ADDRESS (the machine running the study "
-                                f"must be a node of that cluster)") from None
+        hint = ("check `cluster` in params.yaml or RAY_ADDRESS (the machine running the study must be a node of "
+                "that cluster)")
+        if address:
+            _check_reachable(address, hint)
+        # "local": a Ray of its own, even where `ray start` left a cluster running on this machine
+        # (ray.init() would join that one); a cluster is used only when asked for
+        kw = ({"address": address} if address else {"address": "local", "num_cpus": os.cpu_count() or 1})
+        done: dict = {}
+
+        def init():  # in a thread: a cluster that never answers holds ray.init in C, where no signal reaches
+            try:
+                ray.init(**kw, include_dashboard=False, configure_logging=False, log_to_driver=False)
+            except BaseException as exc:  # noqa: BLE001  said below, in the main thread
+                done["error"] = exc
+            done["ended"] = True
+
+        thread = threading.Thread(target=init, name="ray-init", daemon=True)
+        with _ray_output(thread) as said:
+            thread.start()
+            deadline = time.monotonic() + CONNECT_S
+            try:  # Ray retries a refused token for 20 s: said at once instead
+                while thread.is_alive() and time.monotonic() < deadline and "InvalidAuthToken" not in said():
+                    thread.join(0.5)
+            except KeyboardInterrupt:
+                done["interrupted"] = True
+            output = said()
+        if done.get("interrupted"):
+            print(f"interrupted while connecting to the Ray cluster {address or 'on this machine'}", file=sys.stderr)
+            raise SystemExit(130)
+        exc = done.get("error")
+        if isinstance(exc, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in output:
+            raise PipelineError(f"the Ray cluster {address} refused this machine's token (missing or wrong); set "
+                                f"RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+        if "ended" not in done:
+            raise PipelineError(f"the Ray cluster {address} did not answer within {CONNECT_S} s; {hint}")
+        if exc is not None:
+            raise PipelineError(f"cannot reach the Ray cluster {address}: {' '.join(str(exc).split())[:200]}; {hint}")
     if address not in _DEVICES:
         _DEVICES[address] = weakest(probe_gpu_nodes())
     return _DEVICES[address]
+
+
+def _check_reachable(address: str, hint: str) -> None:
+    """A host:port address that refuses connections or does not resolve: one line, at once
+    (Ray itself would retry, with warnings, for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise PipelineError(f"cannot reach the Ray cluster {address}: {exc.strerror or exc}; {hint}") from None
+
+
+@contextlib.contextmanager
+def _ray_output(thread: threading.Thread):
+    """What Ray prints on this process's stderr while `thread` connects, kept from the
+    terminal (a line says what went wrong instead) and read by the function it gives.
+    Where the thread goes on (a connection given up), Ray's fd 2 stays quiet and
+    Python's stderr goes to the terminal."""
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield lambda: f.seek(0) or f.read().decode(errors="replace")
+        finally:
+            if thread.is_alive():
+                sys.stderr = os.fdopen(saved, "w", buffering=1)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+            else:
+                os.dup2(saved, 2)
+                os.close(saved)
 
 
 def probe_gpu_nodes() -> list[Devices]:

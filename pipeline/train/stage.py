@@ -234,9 +234,7 @@ def main(argv=None) -> None:
         journal.artifact(parent, args.metrics)
         journal.tags(parent, {"seeds": seeds.seeds, "seeds_reason": seeds.reason})
         journal.end(parent)
-        line = journal.status_line()
-        if line:
-            print(f"warning: {line}", file=sys.stderr)
+        journal.warn_if_unavailable()
     for name, entry in summary["arms"].items():
         print(f"{name}: test acc {entry['test_acc']:.4f} ± {entry['test_acc_std']:.4f} "
               f"(std, n={entry['n_seeds']} seeds)")
