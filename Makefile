@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: repro test setup mlflow-ui gpu-check
+.PHONY: repro test setup results mlflow-ui gpu-check plots-template
 
 setup: $(STAMP)
 
@@ -31,11 +31,18 @@ $(CHROMIUM):
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q --durations=15
 
-# Browse every run. The study opens on its runs table in MLflow's model-training
-# view: http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning
+# Every experiment's answer in a few columns: each arm's test accuracy (%), each
+# difference to the baseline (points) and its adjusted p, and the params that differ.
+results: $(STAMP)
+	dvc exp show --only-changed --keep 'Experiment|Created|.*/(test_acc|delta|p_adj)$$' \
+	  --drop 'runs|evaluation|data/|pipeline/|models|metrics/|plots/|reports'
+
+# Browse every run: the address printed for a study opens its runs table in MLflow's
+# model-training view (http://127.0.0.1:5000/#/experiments/<id>?workflowType=machine_learning).
 mlflow-ui: $(STAMP)
-	@echo "MLflow UI: http://127.0.0.1:5000/#/?workflowType=machine_learning (Ctrl-C to stop)"
 	$(PY) -m pipeline.tracking flush --timeout 5 || true
+	@echo "MLflow UI, each study's runs table (Ctrl-C to stop):"
+	@$(PY) -m pipeline.tracking urls --base http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 # On a machine with CUDA: the GPU tests, then the default study and the resnet18
@@ -43,3 +50,14 @@ mlflow-ui: $(STAMP)
 # local copy of the data: make gpu-check ARCHIVE=path/to/cifar10.tar.gz SHA256=...
 gpu-check: $(STAMP)
 	$(PY) bench/gpu_check.py $(if $(ARCHIVE),--archive $(ARCHIVE) --sha256 $(SHA256))
+
+# `dvc plots show` writes a page that loads vega from a CDN; this template carries
+# vega, vega-lite and vega-embed (the versions DVC asks for, BSD-3-Clause) inline, so
+# the page draws offline. Made once and committed; remake it with `make plots-template`.
+VEGA := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
+plots-template:
+	rm -rf .plots-npm && mkdir .plots-npm && cd .plots-npm && npm pack --silent $(VEGA) > /dev/null
+	for f in .plots-npm/*.tgz; do tar -xzf $$f -C .plots-npm && mv .plots-npm/package $${f%.tgz}; done
+	python3 -c 'import sys, pathlib; js = "".join(f"<script>/* {pathlib.Path(p).parts[1]} */\n{pathlib.Path(p).read_text()}\n</script>\n" for p in sys.argv[1:]); pathlib.Path(".dvc/plots/index.html").write_text(pathlib.Path(".dvc/plots/page.html").read_text().replace("<!-- vega -->", js))' \
+	  .plots-npm/vega-5*/build/vega.min.js .plots-npm/vega-lite-5*/build/vega-lite.min.js .plots-npm/vega-embed-6*/build/vega-embed.min.js
+	rm -rf .plots-npm

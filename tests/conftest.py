@@ -115,8 +115,9 @@ def make_project(tmp: Path, per_class: int = 12, cached: Path | None = None, **p
     shutil.copy2(REPO / ".dvc" / "config", proj / ".dvc" / "config")
     # one commit for the same tree, whatever the time: checkpoints record it, and those a
     # project retrains equal the ones it copied from `cached`
-    run("git add -A && git commit -qm init", proj, extra_env={"GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
-                                                               "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"})
+    date = "2026-01-01T00:00:00Z"
+    run(f"git add -A && git add -f {archive.name} && git commit -qm init", proj,
+        extra_env={"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date})
     for rel in CACHES if cached is not None else ():
         shutil.copytree(cached / rel, proj / rel, ignore=shutil.ignore_patterns("*.lock", "quarantine"))
     return proj
@@ -239,7 +240,9 @@ def run_study(root: Path, data: Path, seeds=(0, 1), tag: str = "", mlflow: bool 
             "--evaluation", str(paths["evaluation"]), "--out", str(paths["reports"])])
     paths["data"] = data
     paths["root"] = root
-    paths["reports"] = paths["reports"] / p["study"]
+    from pipeline.core.config import load_params
+
+    paths["reports"] = paths["reports"] / load_params(paths["params"]).report_name
     return paths
 
 

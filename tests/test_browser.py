@@ -172,7 +172,12 @@ def test_mlflow_server_lists_the_study_and_its_ui_renders(study, browser, tmp_pa
             assert tags[run["info"]["run_id"]]["mlflow.parentRunId"] == parent_id, name
         parent = _api(base, f"/api/2.0/mlflow/runs/get?run_id={parent_id}")["run"]
         metrics = {m["key"]: m["value"] for m in parent["data"].get("metrics", [])}
-        assert {"a0.test_acc", "a1.test_acc", "a1.diff"} <= set(metrics)  # the study's headline, sortable
+        # the study's headline, named by arm and in percent; its answer as the parent's name
+        assert {"aug:none/test_acc", "aug:standard/test_acc", "aug:standard/delta", "aug:standard/ci_low",
+                "aug:standard/ci_high"} <= set(metrics), sorted(metrics)
+        assert 1 <= metrics["aug:none/test_acc"] <= 100
+        name = parent["info"]["run_name"]
+        assert name.startswith("report-test: aug=standard ") and " pts (p " in name, name
 
         # the report stage logged its output onto the parent run
         listed = _api(base, f"/api/2.0/mlflow/artifacts/list?run_id={parent_id}&path=report")
@@ -185,23 +190,26 @@ def test_mlflow_server_lists_the_study_and_its_ui_renders(study, browser, tmp_pa
 
         mlflow.set_tracking_uri(f"sqlite:///{study['db']}")
         tags = mlflow.MlflowClient().get_run(child["info"]["run_id"]).data.tags
-        served = mlflow.pytorch.load_model(f"models:/{tags['model_id.last_model']}")
+        served = mlflow.pytorch.load_model(f"models:/{tags['model_id.last']}")
         assert_same_predictions(served, run_dir(study["runs"], tags["arm"], int(tags["seed"])) / "model.pt",
                                 study["data"])
 
+        # the address `make mlflow-ui` prints for the study: the model-training view, on the runs table
+        urls = subprocess.run([sys.executable, "-m", "pipeline.tracking", "urls", "--base", base], cwd=study["root"],
+                              env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{study['db']}"},
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+        assert urls == [f"report-test: {base}/#/experiments/{exp['experiment_id']}?workflowType=machine_learning"]
         page = browser.new_page()
         try:
-            # as `make mlflow-ui` opens it: the model-training view, on the runs table
-            page.goto(f"{base}/#/experiments/{exp['experiment_id']}?workflowType=machine_learning",
-                      wait_until="domcontentloaded", timeout=30_000)
+            page.goto(urls[0].split(": ", 1)[1], wait_until="domcontentloaded", timeout=30_000)
             page.get_by_text(parent["info"]["run_name"]).first.wait_for(timeout=60_000)
             assert page.get_by_role("heading", name="Runs").count() >= 1
             assert page.get_by_text("matching runs").count() >= 1
             # the parent shows the study's headline; a child its logged models and datasets
             page.goto(f"{base}/#/experiments/{exp['experiment_id']}/runs/{parent_id}", wait_until="domcontentloaded")
-            page.get_by_text("a1.diff", exact=True).first.wait_for(timeout=60_000)
+            page.get_by_text("aug:standard/delta", exact=True).first.wait_for(timeout=60_000)
             text = page.inner_text("body")
-            assert "a0.test_acc" in text and "a1.p_adjusted" in text and "verdict.a1" in text
+            assert "aug:none/test_acc" in text and "verdict/aug:standard" in text
             page.goto(f"{base}/#/experiments/{exp['experiment_id']}/runs/{child['info']['run_id']}",
                       wait_until="domcontentloaded")
             page.get_by_text("Logged models (2)").first.wait_for(timeout=60_000)
@@ -211,3 +219,35 @@ def test_mlflow_server_lists_the_study_and_its_ui_renders(study, browser, tmp_pa
             page.close()
     finally:
         _stop(proc)
+
+
+def test_dvc_plots_draw_offline_with_whole_epoch_ticks(tmp_path, trained, browser):
+    """`dvc plots show` writes a page with vega inline (.dvc/plots/index.html): it draws
+    every plot with no request leaving the page. Epochs are an ordinal axis (one tick
+    per epoch: a quantitative one read "1 2 2" for 2 epochs), and the y axis is titled
+    once."""
+    from tests.conftest import run
+
+    for spec in json.loads(run("dvc plots show --json", trained).stdout)["data"].values():
+        spec = spec[0]["content"]
+        assert spec["encoding"]["x"]["type"] == "ordinal", spec["encoding"]["x"]
+        assert {d["epoch"] for d in spec["data"]["values"]} == {"1", "2"} or \
+            {d["epoch"] for d in spec["data"]["values"]} == {1, 2}
+        assert [layer["encoding"]["y"]["title"] for layer in spec["layer"] if "y" in layer["encoding"]] == \
+            [spec["encoding"]["y"]["title"]]
+    out = run(f"dvc plots show -o {tmp_path / 'plots'}", trained)
+    assert out.returncode == 0, out.stderr
+    page = browser.new_page()
+    errors, requests = [], []
+    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        page.goto((tmp_path / "plots" / "index.html").resolve().as_uri(), wait_until="load")
+        page.wait_for_selector("svg.marks, canvas.marks", timeout=30_000)
+        drawn = page.evaluate("document.querySelectorAll('svg.marks, canvas.marks').length")
+        divs = page.evaluate("document.querySelectorAll('div[id]').length")
+    finally:
+        page.close()
+    assert errors == [] and drawn >= 3 and drawn == divs, (errors, drawn, divs)
+    assert requests and all(u.startswith(("file://", "data:")) for u in requests), requests

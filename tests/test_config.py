@@ -165,6 +165,23 @@ def test_a_refused_study_name_stops_the_train_stage_before_anything_is_written(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
+@pytest.mark.parametrize(("raw", "folder"), [
+    ({}, "simple_cnn"),
+    ({"aug": ["none", "standard"], "epochs": 30, "knobs": {"dropout": 0.0}}, "simple_cnn"),  # the preset's own
+    ({"aug": "none"}, "simple_cnn,aug=none"),
+    ({"data": {"train_limit": 2000}, "epochs": 2}, "simple_cnn,train_limit=2000,epochs=2"),
+    ({"lr": 0.01}, "simple_cnn,lr=0.01"),
+    ({"knobs": {"dropout": 0.5}}, "simple_cnn,dropout=0.5"),
+    ({"study": "dropout", "knobs": {"dropout": [0.0, 0.25, 0.5]}}, "dropout"),  # a named study is what it sets
+    ({"study": "dropout", "knobs": {"dropout": [0.0, 0.25, 0.5]}, "epochs": 2}, "dropout,epochs=2"),
+    ({"study": "x", "data": {"test_limit": 100, "subset_seed": 3}}, "x,test_limit=100,subset_seed=3"),
+])
+def test_a_report_goes_to_its_study_only_when_the_run_is_that_study(raw, folder):
+    """A quick run (a data subset, fewer epochs), a subset of the arms or another recipe
+    writes its report beside the study's, never over it."""
+    assert parse_params({"seeds": [0], **raw}).report_name == folder
+
+
 def test_seeds_on_demand_start_with_the_minimum():
     p = parse_params({"seeds": {"min": 2, "max": 5, "halfwidth": 1.5}})
     assert p.seeds == (0, 1)

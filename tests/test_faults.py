@@ -240,7 +240,7 @@ def test_editing_the_files_you_work_on_never_changes_a_logged_record(tmp_path):
         "import mlflow, mlflow.pytorch, sys, torch\n"
         "mlflow.set_tracking_uri(sys.argv[1])\n"
         "[m] = [m for m in mlflow.search_logged_models(experiment_ids=['1'], output_format='list')\n"
-        "       if m.name == 'last_model']\n"
+        "       if m.name.endswith(' last')]\n"
         "torch.save(mlflow.pytorch.load_model(f'models:/{m.model_id}').checkpoint['model'], sys.argv[2])\n")
     run(f"python {tmp_path / 'load.py'} {uri} {tmp_path / 'logged.pt'}", proj)
     logged = torch.load(tmp_path / "logged.pt", weights_only=True)

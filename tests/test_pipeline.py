@@ -56,10 +56,22 @@ def test_repro_then_single_arm_experiment(tmp_path):
     assert set(train_metrics["arms"]) == {"aug=none", "aug=standard"}
     assert "up to date" in run("dvc status", proj).stdout
     shown = json.loads(run("dvc metrics show --json", proj).stdout)
-    headline = json.dumps(shown)
-    assert '"a0"' in headline and '"a1"' in headline and "aug=" not in headline  # names shared by every study
+    headline = next(iter(shown.values()))["data"]["metrics/study.json"]["data"]  # the answer, named by arm, in %
+    assert set(headline) >= {"aug=none/test_acc", "aug=standard/test_acc", "aug=standard/delta", "n_seeds"}
+    assert headline["aug=standard/delta"] == round(headline["aug=standard/test_acc"] - headline["aug=none/test_acc"],
+                                                   2) or abs(headline["aug=standard/delta"] - (
+        headline["aug=standard/test_acc"] - headline["aug=none/test_acc"])) < 0.011
     plots = json.loads(run("dvc plots show --json", proj).stdout)
     assert not plots.get("errors"), plots.get("errors")
+
+    # the run ends with its answer; the report sits in a folder that says what differs from the preset
+    study = "simple_cnn,epochs=2,batch_size=32"
+    answer = out.stdout.split("> python -m pipeline.report")[1].splitlines()
+    assert answer[1].startswith("aug=none: test accuracy ") and " vs " not in answer[1], answer
+    assert answer[2].startswith("aug=standard vs aug=none: ") and " points (95% CI " in answer[2], answer
+    assert answer[3] == f"report: reports/{study}/report.html", answer
+    full = (proj / "reports" / study / "report.md").read_bytes()
+    run("git add -A && git commit -qm results", proj)  # the study, as the experiments' baseline
 
     # one arm, exactly as users type it: restored from the arm cache, not retrained
     t0 = time.monotonic()
@@ -74,6 +86,16 @@ def test_repro_then_single_arm_experiment(tmp_path):
     assert list(exp_metrics["arms"]) == ["aug=none"]
     assert exp_metrics["arms"]["aug=none"]["test_acc"] == train_metrics["arms"]["aug=none"]["test_acc"]
     print(f"dvc exp run -S aug=none from the arm cache: {time.monotonic() - t0:.1f} s")
+    assert (proj / "reports" / study / "report.md").read_bytes() == full  # the one-arm run wrote beside it
+    assert (proj / "reports" / "simple_cnn,aug=none,epochs=2,batch_size=32" / "report.md").exists()
+    # `make results`: at 160 columns, every experiment's answer, nothing folded away
+    recipe = (REPO / "Makefile").read_text().split("\nresults: $(STAMP)\n")[1].split("\n\n")[0]
+    command = " ".join(line.strip().rstrip("\\") for line in recipe.splitlines()).replace("$$", "$")
+    table = run(f"{command} --no-pager", proj, extra_env={"COLUMNS": "160"}).stdout
+    header = next(line for line in table.splitlines() if "Experiment" in line)
+    for column in ("aug=none/test_acc", "aug=standard/test_acc", "aug=standard/delta", "aug=standard/p_adj", "aug"):
+        assert column in header.split(), header
+    assert "…" not in table and max(map(len, table.splitlines())) <= 160, table
 
     # the same arm and seed trained again from scratch gives identical metrics (CPU)
     run(f"python -m pipeline.train --retrain --no-mlflow --no-progress --runs {tmp_path}/retrain "

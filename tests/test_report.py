@@ -271,14 +271,20 @@ def test_a_crossed_study_shows_each_factor_within_the_others_and_their_interacti
     assert abs(inter.contrast.ci.estimate - (m[0] - m[1] - m[2] + m[3])) < 0.02  # accuracies drawn around these
     irows = Tables(page).tables["interactions-table"]
     assert irows[1][:2] == ["aug=standard vs none", "dropout=0.5 vs 0.0"] and irows[1][6] == "yes"
-    head = re.sub(r"<[^>]+>", "", headline(page))
-    assert "aug, the other factors held fixed" in head and "Does one factor's effect depend on another? Yes" in head
+    # the report opens on the answer: every effect and interaction in one table, and the interaction plot
+    summary = Tables(page).tables["summary-table"]
+    assert summary[0][:2] == ["Effect", "Other factors at"] and len(summary) == 1 + len(s.effects) + 1
+    assert summary[1][0] == "aug=standard vs none" and summary[1][4] == "helped"
+    assert summary[2][4] == "no significant difference"
+    assert summary[-1][0] == "interaction: aug=standard x dropout=0.5" and summary[-1][4] == "depends"
+    assert page.index('id="summary-table"') < page.index("<h2>2. ")
+    assert "figures/interaction.png" in md.split("## 2. ")[0]
     assert "Each factor within the others" in md
 
 
 def test_a_study_with_one_axis_has_no_factor_section():
     _, page = render(fake_inputs({"aug=none": [0.7, 0.71], "aug=standard": [0.72, 0.73]}))
-    assert "effects-table" not in Tables(page).tables and "held fixed" not in page
+    assert not {"effects-table", "summary-table"} & set(Tables(page).tables) and "interaction.png" not in page
 
 
 def test_single_seed_study_shows_the_warning_and_makes_no_claim():
@@ -400,8 +406,10 @@ def test_the_parent_runs_description_of_a_crossed_study_states_each_factor_and_i
 
     inp = fake_inputs({"aug=none,dropout=0.0": [0.70, 0.71, 0.70], "aug=standard,dropout=0.0": [0.76, 0.77, 0.76],
                        "aug=none,dropout=0.5": [0.72, 0.73, 0.72], "aug=standard,dropout=0.5": [0.72, 0.72, 0.73]})
-    text = parent_description(inp.summary, inp.record)
+    text = parent_description(inp.summary, inp.record, "reports/made-up/report.html")
+    assert text.endswith(" The report: reports/made-up/report.html.")
     for e in inp.summary.effects:
         assert f"{e.factor}={e.value} vs {e.reference} at " in text and e.verdict in text
     (i,) = inp.summary.interactions
-    assert f"Interaction: the effect of aug=standard (vs none) at dropout=0.5 minus at dropout=0.0: {i.verdict}." in text
+    assert f"Interaction: the effect of aug=standard (vs none) at dropout=0.5 minus at dropout=0.0: " \
+           f"{i.verdict}." in text

@@ -97,7 +97,7 @@ def test_the_stages_record_and_report_the_seeds_that_ran(tmp_path, prepared, mon
     for arm in ARMS:
         assert sorted(p.name for p in (paths["runs"] / arm).iterdir()) == [f"seed={s}" for s in record.seeds]
     headline = json.loads((paths["metrics"] / "study.json").read_text())
-    assert headline["seeds"] == len(record.seeds)
+    assert headline["n_seeds"] == len(record.seeds)
     assert f"Seeds: {record.seeds_reason}." in (paths["reports"] / "report.md").read_text()
 
 

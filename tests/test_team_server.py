@@ -70,7 +70,8 @@ def test_a_study_is_recorded_on_a_team_server_with_postgresql(tmp_path, team_ser
         inputs = child.get("inputs", {}).get("dataset_inputs", [])
         assert {i["tags"][0]["value"] for i in inputs} == {"train", "test"}
     parent = _api(team_server, f"/api/2.0/mlflow/runs/get?run_id={parent_id}")["run"]
-    assert {"a0.test_acc", "a1.test_acc", "a1.diff"} <= {m["key"] for m in parent["data"]["metrics"]}
+    assert {"aug:none/test_acc", "aug:standard/test_acc", "aug:standard/delta"} <= \
+        {m["key"] for m in parent["data"]["metrics"]}
     listed = _api(team_server, f"/api/2.0/mlflow/artifacts/list?run_id={parent_id}&path=report")
     assert {"report/report.md", "report/report.html"} <= {f["path"] for f in listed.get("files", [])}
     # the logged models load back from the server and predict what the checkpoints predict

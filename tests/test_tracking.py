@@ -48,7 +48,7 @@ def test_each_logged_record_is_its_own_copy_with_its_checksum(store):
     for run in store["children"]:
         tags = run.data.tags
         folder = run_dir(store["files"]["runs"], tags["arm"], int(tags["seed"]))
-        model = mlflow.get_logged_model(tags["model_id.last_model"])
+        model = mlflow.get_logged_model(tags["model_id.last"])
         weights = Path(unquote(urlparse(model.artifact_location).path)) / "data" / "model.pth"
         assert not os.path.samefile(weights, folder / "model.pt") and os.stat(weights).st_nlink == 1
         history = Path(unquote(urlparse(run.info.artifact_uri).path)) / "history.csv"

@@ -104,6 +104,15 @@ class Params:
     run: RunSettings
     seed_plan: SeedPlan | None = None  # seeds on demand
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+    # what makes this run other than the study its name stands for (see `variant`)
+    variant: tuple[str, ...] = ()
+
+    @property
+    def report_name(self) -> str:
+        """reports/<this>/: the study's name, and what differs when the run is not the
+        study itself, e.g. `simple_cnn,epochs=2,train_limit=2000`: a quick or partial
+        run never overwrites the study's own report."""
+        return ",".join((self.study, *self.variant))
 
     @property
     def baseline(self) -> Arm:
@@ -187,7 +196,27 @@ def parse_params(raw: Any) -> Params:
     if report.baseline is not None and report.baseline not in [a.name for a in arms]:
         raise bad("report.baseline", report.baseline, f"one of the arms: {', '.join(a.name for a in arms)}")
     return Params(study=study, preset=preset, seeds=seeds, seed_plan=seed_plan, data=data, arms=tuple(arms),
-                  report=report, run=run, raw=raw)
+                  report=report, run=run, raw=raw, variant=variant(raw, recipe, axes, knob_axes, data))
+
+
+def variant(raw: dict, recipe: dict, axes: dict[str, list], knob_axes: dict, data: DataConfig) -> tuple[str, ...]:
+    """What makes a run other than its study: a data subset, and every training key or
+    knob given in params.yaml that differs from the preset's. A study named by its
+    preset is the preset's recipe; one named in params.yaml is whatever it sets, so
+    there only a subset of the data and a shorter budget count."""
+    out = [f"{k}={getattr(data, k)}" for k in ("train_limit", "test_limit") if getattr(data, k) is not None]
+    if out and data.subset_seed:
+        out.append(f"subset_seed={data.subset_seed}")
+    named = raw.get("study") is not None
+    for key in ("epochs",) if named else TRAIN_KEYS:
+        if raw.get(key) is not None and (recipe.get(key) is None or axes[key] != _options(key, field_type(
+                TrainConfig, key), recipe[key])):
+            out.append(f"{key}={'+'.join(map(show, axes[key]))}")
+    for name, opts in ({} if named else knob_axes).items():
+        preset_value = (recipe.get("knobs") or {}).get(name)
+        if preset_value is None or opts.values != (preset_value if isinstance(preset_value, list) else [preset_value]):
+            out.append(f"{name}={'+'.join(map(show, opts.values))}")
+    return tuple(out)
 
 
 def _seeds(v) -> tuple[tuple[int, ...], SeedPlan | None]:
@@ -276,11 +305,44 @@ def resolve_precision(precision: str, device_type: str, bf16: bool) -> str:
     return "bf16" if bf16 else "fp16"
 
 
-def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+def load_params(path: str | Path = "params.yaml") -> Params:
     raw = read_yaml(path)
-    if overrides:
-        raw = {**(raw or {}), **overrides}
     try:
         return parse_params(raw)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}{_since_commit(Path(path), raw)}") from None
+
+
+def _since_commit(path: Path, raw: Any) -> str:
+    """Where params.yaml differs from its last commit, how to get that back: `dvc exp
+    run -S key=value` writes the file before any stage runs, so a refused value stays
+    in it until restored."""
+    import subprocess
+
+    try:
+        rel = path.resolve().relative_to(Path.cwd().resolve())
+        committed = subprocess.run(["git", "show", f"HEAD:./{rel.as_posix()}"], capture_output=True, text=True,
+                                   timeout=30)
+        if committed.returncode != 0:
+            return ""
+        from ruamel.yaml import YAML
+
+        before = YAML(typ="safe", pure=True).load(committed.stdout)
+    except Exception:  # noqa: BLE001  no git, not tracked, not YAML: nothing to add
+        return ""
+    now, then = _dotted(raw), _dotted(before)
+    changed = [k for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k)]
+    if not changed:
+        return ""
+    return (f"; {path} now holds values its last commit does not ({', '.join(changed[:8])}"
+            f"{', ...' if len(changed) > 8 else ''}: `dvc exp run -S` writes them before the stage runs); "
+            f"`git checkout {path}` restores it")
+
+
+def _dotted(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d} if prefix else {}
+    out = {}
+    for k, v in d.items():
+        out.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out

@@ -196,19 +196,26 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]
                         effects=effects, interactions=interactions)
 
 
-def headline(summary: StudySummary, arms: list[str]) -> dict:
-    """The few numbers `dvc exp show` lists (metrics/study.json), under names that
-    are the same for every study of the same shape: arm a0 is the baseline, then
-    the other arms in params.yaml's order. acc: mean test accuracy over seeds (last
-    checkpoint); diff: arm - baseline; p: its p, Holm-adjusted when there are several."""
+def headline(summary: StudySummary, arms: list[str], intervals: bool = False) -> dict[str, float | int]:
+    """The study's answer as flat metrics named by arm, so that a name means the same
+    arm in every experiment (metrics/study.json, which `dvc exp show` lists, and the
+    MLflow parent run): per arm `<arm>/test_acc` (mean over seeds, last checkpoint),
+    and per arm compared with the baseline `<arm>/delta` (arm - baseline, in points:
+    accuracies are in %) and `<arm>/p_adj`, the p the verdict decides on
+    (Holm-adjusted when there are several comparisons); with `intervals`, the
+    difference's `ci_low` and `ci_high` too (kept out of `dvc exp show`'s few columns)."""
     last = summary.checkpoints["last"]
-    order = [summary.baseline] + [a for a in arms if a != summary.baseline]
-    out = {"acc": {}, "diff": {}, "p": {}}
-    for i, arm in enumerate(order):
-        out["acc"][f"a{i}"] = last.arms[arm].test_acc.mean
-        if arm in last.comparisons:
-            c = last.comparisons[arm]
-            out["diff"][f"a{i}"] = c.welch.diff
-            out["p"][f"a{i}"] = c.p_adjusted
-    out["seeds"] = len(summary.seeds)
-    return {k: v for k, v in out.items() if v != {}}
+    out: dict[str, float | int] = {}
+    for arm in arms:
+        out[f"{arm}/test_acc"] = round(100 * last.arms[arm].test_acc.mean, 2)
+        c = last.comparisons.get(arm)
+        if c is None:
+            continue
+        out[f"{arm}/delta"] = round(100 * c.welch.diff, 2)
+        if intervals and c.welch.ci.defined:
+            out[f"{arm}/ci_low"] = round(100 * c.welch.ci.low, 2)
+            out[f"{arm}/ci_high"] = round(100 * c.welch.ci.high, 2)
+        if c.p_adjusted is not None:
+            out[f"{arm}/p_adj"] = float(f"{c.p_adjusted:.4g}")
+    out["n_seeds"] = len(summary.seeds)
+    return out

@@ -234,7 +234,8 @@ def main(argv=None) -> None:
     if record.tracking_key is not None:
         from pipeline.evaluate.tracking import log_evaluation
 
-        log_evaluation(record, summary, evals, Path(args.out) / "summary.json")
+        log_evaluation(record, summary, evals, Path(args.out) / "summary.json",
+                       f"reports/{params.report_name}/report.html")
 
 
 if __name__ == "__main__":

@@ -4,44 +4,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.core import stats
+from pipeline.core.stats import format_p
 from pipeline.core.study import StudyRecord
 from pipeline.evaluate.contracts import StudySummary
+from pipeline.evaluate.core import headline
 from pipeline.tracking.journal import Journal
 
 
 DESCRIPTION_MAX = 5000  # characters of a tag's value every MLflow store keeps
 
 
+def mlflow_name(arm: str) -> str:
+    """An arm's name as MLflow takes it in a metric or tag name (no '=' or ',')."""
+    return arm.replace("=", ":").replace(",", " ")
+
+
 def parent_headline(summary: StudySummary, arms: list[str]) -> tuple[dict[str, float], dict[str, str]]:
-    """Positional names, the same for every study of the same shape: a0 is the
-    baseline, then the other arms in params.yaml's order."""
+    """The study's answer on its parent run, named by arm as in metrics/study.json
+    (`aug:standard/delta`), in percent; the verdicts as tags."""
     last = summary.checkpoints["last"]
-    order = [summary.baseline] + [a for a in arms if a != summary.baseline]
-    alpha = 1 - summary.confidence
-    metrics, tags = {"n_seeds": len(summary.seeds)}, {}
-    for i, arm in enumerate(order):
-        a, entry = f"a{i}", last.arms[arm]
-        tags[f"arm.{a}"] = arm
-        metrics[f"{a}.test_acc"] = entry.test_acc.mean
-        metrics[f"{a}.gap_clean"] = entry.gap_clean.mean
-        for name, value in ((f"{a}.test_acc_ci_half", entry.test_acc.ci.half_width),
-                            (f"{a}.gap_clean_ci_half", entry.gap_clean.ci.half_width)):
-            if value is not None:
-                metrics[name] = value
-        c = last.comparisons.get(arm)
-        if c is not None:
-            metrics[f"{a}.diff"] = c.welch.diff
-            if c.welch.ci.half_width is not None:
-                metrics[f"{a}.diff_ci_half"] = c.welch.ci.half_width
-            if c.p_adjusted is not None:
-                metrics[f"{a}.p_adjusted"] = c.p_adjusted
-            tags[f"verdict.{a}"] = c.verdict
-            tags[f"finding.{a}"] = ("significant" if stats.significant(c.p_adjusted, alpha) else "not significant")
+    metrics = {mlflow_name(k): v for k, v in headline(summary, arms, intervals=True).items()}
+    for arm in arms:
+        metrics[f"{mlflow_name(arm)}/gap_clean"] = round(100 * last.arms[arm].gap_clean.mean, 2)
+    tags = {f"verdict/{mlflow_name(arm)}": c.verdict for arm, c in last.comparisons.items()}
     return metrics, tags
 
 
-def parent_description(summary: StudySummary, record: StudyRecord) -> str:
+def parent_name(summary: StudySummary, study: str) -> str:
+    """The parent run's name, the first thing the runs table shows: the study and its answer."""
+    last = summary.checkpoints["last"]
+    alpha = 1 - summary.confidence
+    answers = [f"{arm} {100 * c.welch.diff:+.2f} pts (p {format_p(c.p_adjusted, alpha)})"
+               for arm, c in last.comparisons.items()]
+    return f"{study}: {'; '.join(answers) or 'one arm'}"[:240]
+
+
+def parent_description(summary: StudySummary, record: StudyRecord, report: str) -> str:
     """The parent run's description (the MLflow UI's note): the study's answer in a paragraph."""
     last = summary.checkpoints["last"]
     n = len(summary.seeds)
@@ -68,14 +66,14 @@ def parent_description(summary: StudySummary, record: StudyRecord) -> str:
                     f"minus at {i.other}={i.other_reference}{rest}: {i.verdict}.")
     text.append("Clean train-test gap: " + ", ".join(f"{a} {pm(last.arms[a].gap_clean, unit=' points')}"
                                                     for a in arms) + ".")
-    report = f" The report: reports/{record.study}/report.html."
+    report = f" The report: {report}."
     body = " ".join(text)
     if len(body) + len(report) > DESCRIPTION_MAX:  # MLflow cuts a tag's value there: keep the pointer
         body = body[:DESCRIPTION_MAX - len(report) - 40].rsplit(" ", 1)[0] + " ... (the rest is in the report)."
     return body + report
 
 
-def log_evaluation(record: StudyRecord, summary: StudySummary, evals: dict, summary_path: Path) -> None:
+def log_evaluation(record: StudyRecord, summary: StudySummary, evals: dict, summary_path: Path, report: str) -> None:
     journal = Journal()
     keys = {(r.arm, r.seed): r.tracking_key for r in record.runs}
     for (arm, seed, which), (ev, _, _) in evals.items():
@@ -85,7 +83,8 @@ def log_evaluation(record: StudyRecord, summary: StudySummary, evals: dict, summ
                 "test_acc", "test_loss", "train_acc_clean", "gap_clean", "gap_running")})
     metrics, tags = parent_headline(summary, record.arms)
     journal.metrics(record.tracking_key, metrics)
-    journal.tags(record.tracking_key, {**tags, "mlflow.note.content": parent_description(summary, record)})
+    journal.tags(record.tracking_key, {**tags, "mlflow.runName": parent_name(summary, record.study),
+                                       "mlflow.note.content": parent_description(summary, record, report)})
     journal.artifact(record.tracking_key, summary_path, "evaluation")
     journal.flush_in_background()
     journal.warn_if_unavailable()

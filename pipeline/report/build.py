@@ -225,101 +225,85 @@ def _budget(ctx: _Ctx) -> str:
 
 
 def _headline(ctx: _Ctx) -> list:
-    inp, last, base = ctx.inp, ctx.last, ctx.baseline
-    n = len(ctx.seeds)
-    n_images = len(inp.predictions[base].label)
+    """The answer first: one line per arm against the baseline, or, in a study with
+    several axes, a table of each factor's effects and their interactions with the
+    interaction plot; then what the numbers do not show."""
+    inp, base, n = ctx.inp, ctx.baseline, len(ctx.seeds)
     blocks = [para("Study ", ("b", inp.params.study), f" (preset {inp.params.preset}) on ", ("b", inp.data_name),
                    f": {plural(len(ctx.arms), 'arm')} x {plural(n, 'seed')} ({', '.join(map(str, ctx.seeds))}), "
-                   "baseline ", ("b", base), f", each trained {_budget(ctx)}. Numbers are for the last checkpoint "
-                   f"of each run, on {count(n_images)} test images, with {ctx.clabel.replace('CI', 'intervals')}; "
-                   "they hold for this training budget and this data only.")]
-    blocks.append(para(f"Seeds: {inp.record.seeds_reason}."))
+                   "baseline ", ("b", base), f", each trained {_budget(ctx)}. Test accuracy at each run's last "
+                   f"checkpoint, on {count(len(inp.predictions[base].label))} test images; differences over seeds "
+                   f"with {ctx.clabel.replace('CI', 'intervals')}. Seeds: {inp.record.seeds_reason}.")]
+    if inp.params.variant:
+        blocks.append(Warn(f"not the study {inp.params.study} itself ({', '.join(inp.params.variant)}): its own "
+                           f"report is reports/{inp.params.study}/"))
     if n == 1:
         blocks.append(Warn(SINGLE_SEED_WARNING))
     if not ctx.others:
         blocks.append(para("Only one arm: there is nothing to compare with the baseline."))
-    base_acc = last.arms[base].test_acc
-    for arm in ctx.others:
-        c = last.comparisons[arm]
-        w, acc = c.welch, last.arms[arm].test_acc
-        sig = stats.significant(c.p_adjusted, ctx.alpha)
-        if not w.ci.defined:
-            tone, answer = "neutral", "no finding"
-        elif not sig:
-            tone, answer = "neutral", "no significant difference"
-        elif w.diff > 0:
-            tone, answer = "good", "helped"
-        else:
-            tone, answer = "bad", "hurt"
-        if n == 1:
-            accs = f"Test accuracy {pct(acc.mean)}% vs {pct(base_acc.mean)}% (one run each)"
-        else:
-            accs = (f"Test accuracy {mean_pm(acc)}% vs {mean_pm(base_acc)}% "
-                    f"(mean ± {ctx.clabel} half-width over {n} seeds)")
-        parts = [("b", arm), " vs ", ("b", base), ": ", ("b", answer), f". {accs}. Over seeds (Welch's t"
-                 + (f", Holm-adjusted over {len(ctx.others)} comparisons" if ctx.adjusted else "") + "): ",
-                 ("b", c.verdict), "."]
-        if w.ci.defined and not sig:
-            parts.append(" " + _power_sentence(c.power, ctx.alpha))
-        gaps = (last.arms[arm].gap_clean, last.arms[base].gap_clean)
-        parts.append(f" Train-test gap (clean): {mean_pm(gaps[0])} vs {mean_pm(gaps[1])} points.")
-        boot = c.paired_bootstrap
-        if stats.significant(boot.p, ctx.alpha) and not sig:
-            parts.append(" On the test images these trained models do differ (paired bootstrap, "
-                         f"{stats.p_phrase(boot.p, ctx.alpha)}), but not across seeds: that speaks for these "
-                         "models, not for the recipe.")
-        blocks.append(para(*parts, tone=tone))
-    blocks.extend(_factor_headline(ctx))
+    if inp.summary.effects:
+        blocks.extend(_summary(ctx))
+    else:
+        blocks.extend(_answer(ctx, arm) for arm in ctx.others)
     if ctx.others:
         blocks.append(para(("b", "What this does not show."), " " + _limits(ctx)))
     return blocks
+
+
+def _answer(ctx: _Ctx, arm: str) -> Para:
+    """One arm against the baseline, over seeds, in a line."""
+    c = ctx.last.comparisons[arm]
+    sig = stats.significant(c.p_adjusted, ctx.alpha)
+    tone, answer = (("neutral", "no finding") if not c.welch.ci.defined else ("neutral", "no significant difference")
+                    if not sig else ("good", "helped") if c.welch.diff > 0 else ("bad", "hurt"))
+    parts = [("b", arm), " vs ", ("b", ctx.baseline), ": ", ("b", answer), f", {pct(ctx.last.arms[arm].test_acc.mean)}% "
+             f"vs {pct(ctx.last.arms[ctx.baseline].test_acc.mean)}%: ", ("b", c.verdict), " (Welch's t over seeds"
+             + (f", Holm over {len(ctx.others)} comparisons" if ctx.adjusted else "") + ")."]
+    if c.welch.ci.defined and not sig:
+        parts.append(" " + _power_sentence(c.power, ctx.alpha))
+    if stats.significant(c.paired_bootstrap.p, ctx.alpha) and not sig:
+        parts.append(" These trained models do differ on the test images (paired bootstrap, "
+                     f"{stats.p_phrase(c.paired_bootstrap.p, ctx.alpha)}): that speaks for them, not for the recipe.")
+    return para(*parts, tone=tone)
 
 
 def _where(at: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in at.items()) or "(no other factor)"
 
 
-def _factor_headline(ctx: _Ctx) -> list:
-    """A study with several axes: each factor within the others, in one paragraph per
-    factor, and the interactions in one more."""
+def _summary(ctx: _Ctx) -> list:
+    """A study with several axes: every factor's effect within the others, then every
+    interaction, in one table; the interaction plot beside it."""
     s = ctx.inp.summary
-    if not s.effects:
-        return []
-    blocks = []
-    for factor in dict.fromkeys(e.factor for e in s.effects):
-        mine = [e for e in s.effects if e.factor == factor]
-        parts = [("b", f"{factor}, the other factors held fixed"), f" ({factor}={mine[0].reference} is the "
-                 "reference; Welch's t over seeds" + (f", Holm-adjusted over {len(mine)} comparisons" if len(mine) > 1
-                                                      else "") + "):"]
-        for i, e in enumerate(mine):
-            parts += [" " if i == 0 else "; ", ("b", f"{factor}={e.value}"), f" at {_where(e.at)}: {e.verdict}, "
-                      f"clean gap {diff_ci(e.gap_clean.ci)} points"]
-        parts.append(".")
-        tones = {_effect_tone(e.test_acc.diff, e.p_adjusted, ctx.alpha) for e in mine}
-        blocks.append(para(*parts, tone=tones.pop() if len(tones) == 1 else "neutral"))
-    if s.interactions:
-        sig = [i for i in s.interactions if stats.significant(i.p_adjusted, ctx.alpha)]
-        parts = [("b", "Does one factor's effect depend on another?"), " "]
-        if all(i.p_adjusted is None for i in s.interactions):
-            parts.append(f"The {len(s.interactions)} interaction(s) cannot be tested: "
-                         + s.interactions[0].verdict.split(":")[0] + ".")
-        elif sig:
-            parts.append("Yes: " + "; ".join(
-                f"at {i.other}={i.other_value}" + (f" ({_where(i.at)})" if i.at else "") + f", the effect of "
-                f"{i.factor}={i.value} (vs {i.reference}) differs from its effect at {i.other}={i.other_reference} "
-                f"by {i.verdict}" for i in sig) + ".")
-        else:
-            parts.append(f"None of the {len(s.interactions)} interaction(s) tested is significant: the seeds do not "
-                         "show one factor's effect changing with another (which is not evidence that it does not).")
-        parts.append(" Section 2 lists every effect and interaction.")
-        blocks.append(para(*parts))
-    return blocks
+    rows = [[f"{e.factor}={e.value} vs {e.reference}", _where(e.at), diff_ci(e.test_acc.ci),
+             stats.format_p(e.p_adjusted, ctx.alpha), _effect_word(e.test_acc, e.p_adjusted, ctx.alpha)]
+            for e in s.effects]
+    rows += [[f"interaction: {i.factor}={i.value} x {i.other}={i.other_value}", _where(i.at), diff_ci(i.contrast.ci),
+              stats.format_p(i.p_adjusted, ctx.alpha), "depends" if stats.significant(i.p_adjusted, ctx.alpha) else
+              "no significant dependence"] for i in s.interactions]
+    levels = {k: list(dict.fromkeys(str(a.axes[k]) for a in ctx.inp.params.arms)) for k in ctx.inp.params.arms[0].axes}
+    means = {a.name: (100 * ctx.last.arms[a.name].test_acc.mean, 100 * (ctx.last.arms[a.name].test_acc.ci.half_width
+                                                                        or 0.0)) for a in ctx.inp.params.arms}
+    return [Table(["Effect", "Other factors at", f"Δ test acc, points [{ctx.clabel}]", "p (Holm)", "Answer"], rows,
+                  {2, 3}, "summary-table",
+                  "Each factor's value against the baseline's value of it, every other factor the same, and whether "
+                  "one factor's effect depends on another (interaction: the effect at the other factor's value "
+                  "minus at its reference), in points over seeds. Holm adjusts over each factor's effects, and over "
+                  "the interactions. Section 2 has the tests' details."),
+            Figure("interaction", "interaction_plot",
+                   {"levels": levels, "axes": {a.name: {k: str(v) for k, v in a.axes.items()}
+                                               for a in ctx.inp.params.arms}, "means": means},
+                   "Mean test accuracy per level of each factor, one line per level of another",
+                   f"Mean test accuracy over seeds with its {ctx.clabel}; lines that are not parallel show an "
+                   "interaction.")]
 
 
-def _effect_tone(diff: float, p: float | None, alpha: float) -> str:
+def _effect_word(w: stats.Welch, p: float | None, alpha: float) -> str:
+    if not w.ci.defined:
+        return "no finding"
     if not stats.significant(p, alpha):
-        return "neutral"
-    return "good" if diff > 0 else "bad"
+        return "no significant difference"
+    return "helped" if w.diff > 0 else "hurt"
 
 
 def _factor_tables(ctx: _Ctx) -> list:

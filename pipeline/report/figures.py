@@ -8,6 +8,7 @@ fractions and are drawn in %.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 
 import matplotlib
@@ -75,6 +76,32 @@ def learning_curves(curves: dict[str, dict[int, list[dict]]], colours: dict[str,
     return _png(fig)
 
 
+def interaction_plot(levels: dict[str, list[str]], axes: dict[str, dict[str, str]],
+                     means: dict[str, tuple[float, float]]) -> bytes:
+    """A study with several axes: mean test accuracy (%, with its interval) against the
+    levels of the first factor, one line per level of the second, one panel per level
+    of any further factors. Parallel lines: no interaction."""
+    first, second, *rest = levels
+    panels = [dict(zip(rest, combo)) for combo in itertools.product(*(levels[r] for r in rest))] or [{}]
+    fig, axs = _subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, 3.6), squeeze=False)
+    for ax, at in zip(axs[0], panels):
+        for j, level in enumerate(levels[second]):
+            arms = [next((a for a, v in axes.items() if v == {**at, first: x, second: level}), None)
+                    for x in levels[first]]
+            ys = [means[a][0] if a else np.nan for a in arms]
+            errs = [means[a][1] if a else 0.0 for a in arms]
+            ax.errorbar(range(len(ys)), ys, yerr=errs, marker="o", capsize=3, label=f"{second}={level}",
+                        color=colormaps["tab10"](j % 10))
+        ax.set_xticks(range(len(levels[first])), levels[first])
+        ax.set_xlabel(first)
+        ax.set_title(", ".join(f"{k}={v}" for k, v in at.items()), fontsize=9)
+        ax.grid(alpha=0.3)
+    axs[0][0].set_ylabel("test accuracy (%)")
+    axs[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
 # --------------------------------------------------------------------------- per class
 
 
@@ -88,8 +115,7 @@ def per_class_bars(classes, per_arm: dict[str, list[float]], colours: dict[str, 
         ax.bar(x + (i - (n - 1) / 2) * width, np.asarray(acc) * 100, width, label=arm, color=colours[arm])
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set_ylabel("test accuracy (%)")
-    lo = min(min(a) for a in per_arm.values()) * 100
-    ax.set_ylim(max(0, math.floor(lo / 10) * 10 - 5), 100.5)
+    ax.set_ylim(0, 100.5)  # from 0: a bar's length is its accuracy (the differences: the heatmap below)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(n, 4), loc="lower left", bbox_to_anchor=(0, 1.01), frameon=False)
     fig.tight_layout()

@@ -76,7 +76,8 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
     return Inputs(
         params=params, params_text=params_path.read_text(), record=record, summary=summary,
         histories=histories, diagnostics=diagnostics, predictions=predictions, filters=filters,
-        test_images=_Indexed(x, idx), data_name=manifest.name, data_sha256=manifest.data_sha256, n_train=n_train, tracking=_tracking(params.study, record),
+        test_images=_Indexed(x, idx), data_name=manifest.name, data_sha256=manifest.data_sha256, n_train=n_train,
+        tracking=_tracking(params.study, record),
         code_version=code_version(), dvc_experiment=dvc_experiment(),
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
@@ -169,7 +170,8 @@ def main(argv=None) -> None:
 
     inputs = load_inputs(args.params, args.data, args.runs, args.evaluation)
     report = build_report(inputs)
-    out = Path(args.out) / inputs.params.study  # a study's report stays beside those of earlier studies
+    # a study's report stays beside those of earlier studies; a quick or partial run of it beside them
+    out = Path(args.out) / inputs.params.report_name
     write_report(report, out, repo_root() / FIGURE_CACHE)
     if inputs.record.tracking_key is not None:
         from pipeline.tracking.journal import Journal
@@ -183,7 +185,18 @@ def main(argv=None) -> None:
             register_winner(journal, inputs, inputs.params.report.register_model)
         journal.flush_in_background()
         journal.warn_if_unavailable()
-    print(f"report: {out / 'report.md'}, {out / 'report.html'} ({len(report.figures())} figures)")
+    print(answer(inputs, out / "report.html"))
+
+
+def answer(inputs: Inputs, report: Path) -> str:
+    """The study's answer where a run ends: each arm against the baseline (the
+    difference, its interval and the p the verdict decides on), and the report."""
+    s = inputs.summary
+    last = s.checkpoints["last"]
+    lines = [f"{arm}: test accuracy {100 * last.arms[arm].test_acc.mean:.2f}% (baseline, {len(s.seeds)} seed(s))"
+             if arm == s.baseline else f"{arm} vs {s.baseline}: {last.comparisons[arm].verdict}"
+             for arm in inputs.record.arms]
+    return "\n".join(lines + [f"report: {report}"])
 
 
 def winner(inputs: Inputs) -> tuple[str, int]:
@@ -202,7 +215,7 @@ def register_winner(journal, inputs: Inputs, name: str) -> None:
         print(f"warning: {arm} seed={seed} has no logged model to register (trained without MLflow)",
               file=sys.stderr)
         return
-    journal.register(run.model_key, "last_model", name)
+    journal.register(run.model_key, "last", name)
     journal.tags(inputs.record.tracking_key, {"registered_model": f"{name}: {arm} seed={seed}"})
     print(f"registering {arm} seed={seed} (last checkpoint) as model '{name}'")
 

@@ -179,6 +179,7 @@ class Flusher:
             if ev.get("parent"):
                 tags["mlflow.parentRunId"] = self._id_of(ev["parent"], ids)
             tags["tracking_key"] = key
+            tags.setdefault("mlflow.source.name", f"dvc repro (stage {ev.get('stage', 'train')})")
             run = c.create_run(self._experiment(ev["experiment"]), run_name=ev["name"], tags=tags,
                                start_time=int(ev["t"] * 1000))
             return run.info.run_id
@@ -208,13 +209,15 @@ class Flusher:
         elif do == "model":
             from pipeline.tracking.models import log_checkpoint_model
 
-            log_checkpoint_model(run_id, self.dir / ev.get("file", ev.get("checkpoint", "")), ev["name"])
+            # a journal written before models were named by checkpoint: "last_model"
+            log_checkpoint_model(run_id, self.dir / ev.get("file", ev.get("checkpoint", "")),
+                                 ev.get("which") or ev["name"].removesuffix("_model"))
         elif do == "dataset":
             _log_dataset(c, run_id, ev)
         elif do == "register":
             from pipeline.tracking.models import register
 
-            register(run_id, ev["model"], ev["registered_name"])
+            register(run_id, ev.get("which") or ev["model"].removesuffix("_model"), ev["registered_name"])
         elif do == "end":
             c.set_terminated(run_id, ev["status"])
         return run_id

@@ -111,18 +111,18 @@ class Journal:
         """A file to log (its sha256 goes with it, as a tag of the run)."""
         self._append(key, {"do": "artifact", **self._keep(key, path), "folder": folder})
 
-    def model(self, key: str, checkpoint: str | os.PathLike, name: str) -> None:
-        """A checkpoint to log as an MLflow model (built by the flusher, which
-        alone loads torch for it)."""
-        self._append(key, {"do": "model", **self._keep(key, checkpoint), "name": name})
+    def model(self, key: str, checkpoint: str | os.PathLike, which: str) -> None:
+        """A checkpoint (`which`: last or best) to log as an MLflow model (built by the
+        flusher, which alone loads torch for it)."""
+        self._append(key, {"do": "model", **self._keep(key, checkpoint), "which": which})
 
     def dataset(self, key: str, *, name: str, digest: str, source: str, context: str, rows: int) -> None:
         self._append(key, {"do": "dataset", "name": name, "digest": digest, "source": source,
                            "context": context, "rows": rows})
 
-    def register(self, key: str, model: str, registered_name: str) -> None:
-        """Register the run's logged model `model` in the Model Registry."""
-        self._append(key, {"do": "register", "model": model, "registered_name": registered_name})
+    def register(self, key: str, which: str, registered_name: str) -> None:
+        """Register the run's logged model of checkpoint `which` in the Model Registry."""
+        self._append(key, {"do": "register", "which": which, "registered_name": registered_name})
 
     # --- which run holds an arm x seed (by fingerprint)
 

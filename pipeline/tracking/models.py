@@ -22,8 +22,18 @@ def classifier_from_checkpoint(path: str | Path):
     return classifier(ckpt), ckpt
 
 
-def log_checkpoint_model(run_id: str, checkpoint: Path, name: str) -> str:
-    """Log `checkpoint` as the pytorch-flavour model `name` of run `run_id`; its model id."""
+SOURCE = {"mlflow.source.name": "dvc repro (stage train)", "mlflow.source.type": "LOCAL"}
+
+
+def model_name(arm: str, seed: int, which: str) -> str:
+    """A logged model's name, as MLflow takes it: `aug=standard seed=0 last` ('.' -> '_')."""
+    return f"{arm} seed={seed} {which}".replace(".", "_").replace("/", "_").replace(":", "_")
+
+
+def log_checkpoint_model(run_id: str, checkpoint: Path, which: str) -> str:
+    """Log `checkpoint` as a pytorch-flavour model of run `run_id`, named by its arm,
+    seed and `which` checkpoint (last, best); its model id, also the run's tag
+    `model_id.<which>`."""
     import mlflow
     import mlflow.pytorch
     import numpy as np
@@ -38,20 +48,20 @@ def log_checkpoint_model(run_id: str, checkpoint: Path, name: str) -> str:
         out = model(torch.from_numpy(example)).numpy()
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(  # load_model gives back the nn.Module, for any batch size
-            model, name=name, signature=infer_signature(example, out), input_example=example,
+            model, name=model_name(ckpt.arm, ckpt.seed, which), signature=infer_signature(example, out),
+            input_example=example, tags=SOURCE,
             serialization_format="pickle", pickle_module=checkpoint_pickle,
             code_paths=[str(PROJECT / "models"), str(PROJECT / "pipeline")], pip_requirements=_requirements(),
             metadata={"checkpoint_epoch": ckpt.epoch, "arm": ckpt.arm, "seed": ckpt.seed})
-        mlflow.set_tag(f"model_id.{name}", info.model_id)
+        mlflow.set_tag(f"model_id.{which}", info.model_id)
     return info.model_id
 
 
-def register(run_id: str, name: str, registered_name: str) -> None:
+def register(run_id: str, which: str, registered_name: str) -> None:
     import mlflow
 
-    model_id = mlflow.MlflowClient().get_run(run_id).data.tags.get(f"model_id.{name}")
-    uri = f"models:/{model_id}" if model_id else f"runs:/{run_id}/{name}"
-    mlflow.register_model(uri, registered_name)
+    model_id = mlflow.MlflowClient().get_run(run_id).data.tags[f"model_id.{which}"]
+    mlflow.register_model(f"models:/{model_id}", registered_name)
 
 
 def _requirements() -> list[str]:

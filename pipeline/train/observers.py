@@ -112,7 +112,7 @@ class Tracking(Observer):
             key = model_key = self._open.pop(spec.fp)
             for which, file in CHECKPOINTS.items():
                 if (o.folder / file).exists():
-                    self.journal.model(key, o.folder / file, f"{which}_model")
+                    self.journal.model(key, o.folder / file, which)
             self.journal.set_arm_run(spec.fp, key, open=False)
         self.journal.metrics(key, {f"final_{k}": v for k, v in o.metrics.model_dump().items()})
         for name in ("history.csv", "metrics.json", "diagnostics.json"):
