@@ -18,6 +18,8 @@ import pytest
 import torch
 import yaml
 
+from pipeline.core.io import sha256_file
+from tests.archives import write_official
 from tests.conftest import (BIN, REAL_ARCHIVE, REAL_SHA256, REPO, env, flush_tracking, make_project, mlflow_runs,
                             run, run_queue)
 
@@ -198,3 +200,29 @@ def test_a_knob_axis_is_set_with_dvc_exactly_as_the_readme_types_it(tmp_path):
     run("dvc exp run -S 'knobs.batchnorm=[true,false]'", proj)
     record = json.loads((proj / "runs" / "study.json").read_text())
     assert record["arms"] == ["aug=none,batchnorm=true", "aug=none,batchnorm=false"], record["arms"]
+
+
+def test_a_quick_run_in_a_fresh_clone_leaves_the_committed_reports_and_names_each_change_by_its_arm(tmp_path):
+    """The README's quick run, in a fresh clone of this repository (offline: a small archive
+    of our own): its report goes beside the committed studies', whose files stay as git has
+    them; and `dvc exp diff` between experiments of different shapes reports each change
+    under the name of the arm it belongs to."""
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    write_official(archive, per_class=12)
+    clone = tmp_path / "clone"
+    run(f"git clone -q {REPO} {clone}", tmp_path)
+    quick = (f"-S data.url={archive} -S data.sha256={sha256_file(archive)} -S data.md5=null "
+             "-S data.verify_counts=false -S data.train_limit=100 -S data.test_limit=60 -S epochs=1 -S seeds=[0,1]")
+    run(f"dvc exp run -n first {quick}", clone)
+    changed = run("git status --porcelain reports/", clone).stdout.splitlines()
+    assert changed == ['?? "reports/simple_cnn,train_limit=100,test_limit=60,epochs=1/"'] or \
+        changed == ["?? reports/simple_cnn,train_limit=100,test_limit=60,epochs=1/"], changed
+    run(f"dvc exp run -n other {quick} -S 'aug=[standard,strong]'", clone)
+    diff = json.loads(run("dvc exp diff first other --json", clone).stdout)["metrics"]["metrics/study.json"]
+    arms = {"first": {"aug=none", "aug=standard"}, "other": {"aug=standard", "aug=strong"}}
+    # an arm of one experiment only is reported as appearing or disappearing, never as a change of another
+    assert diff["aug=none/test_acc"]["new"] is None and diff["aug=strong/test_acc"]["old"] is None, diff
+    for key, v in diff.items():
+        arm = key.rsplit("/", 1)[0]
+        assert arm in arms["first"] | arms["other"], key
+        assert (v.get("old") is None or arm in arms["first"]) and (v.get("new") is None or arm in arms["other"]), key
