@@ -215,40 +215,49 @@ def connect(address: str | None) -> Devices:
             _check_reachable(address, hint)
         # "local": a Ray of its own, even where `ray start` left a cluster running on this machine
         # (ray.init() would join that one); a cluster is used only when asked for
-        kw = ({"address": address} if address else {"address": "local", "num_cpus": os.cpu_count() or 1})
-        done: dict = {}
-
-        def init():  # in a thread: a cluster that never answers holds ray.init in C, where no signal reaches
-            try:
-                ray.init(**kw, include_dashboard=False, configure_logging=False, log_to_driver=False)
-            except BaseException as exc:  # noqa: BLE001  said below, in the main thread
-                done["error"] = exc
-            done["ended"] = True
-
-        thread = threading.Thread(target=init, name="ray-init", daemon=True)
-        with _ray_output(thread) as said:
-            thread.start()
-            deadline = time.monotonic() + CONNECT_S
-            try:  # Ray retries a refused token for 20 s: said at once instead
-                while thread.is_alive() and time.monotonic() < deadline and "InvalidAuthToken" not in said():
-                    thread.join(0.5)
-            except KeyboardInterrupt:
-                done["interrupted"] = True
-            output = said()
-        if done.get("interrupted"):
-            print(f"interrupted while connecting to the Ray cluster {address or 'on this machine'}", file=sys.stderr)
-            raise SystemExit(130)
-        exc = done.get("error")
-        if isinstance(exc, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in output:
-            raise PipelineError(f"the Ray cluster {address} refused this machine's token (missing or wrong); set "
-                                f"RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
-        if "ended" not in done:
-            raise PipelineError(f"the Ray cluster {address} did not answer within {CONNECT_S} s; {hint}")
-        if exc is not None:
-            raise PipelineError(f"cannot reach the Ray cluster {address}: {' '.join(str(exc).split())[:200]}; {hint}")
+        opts = dict(include_dashboard=False, configure_logging=False, log_to_driver=False)
+        if not address:  # in this thread: Ray's own processes die with the thread that started them
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, **opts)
+        else:
+            _join(ray, address, hint, opts)
     if address not in _DEVICES:
         _DEVICES[address] = weakest(probe_gpu_nodes())
     return _DEVICES[address]
+
+
+def _join(ray, address: str, hint: str, opts: dict) -> None:
+    """ray.init(address) bounded by CONNECT_S, with Ctrl-C and a refused token one line.
+    Joining starts no Ray process here, so a thread may do it (and be given up)."""
+    done: dict = {}
+
+    def init():  # in a thread: a cluster that never answers holds ray.init in C, where no signal reaches
+        try:
+            ray.init(address=address, **opts)
+        except BaseException as exc:  # noqa: BLE001  said below, in the main thread
+            done["error"] = exc
+        done["ended"] = True
+
+    thread = threading.Thread(target=init, name="ray-init", daemon=True)
+    with _ray_output(thread) as said:
+        thread.start()
+        deadline = time.monotonic() + CONNECT_S
+        try:  # Ray retries a refused token for 20 s: said at once instead
+            while thread.is_alive() and time.monotonic() < deadline and "InvalidAuthToken" not in said():
+                thread.join(0.5)
+        except KeyboardInterrupt:
+            done["interrupted"] = True
+        output = said()
+    if done.get("interrupted"):
+        print(f"interrupted while connecting to the Ray cluster {address or 'on this machine'}", file=sys.stderr)
+        raise SystemExit(130)
+    exc = done.get("error")
+    if isinstance(exc, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in output:
+        raise PipelineError(f"the Ray cluster {address} refused this machine's token (missing or wrong); set "
+                            f"RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+    if "ended" not in done:
+        raise PipelineError(f"the Ray cluster {address} did not answer within {CONNECT_S} s; {hint}")
+    if exc is not None:
+        raise PipelineError(f"cannot reach the Ray cluster {address}: {' '.join(str(exc).split())[:200]}; {hint}")
 
 
 def _check_reachable(address: str, hint: str) -> None:
