@@ -10,6 +10,7 @@ one-line failure that leaves no reports/ folder.
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import re
@@ -38,10 +39,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, float]] | None = None,
                 images_per_class: int = 100, data_name: str = "CIFAR-10 (JPEG mirror)", seed: int = 0,
-                knobs: dict[str, dict] | None = None) -> build.Inputs:
+                knobs: dict[str, dict] | None = None, best: bool = False) -> build.Inputs:
     """A study whose arm x seed test accuracies are `accs` (per-class accuracies
     around them, shifted by `class_shift[arm][class]`), as the evaluate stage
-    would summarise it."""
+    would summarise it; with `best`, a best checkpoint (epoch 2) beside the last."""
     rng = np.random.default_rng(seed)
     arms = list(accs)
     seeds = list(range(len(next(iter(accs.values())))))
@@ -62,6 +63,10 @@ def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, f
                                       test_loss=1.0, train_acc=0.9, train_loss=0.3, running_acc=0.85, top_n=6)
             evals[(arm, s, "last")] = (ev, Predictions(preds, preds == labels,
                                                        rng.random(len(labels)).astype(np.float32), labels))
+            if best:
+                ev = core.checkpoint_eval(arm=arm, seed=s, which="best", epoch=2, test_preds=preds, test_y=labels,
+                                          test_loss=1.0, train_acc=0.9, train_loss=0.3, running_acc=0.85, top_n=6)
+                evals[(arm, s, "best")] = (ev, evals[(arm, s, "last")][1])
     facts = {a: ModelFacts(model="simple_cnn", knobs=(knobs or {}).get(a, {"dropout": 0.5}), params=545_290,
                            trainable_params=545_290, flops=12_260_000, macs=6_130_000, flops_convention="2 x MACs",
                            receptive_field=10, layers=[]) for a in arms}
@@ -76,7 +81,7 @@ def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, f
         params=params, params_text="seeds: [0]\n", record=record, summary=summary,
         histories={a: {s: history for s in seeds} for a in arms},
         diagnostics={a: None for a in arms},
-        predictions={a: evals[(a, 0, "last")][1] for a in arms},
+        predictions={a: evals[(a, 0, "last")][1] for a in arms}, per_seed=[ev for ev, _ in evals.values()],
         filters={a: rng.random((32, 3, 3, 3)).astype(np.float32) for a in arms},
         test_images=rng.integers(0, 255, (len(labels), 3, 32, 32), dtype=np.uint8),
         data_name=data_name, data_sha256="d" * 64, n_train=50_000, tracking={}, code_version="abc",
@@ -413,3 +418,65 @@ def test_the_parent_runs_description_of_a_crossed_study_states_each_factor_and_i
     (i,) = inp.summary.interactions
     assert f"Interaction: the effect of aug=standard (vs none) at dropout=0.5 minus at dropout=0.0: " \
            f"{i.verdict}." in text
+
+
+# --------------------------------------------------------------------------- one family, tested once
+
+
+def test_a_checkpoint_chosen_on_the_test_set_is_described_never_tested():
+    """The best checkpoint is picked by test accuracy: its differences get intervals
+    and no p, no verdict of significance, whatever their size."""
+    inp = fake_inputs({"aug=none": [0.60, 0.61, 0.60], "aug=standard": [0.80, 0.81, 0.80]}, best=True)
+    best = inp.summary.checkpoints["best"].comparisons["aug=standard"]
+    assert best.p_adjusted is None and best.per_class == () and best.paired_bootstrap is None
+    assert "descriptive only: the checkpoint was chosen on the test set" in best.verdict
+    assert "significant" not in best.verdict
+    last = inp.summary.checkpoints["last"].comparisons["aug=standard"]
+    assert "significant" in last.verdict and last.p_adjusted < 0.05  # the same numbers at the last are tested
+    _, page = render(inp)
+    rows = Tables(page).tables["best-table"]
+    assert rows[2][2] == best.verdict and "never tested" in page
+
+
+def test_one_hypothesis_has_one_adjusted_p_wherever_it_is_quoted():
+    """A crossed 2 x 2 study: the family is fixed by the design (3 arms vs the baseline,
+    2 effects between other arms, 1 interaction), Holm adjusts over all six, and an
+    effect that is also a comparison with the baseline quotes the same p."""
+    inp = fake_inputs({"aug=none,dropout=0.0": [0.70, 0.71, 0.70], "aug=standard,dropout=0.0": [0.73, 0.74, 0.72],
+                       "aug=none,dropout=0.5": [0.72, 0.73, 0.72], "aug=standard,dropout=0.5": [0.72, 0.72, 0.73]})
+    s = inp.summary
+    last = s.checkpoints["last"].comparisons
+    assert len(s.family) == 6 and len(set(s.family)) == 6
+    assert "aug=standard,dropout=0.5 vs aug=none,dropout=0.5" in s.family
+    raw = [c.welch.p for c in last.values()] + [e.test_acc.p for e in s.effects if e.reference_arm != s.baseline]
+    raw += [i.contrast.p for i in s.interactions]
+    expected = sorted(stats.adjust(raw, "holm"))
+    quoted = sorted([c.p_adjusted for c in last.values()] +
+                    [e.p_adjusted for e in s.effects if e.reference_arm != s.baseline] +
+                    [i.p_adjusted for i in s.interactions])
+    assert quoted == pytest.approx(expected)
+    for e in s.effects:
+        if e.reference_arm == s.baseline:
+            assert e.p_adjusted == last[e.arm].p_adjusted and e.verdict == last[e.arm].verdict
+    md, page = render(inp)
+    assert all(name in md for name in s.family) and "Holm adjusts over all of them" in md
+    for e in s.effects:  # the effects table quotes the family's p
+        row = next(r for r in Tables(page).tables["effects-table"][1:]
+                   if r[1] == f"{e.value} vs {e.reference}" and r[2] == ", ".join(f"{k}={v}" for k, v in e.at.items()))
+        assert row[5] == stats.format_p(e.p_adjusted)
+
+
+def test_the_report_ships_every_seeds_results_for_an_audit():
+    inp = fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.74, 0.75, 0.76]}, best=True)
+    report = build.build_report(inp)
+    rows = list(csv.DictReader(io.StringIO(report.files["results.csv"])))
+    assert len(rows) == 2 * 3 * 2  # arm x seed x checkpoint
+    assert {(r["arm"], r["seed"], r["checkpoint"]) for r in rows} == {
+        (a, str(s), w) for a in ("aug=none", "aug=standard") for s in range(3) for w in ("last", "best")}
+    for r in rows:
+        ev = next(e for e in inp.per_seed
+                  if (e.arm, str(e.seed), e.checkpoint) == (r["arm"], r["seed"], r["checkpoint"]))
+        assert float(r["test_acc"]) == ev.test_acc and float(r["acc_cat"]) == ev.per_class_acc[3]
+    # the study's mean recomputes from the file
+    mean = np.mean([float(r["test_acc"]) for r in rows if r["arm"] == "aug=standard" and r["checkpoint"] == "last"])
+    assert mean == pytest.approx(inp.summary.checkpoints["last"].arms["aug=standard"].test_acc.mean)

@@ -59,9 +59,9 @@ class Comparison(Contract):
     """One arm against the baseline."""
 
     welch: Welch  # test accuracy over seeds: does the recipe differ?
-    p_adjusted: float | None  # Holm over the study's comparisons (= welch.p with one comparison)
+    p_adjusted: float | None  # Holm over the study's family (= welch.p alone); None where not tested (best)
     power: Power
-    per_class: tuple[ClassDiff, ...]  # per-class accuracy over seeds, Holm over the classes
+    per_class: tuple[ClassDiff, ...]  # per-class accuracy over seeds (t, variance moderated), Holm over the classes
     # over test images (do these trained models differ?); the last checkpoint only
     paired_bootstrap: Bootstrap | None
     mcnemar_per_seed: list[McNemar]
@@ -97,7 +97,7 @@ class Effect(Contract):
     reference_arm: str
     test_acc: Welch
     gap_clean: Welch  # clean train-test gap, arm - reference arm
-    p_adjusted: float | None  # Holm over this factor's effects
+    p_adjusted: float | None  # Holm over the study's family
     verdict: str
 
 
@@ -113,7 +113,7 @@ class Interaction(Contract):
     other_reference: str
     at: dict[str, str]  # any further axes' values
     contrast: Contrast
-    p_adjusted: float | None  # Holm over the study's interactions
+    p_adjusted: float | None  # Holm over the study's family
     verdict: str
 
 
@@ -124,6 +124,7 @@ class StudySummary(Contract):
     baseline: str
     confidence: float
     correction: str  # how p-values of several comparisons are adjusted
+    family: list[str] = []  # the hypotheses adjusted together, fixed by the study's design
     seeds: list[int]
     classes: list[str]
     checkpoints: dict[str, CheckpointSummary]

@@ -19,7 +19,7 @@ from pipeline.evaluate.contracts import (
     StudySummary,
 )
 
-CORRECTION = "holm"  # family-wise: no spurious claim among the arms, nor among one arm's ten classes
+CORRECTION = "holm"  # family-wise: no spurious claim in the study's family, nor among one arm's ten classes
 TARGET_DIFFERENCE = 0.01  # the difference (1 point) whose seed count the power analysis states
 
 
@@ -83,14 +83,14 @@ def factor_effects(rows: dict[str, list[CheckpointEval]], axes: dict[str, dict[s
                    confidence: float) -> tuple[list[Effect], list[Interaction]]:
     """In a study with two or more axes: each factor's values against the baseline's
     value of it, within every combination of the other factors (Welch over seeds,
-    test accuracy and clean gap; Holm over each factor's effects), and for every two
-    factors whether one's effect differs between the other's values (a Welch
-    contrast of four cells; Holm over the study's interactions). With one axis the
-    comparisons with the baseline already say it all: nothing here."""
+    test accuracy and clean gap), and for every two factors whether one's effect
+    differs between the other's values (a Welch contrast of four cells). Their p
+    are adjusted as members of the study's one family (`compare`): here p_adjusted
+    is None and the verdict empty. With one axis the comparisons with the baseline
+    already say it all: nothing here."""
     varying = factors(axes)
     if len(varying) < 2:
         return [], []
-    alpha = 1 - confidence
     cell = {tuple(sorted((k, axes[a][k]) for k in varying)): a for a in axes}
 
     def arm_at(values: dict[str, str]) -> str | None:
@@ -111,12 +111,9 @@ def factor_effects(rows: dict[str, list[CheckpointEval]], axes: dict[str, dict[s
                     continue
                 mine.append((v, at_combo, arm, ref_arm, stats.welch(acc[arm], acc[ref_arm], confidence),
                              stats.welch(gap[arm], gap[ref_arm], confidence)))
-        adjusted = stats.adjust([m[4].p for m in mine], CORRECTION)
-        for (v, at_combo, arm, ref_arm, w, g), q in zip(mine, adjusted):
+        for v, at_combo, arm, ref_arm, w, g in mine:
             effects.append(Effect(factor=factor, value=v, reference=ref[factor], at=at_combo, arm=arm,
-                                  reference_arm=ref_arm, test_acc=w, gap_clean=g, p_adjusted=q,
-                                  verdict=stats.verdict(w.ci, q, alpha, w.reason,
-                                                        "Holm" if len(mine) > 1 else None)))
+                                  reference_arm=ref_arm, test_acc=w, gap_clean=g, p_adjusted=None, verdict=""))
     pending = []
     names = list(varying)
     for i, factor in enumerate(names):
@@ -133,11 +130,9 @@ def factor_effects(rows: dict[str, list[CheckpointEval]], axes: dict[str, dict[s
                             continue
                         c = stats.contrast([acc[a] for a in four], (1, -1, -1, 1), confidence)
                         pending.append((factor, v, other, ov, at_combo, c))
-    adjusted = stats.adjust([m[5].p for m in pending], CORRECTION)
     interactions = [Interaction(factor=f, value=v, reference=ref[f], other=o, other_value=ov,
-                                other_reference=ref[o], at=at_combo, contrast=c, p_adjusted=q,
-                                verdict=stats.verdict(c.ci, q, alpha, c.reason, "Holm" if len(pending) > 1 else None))
-                    for (f, v, o, ov, at_combo, c), q in zip(pending, adjusted)]
+                                other_reference=ref[o], at=at_combo, contrast=c, p_adjusted=None, verdict="")
+                    for f, v, o, ov, at_combo, c in pending]
     return effects, interactions
 
 
@@ -147,51 +142,83 @@ def _combinations(axes: dict[str, list[str]]) -> list[dict[str, str]]:
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
+def interaction_label(i: Interaction) -> str:
+    at = "".join(f", {k}={v}" for k, v in i.at.items())
+    return (f"{i.factor}={i.value} vs {i.reference}, by {i.other}={i.other_value} vs {i.other_reference}"
+            f"{at} (interaction)")
+
+
 def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]], arms: list[str], seeds: list[int],
             baseline: str, confidence: float, bootstrap: int, top_n: int, labels: np.ndarray,
             facts: dict[str, ModelFacts], axes: dict[str, dict[str, str]] | None = None) -> StudySummary:
     """Statistics across seeds per arm, and each arm against the baseline.
 
-    Over seeds (does the recipe differ?): Welch's t on test accuracy, Holm across
-    the arms; per class, Welch on the per-seed class accuracies, Holm across the
-    classes; and the power of the comparison. Over test images (do these trained
-    models differ?): the stratified paired bootstrap and McNemar per seed.
+    The hypotheses are tested at the last checkpoint, the one fixed before training;
+    the best checkpoint is chosen on the test set, so its differences are described
+    (with intervals) and never tested. The study's family is fixed by its design
+    before any result is seen: every arm against the baseline, every factor effect
+    between two other arms (a study with several axes) and every interaction, each
+    distinct pair of arms once. Welch's t over seeds on test accuracy, Holm over the
+    whole family: one adjusted p per hypothesis, quoted wherever it appears. Per
+    class (exploratory, its own family per comparison): a t over seeds whose variance
+    is raised to the classes' common one where below it, Holm over the classes. Over test images (do
+    these trained models differ?): the stratified paired bootstrap and McNemar per seed.
     """
     alpha = 1 - confidence
+    last = {a: [evals[(a, s, "last")][0] for s in seeds] for a in arms}
+    acc = {a: [r.test_acc for r in last[a]] for a in arms}
+    others = [a for a in arms if a != baseline]
+    effects, interactions = factor_effects(last, axes or {}, baseline, confidence)
+    # the family: each pair of arms once (an effect whose reference is the baseline is that arm's comparison)
+    pairs = {(a, baseline): stats.welch(acc[a], acc[baseline], confidence) for a in others}
+    for e in effects:
+        pairs.setdefault((e.arm, e.reference_arm), e.test_acc)
+    members = [(f"{a} vs {b}", w.p) for (a, b), w in pairs.items()] + \
+              [(interaction_label(i), i.contrast.p) for i in interactions]
+    q = dict(zip([m[0] for m in members], stats.adjust([m[1] for m in members], CORRECTION)))
+    word = "Holm" if len(members) > 1 else None
+
+    def decided(interval, reason, name):
+        return q[name], stats.verdict(interval, q[name], alpha, reason, word)
+
+    effects = [e.model_copy(update=dict(zip(("p_adjusted", "verdict"), decided(e.test_acc.ci, e.test_acc.reason,
+                                                                               f"{e.arm} vs {e.reference_arm}"))))
+               for e in effects]
+    interactions = [i.model_copy(update=dict(zip(("p_adjusted", "verdict"),
+                                                 decided(i.contrast.ci, i.contrast.reason, interaction_label(i)))))
+                    for i in interactions]
     out = {}
     for which in ("last", "best"):
         if not all((a, s, which) in evals for a in arms for s in seeds):
             continue
         rows = {a: [evals[(a, s, which)][0] for s in seeds] for a in arms}
-        summaries = {a: _arm_summary(rows[a], confidence, top_n) for a in arms}
         base_acc = [r.test_acc for r in rows[baseline]]
         base_correct = np.stack([evals[(baseline, s, which)][1].correct for s in seeds])
         base_class = np.array([r.per_class_acc for r in rows[baseline]])
-        others = [a for a in arms if a != baseline]
-        tests = {a: stats.welch([r.test_acc for r in rows[a]], base_acc, confidence) for a in others}
-        adjusted = dict(zip(others, stats.adjust([tests[a].p for a in others], CORRECTION)))
+        tested = which == "last"
         comparisons = {}
-        full = which == "last"  # the best checkpoint is optimistic: a reference, tested over seeds only
         for a in others:
             correct = np.stack([evals[(a, s, which)][1].correct for s in seeds])
-            w = tests[a]
+            w = pairs[(a, baseline)] if tested else stats.welch([r.test_acc for r in rows[a]], base_acc, confidence)
+            p_adj, said = decided(w.ci, w.reason, f"{a} vs {baseline}") if tested else \
+                (None, stats.described(w.ci, w.reason, "the checkpoint was chosen on the test set"))
             comparisons[a] = Comparison(
-                welch=w, p_adjusted=adjusted[a],
+                welch=w, p_adjusted=p_adj,
                 power=stats.power([r.test_acc for r in rows[a]], base_acc, alpha, TARGET_DIFFERENCE),
                 per_class=stats.per_class_over_seeds(np.array([r.per_class_acc for r in rows[a]]), base_class,
-                                                     confidence, CORRECTION) if full else (),
+                                                     confidence, CORRECTION) if tested else (),
                 paired_bootstrap=stats.paired_bootstrap(correct, base_correct, n_resamples=bootstrap,
-                                                        confidence=confidence, seed=0, groups=labels) if full else None,
-                mcnemar_per_seed=([stats.mcnemar(correct[i], base_correct[i]) for i in range(len(seeds))]
-                                  if full else []),
-                verdict=stats.verdict(w.ci, adjusted[a], alpha, w.reason,
-                                      "Holm" if len(others) > 1 else None))
-        out[which] = CheckpointSummary(arms=summaries, comparisons=comparisons)
-    last = {a: [evals[(a, s, "last")][0] for s in seeds] for a in arms}
-    effects, interactions = factor_effects(last, axes or {}, baseline, confidence)
-    return StudySummary(baseline=baseline, confidence=confidence,
-                        correction=f"{CORRECTION} over the {len(arms) - 1} comparison(s) with the baseline; "
-                                   f"{CORRECTION} over the {len(CLASSES)} classes of each comparison",
+                                                        confidence=confidence, seed=0,
+                                                        groups=labels) if tested else None,
+                mcnemar_per_seed=[stats.mcnemar(correct[i], base_correct[i]) for i in range(len(seeds))]
+                if tested else [],
+                verdict=said)
+        out[which] = CheckpointSummary(arms={a: _arm_summary(rows[a], confidence, top_n) for a in arms},
+                                       comparisons=comparisons)
+    return StudySummary(baseline=baseline, confidence=confidence, family=[m[0] for m in members],
+                        correction=f"{CORRECTION} over the study's family of {len(members)} hypothesis(es), tested "
+                                   f"at the last checkpoint; per class, {CORRECTION} over the {len(CLASSES)} classes "
+                                   f"of each comparison",
                         seeds=list(seeds), classes=list(CLASSES), checkpoints=out, model_facts=facts,
                         effects=effects, interactions=interactions)
 

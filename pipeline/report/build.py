@@ -18,7 +18,7 @@ from pipeline.core import stats
 from pipeline.core.config import Params
 from pipeline.core.contracts import DiagnosticsRecord, HistoryRow
 from pipeline.core.study import StudyRecord
-from pipeline.evaluate.contracts import Predictions, StudySummary
+from pipeline.evaluate.contracts import CheckpointEval, Predictions, StudySummary
 
 SECTIONS = ("Headline", "Ablation table", "Learning curves", "Per-class accuracy", "Confusion matrices",
             "Diagnostics", "Galleries", "Model facts", "Provenance")
@@ -95,6 +95,7 @@ class Section:
 class Report:
     title: str
     sections: list[Section]
+    files: dict[str, str] = field(default_factory=dict)  # name -> text, written beside the pages
 
     def figures(self) -> list[Figure]:
         return [b for s in self.sections for b in walk(s.blocks) if isinstance(b, Figure)]
@@ -126,6 +127,7 @@ class Inputs:
     histories: dict[str, dict[int, list[HistoryRow]]]  # arm -> seed -> epochs
     diagnostics: dict[str, DiagnosticsRecord | None]  # arm -> diagnostics of its first seed
     predictions: dict[str, Predictions]  # arm -> its first seed's last checkpoint
+    per_seed: list[CheckpointEval]  # every arm x seed x checkpoint evaluated
     filters: dict[str, np.ndarray]  # arm -> first-layer conv weights of its first seed
     test_images: np.ndarray  # the evaluated test images, uint8 (N, 3, 32, 32); may be memory-mapped
     data_name: str  # "CIFAR-10 (JPEG mirror)"
@@ -196,7 +198,7 @@ class _Ctx:
     conf: float
     alpha: float
     clabel: str
-    adjusted: str | None  # "Holm" when several comparisons share the baseline
+    adjusted: str | None  # "Holm" when the study's family has several hypotheses
 
     @property
     def last(self):
@@ -210,12 +212,30 @@ def build_report(inp: Inputs) -> Report:
     last = s.checkpoints["last"]
     others = [a for a in arms if a in last.comparisons]
     ctx = _Ctx(inp, arms, s.baseline, others, list(s.seeds), s.confidence, 1 - s.confidence,
-               f"{s.confidence * 100:g}% CI", "Holm" if len(others) > 1 else None)
+               f"{s.confidence * 100:g}% CI", "Holm" if len(s.family) > 1 else None)
     builders = (_headline, _ablation, _curves, _per_class, _confusion, _diagnostics, _galleries,
                 _model_facts, _provenance)
     sections = [Section(f"{i}. {title}", slug(title).lower(), build(ctx))
                 for i, (title, build) in enumerate(zip(SECTIONS, builders), 1)]
-    return Report(f"Ablation report: {inp.params.study}", sections)
+    return Report(f"Ablation report: {inp.params.study}", sections, {"results.csv": results_csv(inp)})
+
+
+RESULT_COLUMNS = ("epoch", "test_acc", "test_loss", "train_acc_clean", "train_loss_clean", "train_acc_running",
+                  "gap_clean", "gap_running")
+
+
+def results_csv(inp: Inputs) -> str:
+    """Every evaluated run of the study, one row per arm x seed x checkpoint, with its
+    per-class test accuracies: what an auditor recomputes the report's statistics from."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["arm", "seed", "checkpoint", *RESULT_COLUMNS, *(f"acc_{c}" for c in inp.summary.classes)])
+    for r in inp.per_seed:
+        w.writerow([r.arm, r.seed, r.checkpoint, *(getattr(r, k) for k in RESULT_COLUMNS), *r.per_class_acc])
+    return buf.getvalue()
 
 
 def _budget(ctx: _Ctx) -> str:
@@ -241,6 +261,11 @@ def _headline(ctx: _Ctx) -> list:
         blocks.append(Warn(SINGLE_SEED_WARNING))
     if not ctx.others:
         blocks.append(para("Only one arm: there is nothing to compare with the baseline."))
+    if ctx.adjusted:
+        blocks.append(para(("b", "The hypotheses."), f" Fixed by the study's design before any result: "
+                           f"{'; '.join(inp.summary.family)}. Each is tested once, at the last checkpoint (Welch's t "
+                           "over seeds), and Holm adjusts over all of them: the p quoted for a hypothesis is the "
+                           "same wherever it appears."))
     if inp.summary.effects:
         blocks.extend(_summary(ctx))
     else:
@@ -256,9 +281,10 @@ def _answer(ctx: _Ctx, arm: str) -> Para:
     sig = stats.significant(c.p_adjusted, ctx.alpha)
     tone, answer = (("neutral", "no finding") if not c.welch.ci.defined else ("neutral", "no significant difference")
                     if not sig else ("good", "helped") if c.welch.diff > 0 else ("bad", "hurt"))
-    parts = [("b", arm), " vs ", ("b", ctx.baseline), ": ", ("b", answer), f", {pct(ctx.last.arms[arm].test_acc.mean)}% "
+    parts = [("b", arm), " vs ", ("b", ctx.baseline), ": ", ("b", answer),
+             f", {pct(ctx.last.arms[arm].test_acc.mean)}% "
              f"vs {pct(ctx.last.arms[ctx.baseline].test_acc.mean)}%: ", ("b", c.verdict), " (Welch's t over seeds"
-             + (f", Holm over {len(ctx.others)} comparisons" if ctx.adjusted else "") + ")."]
+             + (f", Holm over the study's {len(ctx.inp.summary.family)} hypotheses" if ctx.adjusted else "") + ")."]
     if c.welch.ci.defined and not sig:
         parts.append(" " + _power_sentence(c.power, ctx.alpha))
     if stats.significant(c.paired_bootstrap.p, ctx.alpha) and not sig:
@@ -288,8 +314,8 @@ def _summary(ctx: _Ctx) -> list:
                   {2, 3}, "summary-table",
                   "Each factor's value against the baseline's value of it, every other factor the same, and whether "
                   "one factor's effect depends on another (interaction: the effect at the other factor's value "
-                  "minus at its reference), in points over seeds. Holm adjusts over each factor's effects, and over "
-                  "the interactions. Section 2 has the tests' details."),
+                  "minus at its reference), in points over seeds. Holm adjusts over the study's family of "
+                  f"{len(s.family)} hypotheses. Section 2 has the tests' details."),
             Figure("interaction", "interaction_plot",
                    {"levels": levels, "axes": {a.name: {k: str(v) for k, v in a.axes.items()}
                                                for a in ctx.inp.params.arms}, "means": means},
@@ -319,7 +345,7 @@ def _factor_tables(ctx: _Ctx) -> list:
                      "p (Welch)", "p (Holm)", "significant", f"Δ clean gap [{ctx.clabel}]"], rows,
                     {3, 4, 5, 6, 7}, "effects-table",
                     "The arm with the value minus the arm with the reference value, every other factor the same, "
-                    "in points over seeds (Welch). Holm adjusts over each factor's comparisons. The reference is "
+                    "in points over seeds (Welch). Holm adjusts over the study's family. The reference is "
                     f"the baseline's value ({s.baseline}).")]
     if s.interactions:
         irows = [[f"{i.factor}={i.value} vs {i.reference}", f"{i.other}={i.other_value} vs {i.other_reference}",
@@ -332,7 +358,7 @@ def _factor_tables(ctx: _Ctx) -> list:
                             "Interaction: the effect of the first factor's value at the second factor's value minus "
                             "its effect at the second factor's reference, in points over seeds: a contrast of the "
                             "four arms' means with Welch-Satterthwaite degrees of freedom (each arm its own "
-                            "variance). Holm adjusts over the study's interactions."))
+                            "variance). Holm adjusts over the study's family."))
     return blocks
 
 
@@ -397,7 +423,8 @@ def _ablation(ctx: _Ctx) -> list:
     blocks.append(para(("b", "Methods."),
                        f" Per arm: mean over seeds with a Student-t {ctx.clabel}. Against the baseline: Welch's "
                        "unequal-variance t-test over the seeds' test accuracies (scipy)"
-                       + (", with Holm-adjusted p over the comparisons (statsmodels), which decides the verdicts"
+                       + (", with Holm-adjusted p over the study's family of hypotheses (statsmodels), which "
+                          "decides the verdicts"
                           if ctx.adjusted else "")
                        + "; the smallest difference the comparison detects with 80% power (two-sample t-test on "
                        "the pooled seed SD, statsmodels). The seeds are the unit of these tests: they ask whether "
@@ -410,7 +437,7 @@ def _ablation(ctx: _Ctx) -> list:
     if best:
         rows = [[arm, mean_pm(best.arms[arm].test_acc), best.comparisons[arm].verdict if arm in best.comparisons
                  else "(baseline)"] for arm in ctx.arms if arm in best.arms]
-        blocks.append(Details("Best checkpoint (chosen by test accuracy: optimistic, for reference only)",
+        blocks.append(Details("Best checkpoint (chosen by test accuracy: optimistic, described and never tested)",
                               [Table(["Arm", f"Test acc % (mean ± {ctx.clabel} half-width)", "vs baseline"],
                                      rows, {1}, "best-table")]))
     return blocks
@@ -488,14 +515,14 @@ def _per_class(ctx: _Ctx) -> list:
             + [f"Δ {a} over seeds [{ctx.clabel}]" for a in ctx.others] + [f"p (Holm) {a}" for a in ctx.others])
     rows, marks = [], {}
     for a in ctx.others:
-        marks[a] = [{"diff": cd.welch.diff, "low": cd.welch.ci.low, "high": cd.welch.ci.high,
+        marks[a] = [{"diff": cd.diff.estimate, "low": cd.diff.low, "high": cd.diff.high,
                      "significant": stats.significant(cd.p_adjusted, ctx.alpha)}
                     for cd in last.comparisons[a].per_class]
     for k, name in enumerate(classes):
         row = [name] + [pct(per_arm[a][k]) for a in ctx.arms]
         for a in ctx.others:
             cd = last.comparisons[a].per_class[k]
-            row.append(diff_ci(cd.welch.ci) + (" *" if marks[a][k]["significant"] else ""))
+            row.append(diff_ci(cd.diff) + (" *" if marks[a][k]["significant"] else ""))
         row += [stats.format_p(last.comparisons[a].per_class[k].p_adjusted, ctx.alpha) for a in ctx.others]
         rows.append(row)
     blocks = [Figure("per_class", "per_class_bars", {"classes": classes, "per_arm": per_arm,
@@ -506,11 +533,13 @@ def _per_class(ctx: _Ctx) -> list:
                              {"classes": classes, "deltas": marks, "alpha": ctx.alpha},
                              "Per-class accuracy difference over seeds, arm minus baseline",
                              f"Arm - baseline per class, in points, mean over seeds; * marks the classes whose "
-                             f"difference holds over seeds (Welch per class, Holm over the {len(classes)} classes, "
+                             f"difference holds over seeds (t per class, Holm over the {len(classes)} classes, "
                              f"p < {ctx.alpha:g})."))
     blocks.append(Table(cols, rows, set(range(1, len(cols))), "class-table",
                         "Per-class test accuracy (mean over seeds, %) and the difference to the baseline in points "
-                        f"over seeds with its {ctx.clabel} (Welch, unadjusted) and its Holm-adjusted p over the "
+                        f"over seeds with its {ctx.clabel} (a t-test per class whose seed variance is raised to the "
+                        "classes' common one, by empirical Bayes, where it is below it, so that a class is not starred "
+                        f"because its few seeds happen to agree; unadjusted) and its Holm-adjusted p over the "
                         f"{len(classes)} classes; * = significant after the correction."))
     found = {a: [classes[k] for k, m in enumerate(marks[a]) if m["significant"]] for a in ctx.others}
     for a in ctx.others:

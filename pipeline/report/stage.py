@@ -30,7 +30,7 @@ from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path
 from pipeline.core.provenance import code_version, dvc_experiment, repo_root
 from pipeline.core.study import StudyRecord
-from pipeline.evaluate.contracts import Predictions, StudySummary
+from pipeline.evaluate.contracts import CheckpointEval, Predictions, StudySummary
 from pipeline.report.build import Inputs, Report, build_report
 
 FIGURE_CACHE = Path(".cache") / "figures"
@@ -50,6 +50,8 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
         raise PipelineError(f"{evaluation / 'summary.json'} was computed for other arms, seeds or baseline than "
                             f"{runs / 'study.json'} and params.yaml hold; {_NOT_EVALUATED}")
     first = record.seeds[0]
+    per_seed = [read_json(run_dir(evaluation, arm, s) / f"{which}.json", CheckpointEval, _NOT_EVALUATED)
+                for which in summary.checkpoints for arm in record.arms for s in record.seeds]
     histories, diagnostics, predictions, filters = {}, {}, {}, {}
     for arm in record.arms:
         histories[arm] = {s: read_history(run_dir(runs, arm, s) / "history.csv") for s in record.seeds}
@@ -75,7 +77,7 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
         n_train = min(n_train, params.data.train_limit)
     return Inputs(
         params=params, params_text=params_path.read_text(), record=record, summary=summary,
-        histories=histories, diagnostics=diagnostics, predictions=predictions, filters=filters,
+        histories=histories, diagnostics=diagnostics, predictions=predictions, per_seed=per_seed, filters=filters,
         test_images=_Indexed(x, idx), data_name=manifest.name, data_sha256=manifest.data_sha256, n_train=n_train,
         tracking=_tracking(params.study, record),
         code_version=code_version(), dvc_experiment=dvc_experiment(),
@@ -146,7 +148,8 @@ def _canonical(v):
 
 
 def write_report(report: Report, out: Path, cache: Path | None = None) -> None:
-    """reports/{report.md, report.html, figures/*.png}, atomically: all of it or the previous folder."""
+    """reports/{report.md, report.html, results.csv, figures/*.png}, atomically: all of it
+    or the previous folder."""
     from pipeline.report.render import render_html, render_markdown
 
     images = draw_figures(report, cache)
@@ -156,6 +159,8 @@ def write_report(report: Report, out: Path, cache: Path | None = None) -> None:
             (tmp / "figures" / f"{name}.png").write_bytes(png)
         (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
         (tmp / "report.html").write_text(render_html(report, images), encoding="utf-8")
+        for name, text in report.files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
 
 
 @cli
@@ -177,7 +182,7 @@ def main(argv=None) -> None:
         from pipeline.tracking.journal import Journal
 
         journal = Journal()
-        for name in ("report.md", "report.html"):
+        for name in ("report.md", "report.html", *report.files):
             journal.artifact(inputs.record.tracking_key, out / name, "report")
         for png in sorted((out / "figures").glob("*.png")):
             journal.artifact(inputs.record.tracking_key, png, "report/figures")
