@@ -217,9 +217,10 @@ def assert_same_predictions(served, checkpoint: Path, data: Path, n: int = 64) -
 # --------------------------------------------------------------------------- a real small study
 
 
-def run_study(root: Path, data: Path, seeds=(0, 1), tag: str = "", mlflow: bool = False, **extra) -> dict[str, Path]:
-    """params<tag>.yaml -> runs<tag>/ -> evaluation<tag>/ -> reports<tag>/ through the stages' main()s.
-    Call with the cwd at `root`."""
+def run_study(root: Path, data: Path, seeds=(0, 1), tag: str = "", mlflow: bool = False,
+              data_params: dict | None = None, **extra) -> dict[str, Path]:
+    """params<tag>.yaml -> runs<tag>/ -> evaluation<tag>/ -> reports<tag>/ through the stages' main()s,
+    with `data_params` as params.yaml's data section. Call with the cwd at `root`."""
     from pipeline.evaluate.stage import main as evaluate
     from pipeline.report.stage import main as report
     from pipeline.train.stage import main as train
@@ -228,7 +229,7 @@ def run_study(root: Path, data: Path, seeds=(0, 1), tag: str = "", mlflow: bool 
     paths["params"] = root / f"params{tag}.yaml"
     p = {"study": "report-test", "preset": "simple_cnn", "seeds": seeds if isinstance(seeds, dict) else list(seeds),
          "epochs": 1, "batch_size": 32,
-         "device": "cpu", "report": {"bootstrap": 200}, **extra}
+         "device": "cpu", "report": {"bootstrap": 200}, **({"data": data_params} if data_params else {}), **extra}
     paths["params"].write_text(yaml.safe_dump(p, sort_keys=False))
     train(["--params", str(paths["params"]), "--data", str(data), "--runs", str(paths["runs"]),
            "--metrics", str(paths["metrics"] / "train.json"), "--curves", str(paths["curves"]) + ".csv",

@@ -53,6 +53,20 @@ def test_resnet18_preset_matches_its_recipe():
     assert (t.grad_clip, t.epochs, t.batch_size, t.compile, t.aug) == (1.0, 25, 128, True, "strong")
 
 
+def test_validation_split_is_the_presets_unless_given_and_bounded():
+    """resnet18 keeps its best checkpoint by validation accuracy: its preset holds out
+    10%; the others train on every image (the recipes' way) unless params.yaml says."""
+    assert parse_params({"preset": "resnet18"}).data.val_split == 0.1
+    assert parse_params({"preset": "resnet18"}).variant == ()
+    assert parse_params({}).data.val_split == 0.0
+    given = parse_params({"data": {"val_split": 0.2}})
+    assert given.data.val_split == 0.2 and "val_split=0.2" in given.variant  # a report folder of its own
+    assert parse_params({"preset": "resnet18", "data": {"val_split": 0}}).variant == ("val_split=0",)
+    for bad_value in (0.7, -0.1, "a", True):
+        with pytest.raises(ConfigError, match=r"^data.val_split = .*: expected a number >= 0 and <= 0.5 or null$"):
+            parse_params({"data": {"val_split": bad_value}})
+
+
 def test_knobs_are_axes_named_by_their_bare_name():
     p = parse_params({"knobs": {"dropout": [0, 0.25, 0.5]}, "seeds": [0]})
     assert [a.name for a in p.arms] == [f"aug={a},dropout={d}" for a in ("none", "standard")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pipeline import untar
 from pipeline.core import dataset as data
 from pipeline.core.errors import PipelineError
-from pipeline.core.dataset import stratified_subset
+from pipeline.core.dataset import load_split, load_subset, load_training, stratified_subset, validation_split
 from tests import archives
 
 
@@ -156,3 +156,30 @@ def test_labels_out_of_range_are_refused(prepared, tmp_path):
     np.save(folder / "test_y.npy", np.full(20, 10, np.int64))
     with pytest.raises(PipelineError, match="labels outside 0..9"):
         data.load_split(folder, "test")
+
+
+# ------------------------------------------------------------ validation split
+
+
+def test_validation_images_are_held_out_stratified_and_seeded():
+    labels = np.repeat(np.arange(10), 50)
+    held = validation_split(labels, 0.1, seed=0)
+    assert held.sum() == 50 and np.bincount(labels[held]).tolist() == [5] * 10
+    np.testing.assert_array_equal(held, validation_split(labels, 0.1, seed=0))
+    assert not np.array_equal(held, validation_split(labels, 0.1, seed=1))
+    assert not validation_split(labels, 0.0, seed=0).any()
+
+
+def test_the_trained_and_held_out_images_split_the_study_subset(tmp_path):
+    from tests.conftest import write_prepared
+
+    folder = write_prepared(tmp_path / "prepared")
+    (tx, ty, ti), (vx, vy, vi) = load_training(folder, 100, 0.2, 0)
+    (_, _, subset) = load_subset(folder, "train", 100, 0)
+    assert len(vi) == 20 and len(ti) == 80 and not set(ti) & set(vi)
+    np.testing.assert_array_equal(np.sort(np.concatenate([ti, vi])), subset)
+    x, y = load_split(folder, "train")
+    np.testing.assert_array_equal(vx, x[vi])
+    np.testing.assert_array_equal(ty, y[ti])
+    (tx0, _, ti0), (_, _, vi0) = load_training(folder, 100, 0.0, 0)
+    assert len(vi0) == 0 and np.array_equal(ti0, subset)  # no split: the subset as before

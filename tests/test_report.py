@@ -39,7 +39,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, float]] | None = None,
                 images_per_class: int = 100, data_name: str = "CIFAR-10 (JPEG mirror)", seed: int = 0,
-                knobs: dict[str, dict] | None = None, best: bool = False) -> build.Inputs:
+                knobs: dict[str, dict] | None = None, best: bool = False, best_on: str = "test") -> build.Inputs:
     """A study whose arm x seed test accuracies are `accs` (per-class accuracies
     around them, shifted by `class_shift[arm][class]`), as the evaluate stage
     would summarise it; with `best`, a best checkpoint (epoch 2) beside the last."""
@@ -70,7 +70,7 @@ def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, f
     facts = {a: ModelFacts(model="simple_cnn", knobs=(knobs or {}).get(a, {"dropout": 0.5}), params=545_290,
                            trainable_params=545_290, flops=12_260_000, macs=6_130_000, flops_convention="2 x MACs",
                            receptive_field=10, layers=[]) for a in arms}
-    summary = core.compare(evals, arms, seeds, arms[0], 0.95, 200, 6, labels, facts, axes)
+    summary = core.compare(evals, arms, seeds, arms[0], 0.95, 200, 6, labels, facts, axes, best_on=best_on)
     history = [HistoryRow(epoch=e, train_loss=1.0 / e, train_acc=0.5 + 0.1 * e, test_loss=1.0 / e,
                           test_acc=0.4 + 0.1 * e, lr=1e-3, epoch_seconds=1.0, images_per_second=100.0)
                for e in (1, 2, 3)]
@@ -435,7 +435,13 @@ def test_a_checkpoint_chosen_on_the_test_set_is_described_never_tested():
     assert "significant" in last.verdict and last.p_adjusted < 0.05  # the same numbers at the last are tested
     _, page = render(inp)
     rows = Tables(page).tables["best-table"]
-    assert rows[2][2] == best.verdict and "never tested" in page
+    assert rows[2][2] == best.verdict and "chosen by test accuracy: optimistic; described, never tested" in page
+    # chosen on validation images: not optimistic, still not a second p for the same hypothesis
+    inp = fake_inputs({"aug=none": [0.60, 0.61, 0.60], "aug=standard": [0.80, 0.81, 0.80]}, best=True,
+                      best_on="validation")
+    best = inp.summary.checkpoints["best"].comparisons["aug=standard"]
+    assert best.p_adjusted is None and "descriptive only: chosen on validation" in best.verdict
+    assert "chosen by validation accuracy; described, never tested" in render(inp)[1]
 
 
 def test_one_hypothesis_has_one_adjusted_p_wherever_it_is_quoted():
@@ -480,3 +486,29 @@ def test_the_report_ships_every_seeds_results_for_an_audit():
     # the study's mean recomputes from the file
     mean = np.mean([float(r["test_acc"]) for r in rows if r["arm"] == "aug=standard" and r["checkpoint"] == "last"])
     assert mean == pytest.approx(inp.summary.checkpoints["last"].arms["aug=standard"].test_acc.mean)
+
+
+@pytest.mark.slow
+def test_a_study_with_validation_images_chooses_on_them_and_says_so(tmp_path, prepared, monkeypatch):
+    """data.val_split through the real stages: the held-out images are never trained
+    on, every epoch records their accuracy, the best checkpoint is their peak, and
+    the report names the split and describes the best checkpoint as chosen on them."""
+    from pipeline.core.contracts import RunMetrics, read_history
+    from pipeline.evaluate.contracts import StudySummary as Summary
+    from tests.conftest import run_study
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CIFAR_ABLATE_TRACKING", "off")
+    p = run_study(tmp_path, prepared, seeds=(0,), epochs=3, aug="none", data_params={"val_split": 0.2})
+    run = p["runs"] / "aug=none" / "seed=0"
+    history = read_history(run / "history.csv")
+    assert all(r.val_acc is not None for r in history)
+    metrics = RunMetrics.model_validate_json((run / "metrics.json").read_text())
+    assert metrics.best_epoch == 1 + [r.val_acc for r in history].index(max(r.val_acc for r in history))
+    summary = Summary.model_validate_json((p["evaluation"] / "summary.json").read_text())
+    assert summary.best_on == "validation"
+    assert summary.checkpoints["best"].arms["aug=none"].test_acc.n == 1
+    page = html.unescape((p["reports"] / "report.html").read_text())
+    assert "val_split 0.2 (held out of training)" in page and "Validation accuracy per epoch" in page
+    assert "on 80 training images" in page  # 100 less the 20 held out
+    assert (p["reports"] / "results.csv").read_text().count("\n") == 1 + 2  # header, last and best

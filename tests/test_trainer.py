@@ -10,6 +10,7 @@ import torch
 
 import models
 from pipeline.core.config import parse_params
+from pipeline.core.contracts import RunMetrics
 from pipeline.arm.loop import Tensors, build_optimizer, build_schedule, resolve_device, seed_everything, set_determinism
 from tests.synthetic import images
 from tests.training import fit
@@ -51,6 +52,29 @@ def test_same_seed_gives_bitwise_identical_weights_and_metrics():
     for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
         assert torch.equal(a, b), k
     assert _strip(r1.history) == _strip(r2.history)
+
+
+def test_with_validation_images_the_best_checkpoint_is_chosen_on_them():
+    """The held-out images are evaluated every epoch; the best checkpoint is the epoch
+    of their peak, whatever the test set says; without them, the test set's peak.
+    (The held-out labels here are all wrong, so their peak is where the test set's is not.)"""
+    train, test = _data(40, 20)
+    xv, yv = images(10, seed=7)
+    val = Tensors(torch.from_numpy(xv), (torch.from_numpy(yv) + 1) % 10)
+    cfg = _cfg(epochs=4, aug="none")
+    seed_everything(0)
+    model = models.create_model(cfg.model, **cfg.knobs)
+    res = fit(model, train, test, cfg, 0, val=val)
+    accs = [r.val_acc for r in res.history]
+    assert all(a is not None for a in accs) and all(r.val_loss > 0 for r in res.history)
+    assert res.best_epoch == 1 + accs.index(max(accs))
+    tests = [r.test_acc for r in res.history]
+    assert res.best_epoch != 1 + tests.index(max(tests))
+    metrics = RunMetrics.from_history(res.history)
+    assert metrics.best_epoch == res.best_epoch and metrics.best_test_acc == res.history[res.best_epoch - 1].test_acc
+    _, plain = _train(cfg, data=(train, test))
+    assert all(r.val_acc is None for r in plain.history)
+    assert plain.best_epoch == 1 + tests.index(max(tests))
 
 
 def _strip(history):

@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.core.contracts import Checkpoint, TrainState
 from pipeline.core.jobs import Data, Epoch, Finished, JobSpec
 
-_ON_DEVICE: dict[tuple[str, str], tuple] = {}  # (data digest, device) -> (train, test) tensors
+_ON_DEVICE: dict[tuple[str, str], tuple] = {}  # (data digest, device) -> (train, test, val or None) tensors
 
 
 def tensors(data: Data, device):
@@ -26,7 +26,9 @@ def tensors(data: Data, device):
     if key not in _ON_DEVICE:
         _ON_DEVICE.clear()  # one study's data at a time
         _ON_DEVICE[key] = (Tensors.from_numpy(_own(data.train_x), _own(data.train_y), device),
-                           Tensors.from_numpy(_own(data.test_x), _own(data.test_y), device))
+                           Tensors.from_numpy(_own(data.test_x), _own(data.test_y), device),
+                           None if data.val_x is None else Tensors.from_numpy(_own(data.val_x), _own(data.val_y),
+                                                                              device))
     return _ON_DEVICE[key]
 
 
@@ -48,11 +50,12 @@ def run_job(spec: JobSpec, data: Data, resume: TrainState | None,
         torch.set_num_threads(spec.threads)
     set_determinism(spec.deterministic)
     device = resolve_device(spec.device)
-    train, test = tensors(data, device)
+    train, test, val = tensors(data, device)
     seed_everything(spec.seed)
     model = models.create_model(spec.cfg.model, **spec.cfg.knobs).to(device)
-    result = yield from train_epochs(model, train, test, spec.cfg, spec.seed, resume=resume, on_step=on_step,
-                                     eval_batch=eval_batch_size(spec.eval_batch, device), states=True)
+    result = yield from train_epochs(model, train, test, spec.cfg, spec.seed, val=val, resume=resume,
+                                     on_step=on_step, eval_batch=eval_batch_size(spec.eval_batch, device),
+                                     states=True)
     yield Finished(model=host_copy(model), best_state=result.best_state, best_epoch=result.best_epoch,
                    history=result.history, diagnostics=result.diagnostics)
 

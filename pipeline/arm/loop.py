@@ -57,7 +57,7 @@ class Evaluation:
 class Result:
     history: list[HistoryRow] = field(default_factory=list)  # one row per epoch
     best_epoch: int = 0
-    best_state: dict | None = None  # weights at the best test accuracy (keep_best)
+    best_state: dict | None = None  # weights at the best validation (else test) accuracy (keep_best)
     last: Evaluation | None = None
     diagnostics: dict | None = None
 
@@ -164,10 +164,13 @@ def evaluate(model: nn.Module, data: Tensors, aug: Augmenter, precision: str, ba
 
 
 def train_epochs(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConfig, seed: int, *,
-                 eval_batch: int = 256, states: bool = True, on_step: Callable[[int], None] | None = None,
-                 resume: TrainState | None = None, diagnostics: bool = True) -> Generator[Epoch, None, Result]:
-    """Train `model` on `train` per `cfg`, evaluating on `test` after every epoch;
-    yield each epoch, return the `Result`.
+                 val: Tensors | None = None, eval_batch: int = 256, states: bool = True,
+                 on_step: Callable[[int], None] | None = None, resume: TrainState | None = None,
+                 diagnostics: bool = True) -> Generator[Epoch, None, Result]:
+    """Train `model` on `train` per `cfg`, evaluating on `test` (and `val`, the
+    images held out of training, when given) after every epoch; yield each epoch,
+    return the `Result`. The best checkpoint (keep_best) is chosen on `val` when
+    given, else on `test` (the recipes' way, optimistic).
 
     The model must already be on the training device (and seeded: call
     `seed_everything(seed)` before building it). Data order and augmentation draw
@@ -257,14 +260,16 @@ def train_epochs(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConf
         if diag is not None:
             diag.epoch_end(epoch)
         ev = evaluate(model, test, aug, cfg.precision, eval_batch)
+        held = evaluate(model, val, aug, cfg.precision, eval_batch) if val is not None else None
         row = HistoryRow(epoch=epoch, train_loss=loss_sum.item() / len(train), train_acc=correct.item() / len(train),
                          test_loss=ev.loss, test_acc=ev.acc, lr=opt.param_groups[0]["lr"],
-                         epoch_seconds=train_seconds, images_per_second=len(train) / train_seconds)
+                         epoch_seconds=train_seconds, images_per_second=len(train) / train_seconds,
+                         val_loss=held and held.loss, val_acc=held and held.acc)
         result.history.append(row)
         result.last = ev
         weights = None  # this epoch's weights on the host, copied once for both uses below
-        if cfg.keep_best and ev.acc > best_acc:
-            best_acc = ev.acc
+        if cfg.keep_best and row.chosen_on > best_acc:
+            best_acc = row.chosen_on
             result.best_epoch = epoch
             result.best_state = weights = host_copy(model)
         state = None

@@ -150,6 +150,9 @@ def parse_params(raw: Any) -> Params:
                                   "or digit, or null (the preset's name)")
     seeds, seed_plan = _seeds(raw.get("seeds", [0]))
     data = check_section(DataConfig, "data", raw.get("data"))
+    recipe = presets()[preset]
+    if data.val_split is None:  # the preset's (a recipe that chooses its best checkpoint on validation), else 0
+        data = data.model_copy(update={"val_split": float(recipe.get("val_split", 0.0))})
     report = check_section(ReportConfig, "report", raw.get("report"))
     run_raw = {k: raw[k] for k in RUN_KEYS if raw.get(k) is not None}
     for k, v in run_raw.items():
@@ -158,7 +161,6 @@ def parse_params(raw: Any) -> Params:
     run = check_section(RunSettings, "", run_raw)
 
     # Resolve each training key: params.yaml wins, then the preset, then the default.
-    recipe = presets()[preset]
     axes: dict[str, list] = {}
     for key in TRAIN_KEYS:
         given = raw.get(key)
@@ -205,6 +207,8 @@ def variant(raw: dict, recipe: dict, axes: dict[str, list], knob_axes: dict, dat
     preset is the preset's recipe; one named in params.yaml is whatever it sets, so
     there only a subset of the data and a shorter budget count."""
     out = [f"{k}={getattr(data, k)}" for k in ("train_limit", "test_limit") if getattr(data, k) is not None]
+    if data.val_split != recipe.get("val_split", 0.0):
+        out.append(f"val_split={data.val_split:g}")
     if out and data.subset_seed:
         out.append(f"subset_seed={data.subset_seed}")
     named = raw.get("study") is not None

@@ -68,6 +68,14 @@ class HistoryRow(Contract):
     lr: float
     epoch_seconds: float
     images_per_second: float
+    val_loss: float | None = None  # on the images held out of training (data.val_split); None without a split
+    val_acc: float | None = None
+
+    @property
+    def chosen_on(self) -> float:
+        """The accuracy checkpoints and peaks are chosen on: validation where there is
+        a split, else (the recipe's way, optimistic) test."""
+        return self.test_acc if self.val_acc is None else self.val_acc
 
 
 HISTORY_FIELDS = tuple(HistoryRow.model_fields)
@@ -90,7 +98,8 @@ def read_history(path: str | Path, hint: str = "run `dvc repro train` again") ->
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise CorruptFile(f"{path} cannot be read ({exc}); {hint}") from None
     try:
-        out = [HistoryRow(**{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()}) for r in rows]
+        out = [HistoryRow(**{k: (int(v) if k == "epoch" else None if v == "" else float(v)) for k, v in r.items()})
+               for r in rows]
     except (TypeError, ValueError, ValidationError):
         raise CorruptFile(f"{path} is not a history of epochs ({', '.join(HISTORY_FIELDS)}); {hint}") from None
     if not out or [r.epoch for r in out] != list(range(1, len(out) + 1)):
@@ -106,14 +115,14 @@ class RunMetrics(Contract):
     test_acc: float  # last epoch
     test_loss: float
     gap: float  # train_acc - test_acc, both of the last epoch
-    best_test_acc: float  # the best epoch's test accuracy: chosen on the test set, so optimistic
+    best_test_acc: float  # the best epoch's test accuracy (chosen on validation, else on test: optimistic)
     best_epoch: int
     train_seconds: float  # every epoch's training, also across a kill and resume
 
     @classmethod
     def from_history(cls, history: list[HistoryRow]) -> "RunMetrics":
         last = history[-1]
-        best = max(history, key=lambda r: r.test_acc)
+        best = max(history, key=lambda r: r.chosen_on)
         return cls(train_acc=last.train_acc, train_loss=last.train_loss, test_acc=last.test_acc,
                    test_loss=last.test_loss, gap=last.train_acc - last.test_acc, best_test_acc=best.test_acc,
                    best_epoch=best.epoch, train_seconds=sum(r.epoch_seconds for r in history))

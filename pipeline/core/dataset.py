@@ -157,3 +157,25 @@ def load_subset(folder, split: str, limit: int | None, seed: int) -> tuple[np.nd
     x, y = load_split(folder, split)
     idx = stratified_subset(y, limit, seed)
     return np.ascontiguousarray(x[idx]), np.ascontiguousarray(y[idx]), idx
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A boolean mask of the images held out for validation: `fraction` of them,
+    stratified, chosen by `seed` (its own stream, so not the images the training
+    subset of the same seed picked first). All False for a fraction of 0."""
+    held = np.zeros(len(labels), dtype=bool)
+    n = round(fraction * len(labels))
+    if n:
+        stream = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+        held[stratified_subset(labels, n, stream)] = True
+    return held
+
+
+def load_training(folder, limit: int | None, val_split: float, seed: int):
+    """The training images of a study and its validation images: the stratified
+    subset of `limit` images, then `val_split` of them held out. Returns
+    ((x, y, indices) trained on, (x, y, indices) held out; empty without a split)."""
+    x, y, idx = load_subset(folder, "train", limit, seed)
+    held = validation_split(y, val_split, seed)
+    return ((np.ascontiguousarray(x[~held]), y[~held], idx[~held]),
+            (np.ascontiguousarray(x[held]), y[held], idx[held]))

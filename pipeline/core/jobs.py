@@ -43,6 +43,8 @@ class Data:
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
+    val_x: np.ndarray | None = None  # images held out of training (data.val_split); None without a split
+    val_y: np.ndarray | None = None
 
 
 @dataclass

@@ -60,7 +60,10 @@ class DataConfig(BaseModel):
     max_bytes: integer(ge=1, le=1 << 40) | None = None
     train_limit: integer(ge=10) | None = None  # stratified subset of the training set (>= one image per class)
     test_limit: integer(ge=10) | None = None
-    subset_seed: integer(ge=0) = 0  # which stratified subset
+    subset_seed: integer(ge=0) = 0  # which stratified subset (and which validation images)
+    # held out of the training images (stratified, never trained on): with it, the best
+    # checkpoint and the curves' peaks are chosen on them, not on the test set; null = the preset's, else 0
+    val_split: number(ge=0, le=0.5) | None = None
     verify_counts: bool = True  # require the official 50,000/10,000 images, 5,000/1,000 per class
 
     @property

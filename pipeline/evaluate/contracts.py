@@ -125,6 +125,7 @@ class StudySummary(Contract):
     confidence: float
     correction: str  # how p-values of several comparisons are adjusted
     family: list[str] = []  # the hypotheses adjusted together, fixed by the study's design
+    best_on: Literal["test", "validation"] = "test"  # what the best checkpoint was chosen on
     seeds: list[int]
     classes: list[str]
     checkpoints: dict[str, CheckpointSummary]

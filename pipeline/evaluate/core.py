@@ -21,6 +21,8 @@ from pipeline.evaluate.contracts import (
 
 CORRECTION = "holm"  # family-wise: no spurious claim in the study's family, nor among one arm's ten classes
 TARGET_DIFFERENCE = 0.01  # the difference (1 point) whose seed count the power analysis states
+BEST_UNTESTED = {"test": "the checkpoint was chosen on the test set",
+                 "validation": "chosen on validation; the study's hypotheses are tested at the last checkpoint"}
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
@@ -150,12 +152,15 @@ def interaction_label(i: Interaction) -> str:
 
 def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]], arms: list[str], seeds: list[int],
             baseline: str, confidence: float, bootstrap: int, top_n: int, labels: np.ndarray,
-            facts: dict[str, ModelFacts], axes: dict[str, dict[str, str]] | None = None) -> StudySummary:
+            facts: dict[str, ModelFacts], axes: dict[str, dict[str, str]] | None = None,
+            best_on: str = "test") -> StudySummary:
     """Statistics across seeds per arm, and each arm against the baseline.
 
-    The hypotheses are tested at the last checkpoint, the one fixed before training;
-    the best checkpoint is chosen on the test set, so its differences are described
-    (with intervals) and never tested. The study's family is fixed by its design
+    The hypotheses are tested at the last checkpoint, the one fixed before training.
+    The best checkpoint's differences are described (with intervals) and never
+    tested: chosen on the test set (`best_on` "test") they are optimistic; chosen on
+    validation ("validation"), a second p for the same hypothesis would still
+    double its chances. The study's family is fixed by its design
     before any result is seen: every arm against the baseline, every factor effect
     between two other arms (a study with several axes) and every interaction, each
     distinct pair of arms once. Welch's t over seeds on test accuracy, Holm over the
@@ -201,7 +206,7 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]
             correct = np.stack([evals[(a, s, which)][1].correct for s in seeds])
             w = pairs[(a, baseline)] if tested else stats.welch([r.test_acc for r in rows[a]], base_acc, confidence)
             p_adj, said = decided(w.ci, w.reason, f"{a} vs {baseline}") if tested else \
-                (None, stats.described(w.ci, w.reason, "the checkpoint was chosen on the test set"))
+                (None, stats.described(w.ci, w.reason, BEST_UNTESTED[best_on]))
             comparisons[a] = Comparison(
                 welch=w, p_adjusted=p_adj,
                 power=stats.power([r.test_acc for r in rows[a]], base_acc, alpha, TARGET_DIFFERENCE),
@@ -215,7 +220,7 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]
                 verdict=said)
         out[which] = CheckpointSummary(arms={a: _arm_summary(rows[a], confidence, top_n) for a in arms},
                                        comparisons=comparisons)
-    return StudySummary(baseline=baseline, confidence=confidence, family=[m[0] for m in members],
+    return StudySummary(baseline=baseline, confidence=confidence, family=[m[0] for m in members], best_on=best_on,
                         correction=f"{CORRECTION} over the study's family of {len(members)} hypothesis(es), tested "
                                    f"at the last checkpoint; per class, {CORRECTION} over the {len(CLASSES)} classes "
                                    f"of each comparison",

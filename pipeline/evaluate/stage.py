@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.core.config import Params, load_params
 from pipeline.core.contracts import CHECKPOINTS, Checkpoint, read_history, read_json, run_dir
-from pipeline.core.dataset import load_manifest, load_subset
+from pipeline.core.dataset import load_manifest, load_subset, load_training
 from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path, sha256_file, write_json
 from pipeline.core.provenance import code_digest, repo_root
@@ -54,7 +54,7 @@ class Evaluator:
 
             self._device = resolve_device(self.params.run.device)
             d = self.params.data
-            tx, ty, _ = load_subset(self.folder, "train", d.train_limit, d.subset_seed)
+            (tx, ty, _), _ = load_training(self.folder, d.train_limit, d.val_split, d.subset_seed)  # trained on
             vx, vy, _ = load_subset(self.folder, "test", d.test_limit, d.subset_seed)
             self._tensors = (Tensors.from_numpy(tx, ty, self._device), Tensors.from_numpy(vx, vy, self._device))
         return self._tensors
@@ -114,8 +114,9 @@ def evaluate_study(params: Params, record: StudyRecord, runs: Path, data: Path, 
     evaluator = Evaluator(params, data)
     d = params.data
     # what decides an evaluation besides the checkpoint: data, code, and how it runs
-    context = json.dumps({"data": load_manifest(data).data_sha256, "subset": [d.train_limit, d.test_limit,
-                          d.subset_seed], "code": code_digest(EVAL_CODE), "top_n": params.report.top_confusions,
+    context = json.dumps({"data": load_manifest(data).data_sha256,
+                          "subset": [d.train_limit, d.test_limit, d.subset_seed, d.val_split],
+                          "code": code_digest(EVAL_CODE), "top_n": params.report.top_confusions,
                           "device": params.run.device, "eval_batch_size": params.run.eval_batch_size})
     top_n = params.report.top_confusions
     out = {}
@@ -213,7 +214,8 @@ def main(argv=None) -> None:
     summary = core.compare({k: (v[0], v[1]) for k, v in evals.items()}, record.arms, record.seeds,
                            params.baseline.name, params.report.confidence, params.report.bootstrap,
                            params.report.top_confusions, labels, facts,
-                           {a.name: {k: show(v) for k, v in a.axes.items()} for a in params.arms})
+                           {a.name: {k: show(v) for k, v in a.axes.items()} for a in params.arms},
+                           best_on="validation" if params.data.val_split else "test")
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
         for (arm, seed, which), (ev, predictions, filters) in evals.items():

@@ -437,7 +437,9 @@ def _ablation(ctx: _Ctx) -> list:
     if best:
         rows = [[arm, mean_pm(best.arms[arm].test_acc), best.comparisons[arm].verdict if arm in best.comparisons
                  else "(baseline)"] for arm in ctx.arms if arm in best.arms]
-        blocks.append(Details("Best checkpoint (chosen by test accuracy: optimistic, described and never tested)",
+        chosen = ("by validation accuracy" if ctx.inp.summary.best_on == "validation"
+                  else "by test accuracy: optimistic")
+        blocks.append(Details(f"Best checkpoint (chosen {chosen}; described, never tested)",
                               [Table(["Arm", f"Test acc % (mean ± {ctx.clabel} half-width)", "vs baseline"],
                                      rows, {1}, "best-table")]))
     return blocks
@@ -459,9 +461,9 @@ TREND_EPOCHS = 5  # the end of a run whose trend the report reads
 
 
 def trend(test_acc: list[float], k: int = TREND_EPOCHS) -> tuple[int, float, float]:
-    """Of one run's per-epoch test accuracy: the epoch it peaked (1-based, the first
-    if tied), last minus peak, and the least-squares slope over the last `k` epochs
-    (per epoch)."""
+    """Of one run's per-epoch accuracy (validation where there is a split, else test):
+    the epoch it peaked (1-based, the first if tied), last minus peak, and the
+    least-squares slope over the last `k` epochs (per epoch)."""
     acc = np.asarray(test_acc, dtype=float)
     best = int(np.argmax(acc))
     tail = acc[-min(k, len(acc)):]
@@ -480,10 +482,11 @@ def _curves(ctx: _Ctx) -> list:
     if epochs < 2:
         return blocks
     k = min(TREND_EPOCHS, epochs)
+    on_val = ctx.inp.summary.best_on == "validation"
     rows, late, early = [], [], []
     for arm in ctx.arms:
         histories = [ctx.inp.histories[arm][s] for s in sorted(ctx.inp.histories[arm])]
-        t = [trend([r.test_acc for r in h], k) for h in histories]
+        t = [trend([r.chosen_on for r in h], k) for h in histories]
         slopes = [x[2] for x in t]
         drop = float(np.mean([x[1] for x in t]))
         if all(best > len(h) - k for (best, _, _), h in zip(t, histories)):
@@ -496,8 +499,9 @@ def _curves(ctx: _Ctx) -> list:
     blocks.append(Table(["Arm", "epoch of the peak, per seed", "last - peak (points, mean)",
                          f"slope over the last {k} epochs (points/epoch, mean [min, max] over seeds)"],
                         rows, {2, 3}, "trend-table",
-                        "Test accuracy per epoch, read descriptively: the peak is chosen on the test set "
-                        "(optimistic), so it says where a curve turned, not what the recipe reaches."))
+                        "Validation accuracy per epoch (images held out of training): where a curve turned."
+                        if on_val else "Test accuracy per epoch, read descriptively: the peak is chosen on the test "
+                        "set (optimistic), so it says where a curve turned, not what the recipe reaches."))
     if late:
         blocks.append(para(f"Peaked in the last {k} epochs in every seed, so possibly still improving: ",
                            ("b", ", ".join(late)), ". A longer budget may change the comparison."))
@@ -691,7 +695,7 @@ def _provenance(ctx: _Ctx) -> list:
     blocks = [Table(["Item", "Value"], [
         ["Data", f"{inp.data_name}, sha256 {inp.data_sha256}"],
         ["Data subset", f"train_limit {_value(d.train_limit)}, test_limit {_value(d.test_limit)}, "
-                        f"subset_seed {d.subset_seed}"],
+                        f"subset_seed {d.subset_seed}, val_split {d.val_split:g} (held out of training)"],
         ["Git commit (report)", inp.code_version],
         ["Git commit (training)", ", ".join(trained) or "unknown"],
         ["Runs restored from the arm cache", f"{restored} of {len(inp.record.runs)}"],

@@ -75,6 +75,7 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
     n_train = manifest.splits["train"].count
     if params.data.train_limit is not None:
         n_train = min(n_train, params.data.train_limit)
+    n_train -= round(params.data.val_split * n_train)  # held out for validation
     return Inputs(
         params=params, params_text=params_path.read_text(), record=record, summary=summary,
         histories=histories, diagnostics=diagnostics, predictions=predictions, per_seed=per_seed, filters=filters,

@@ -28,7 +28,7 @@ from pathlib import Path
 from pipeline.core import dataset
 from pipeline.core.config import Params, load_params
 from pipeline.core.contracts import HISTORY_FIELDS, RunMetrics, read_history, run_dir
-from pipeline.core.errors import cli
+from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path, write_json
 from pipeline.core.jobs import Data
 from pipeline.core.provenance import Provenance, code_version, dvc_experiment, library_versions, repo_root
@@ -59,11 +59,16 @@ def load_data(folder: Path, params: Params) -> tuple[Data, dataset.DataManifest,
     identity in a fingerprint: the arrays' checksum and the subset's indices."""
     manifest = dataset.load_manifest(folder)
     d = params.data
-    tx, ty, ti = dataset.load_subset(folder, "train", d.train_limit, d.subset_seed)
+    (tx, ty, ti), (hx, hy, hi) = dataset.load_training(folder, d.train_limit, d.val_split, d.subset_seed)
+    if d.val_split and (not len(hi) or not len(ti)):
+        raise PipelineError(f"data.val_split = {d.val_split:g} of {len(ti) + len(hi)} training images holds out "
+                            f"{len(hi)} and trains on {len(ti)}; give a fraction that leaves both, or 0")
     vx, vy, vi = dataset.load_subset(folder, "test", d.test_limit, d.subset_seed)
-    subset = hashlib.sha256(ti.tobytes() + b"|" + vi.tobytes()).hexdigest()
+    held = b"|" + hi.tobytes() if len(hi) else b""  # without a split, the digest of before splits existed
+    subset = hashlib.sha256(ti.tobytes() + b"|" + vi.tobytes() + held).hexdigest()
     data_id = {"data_sha256": manifest.data_sha256, "subset": subset}
-    return Data(f"{manifest.data_sha256}:{subset}", tx, ty, vx, vy), manifest, data_id
+    val = (hx, hy) if len(hi) else (None, None)
+    return Data(f"{manifest.data_sha256}:{subset}", tx, ty, vx, vy, *val), manifest, data_id
 
 
 def summarize(per_run: dict[tuple[str, int], RunMetrics], arms: list[str], seeds: list[int], study: str) -> dict:
