@@ -31,38 +31,24 @@ def simple_cnn(num_classes: int = 10, *,
     hidden units).
 
     The recipe does not state its dropout rate. The builder's default is the
-    common 0.5; the default study (the simple_cnn preset) sets 0, the rate at
-    which the study reproduces what the recipe's author described.
-    The crossed study in reports/dropout/ (dropout 0, 0.25, 0.5 x
-    augmentation none, standard) measured it on CIFAR-10 (JPEG mirror), all
-    50,000 training images, 30 epochs, 3 seeds per arm, on a 2-core CPU
-    (mean +- 95% CI half-width over seeds):
+    common 0.5; the default study (the simple_cnn preset) sets the rate this
+    criterion picks, written down before the default study at that rate ran:
 
-    - dropout 0: the no-augmentation arm overfits as described: 96.8%
-      running train accuracy, a 27.6-point clean train-test gap, its test
-      accuracy peaking at epochs 11-15 and ending 2.05 points lower
-      (69.59 +- 0.86%). Augmentation then raises test accuracy to
-      74.18 +- 2.93% (+4.59 points, 95% CI +1.92 to +7.26, Holm p = 0.031)
-      and shrinks the clean gap to 2.5 points; the augmented arm is still
-      improving at epoch 30 (its best epoch is 28 or 29 in every seed).
-    - dropout 0.25: in between. The no-augmentation arm reaches 85.8% running
-      train accuracy and peaks at epochs 18-21; augmentation adds +1.42
-      points (95% CI -0.72 to +3.57, not significant).
-    - dropout 0.5: the no-augmentation arm reaches only 72.5% running train
-      accuracy (clean gap 14.5 points, test 71.21 +- 0.66%), and augmentation
-      lowers test accuracy to 69.49 +- 0.81% (-1.72 points, 95% CI -2.41 to
-      -1.03, Holm p = 0.0074). With both regularisers on a 128-unit layer the
-      model fits the training set little better than the test set (clean
-      train accuracy 71.1%) and is still rising at epoch 30 (best epoch 30
-      in every seed).
+        Of the rates 0, 0.25 and 0.5, the one whose final-epoch running train
+        accuracy (mean over seeds, 30 epochs, all training images) is nearest
+        the figures the recipe's author reported, 88.65% without augmentation
+        and 69.11% with it, by the larger of the two arms' absolute
+        differences (a rate must fit both arms). Test accuracy does not enter.
 
-    Augmentation's effect shrinks as dropout grows: by 3.17 points at 0.25
-    (p = 0.022) and by 6.31 points at 0.5 (Holm p = 0.008) against dropout 0.
-    Dropout 0 is the one rate of the three at which both of the author's
-    claims hold with 3 seeds, and its augmented arm is the most accurate of
-    the six.
-
-    reports/simple_cnn/ holds the default study, at dropout 0.
+    The crossed study in reports/dropout/ (dropout 0, 0.25, 0.5 x augmentation
+    none, standard; CIFAR-10 (JPEG mirror), 3 seeds per arm, a 2-core CPU)
+    measured running train accuracy of 96.76 / 85.82 / 72.48% without
+    augmentation and 73.51 / 66.76 / 56.56% with it: differences of at most
+    8.11, 2.83 and 16.17 points, so the criterion picks 0.25. (An earlier
+    default, 0, was chosen after that study's test results were seen, because
+    the author's claims held there; that choice is withdrawn. This criterion
+    uses train-side figures only.) The crossed study is the primary result;
+    its differences and their adjusted p-values are in its report.
     """
     from torch import nn
 

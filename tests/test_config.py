@@ -181,7 +181,7 @@ def test_a_refused_study_name_stops_the_train_stage_before_anything_is_written(t
 
 @pytest.mark.parametrize(("raw", "folder"), [
     ({}, "simple_cnn"),
-    ({"aug": ["none", "standard"], "epochs": 30, "knobs": {"dropout": 0.0}}, "simple_cnn"),  # the preset's own
+    ({"aug": ["none", "standard"], "epochs": 30, "knobs": {"dropout": 0.25}}, "simple_cnn"),  # the preset's own
     ({"aug": "none"}, "simple_cnn,aug=none"),
     ({"data": {"train_limit": 2000}, "epochs": 2}, "simple_cnn,train_limit=2000,epochs=2"),
     ({"lr": 0.01}, "simple_cnn,lr=0.01"),
@@ -240,10 +240,10 @@ def test_a_presets_fixed_knob_applies_only_where_the_model_has_it():
     """The simple_cnn preset fixes dropout; a study that swaps in a model without
     dropout still works, while dropout asked for in params.yaml must fit every model."""
     p = parse_params({"seeds": [0]})
-    assert {a.train.knobs["dropout"] for a in p.arms} == {0.0}
+    assert {a.train.knobs["dropout"] for a in p.arms} == {0.25}
     p = parse_params({"seeds": [0], "model": ["simple_cnn", "resnet18"]})
     knobs = {a.train.model: a.train.knobs for a in p.arms}
-    assert knobs["simple_cnn"]["dropout"] == 0.0 and "dropout" not in knobs["resnet18"]
+    assert knobs["simple_cnn"]["dropout"] == 0.25 and "dropout" not in knobs["resnet18"]
     assert parse_params({"seeds": [0], "knobs": {"dropout": 0.3}}).arms[0].train.knobs["dropout"] == 0.3
     with pytest.raises(ConfigError, match="model resnet18 has no knob 'dropout'"):
         parse_params({"seeds": [0], "model": "resnet18", "knobs": {"dropout": 0.3}})
