@@ -27,9 +27,11 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-# The test suite (the slow end-to-end tests included).
+# The test suite (the slow end-to-end tests included), on every core: most tests
+# wait on subprocesses. --dist loadgroup keeps the tests that share one Ray cluster
+# on one worker.
 test: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n auto --dist loadgroup --durations=15
 
 # Every experiment's answer in a few columns: each arm's test accuracy (%), each
 # difference to the baseline (points) and its adjusted p, and the params that differ.

@@ -16,7 +16,8 @@ import yaml
 from tests.conftest import REPO, descendants, env, make_project, run, run_queue, wait_for_saved_epochs
 from tests.services import ray_client_env, start_ray_head
 
-pytestmark = pytest.mark.slow
+# one worker runs these in turn (pytest -n): they share the test services' Ray cluster
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 def _train(cwd, runs: str, extra: list[str] | None = None, extra_env: dict | None = None,
