@@ -472,6 +472,15 @@ def test_one_hypothesis_has_one_adjusted_p_wherever_it_is_quoted():
         assert row[5] == stats.format_p(e.p_adjusted)
 
 
+def test_with_few_seeds_the_report_says_its_verdicts_rest_on_normality():
+    """3 vs 3 seeds: no exact permutation test goes below p = 0.1 (2 of 20 relabellings);
+    6 vs 6 can (2 of 924), so the caveat goes."""
+    three = fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.74, 0.75, 0.76]})
+    assert "cannot go below p = 0.1, so every significant verdict here rests on" in render(three)[0]
+    six = fake_inputs({"aug=none": [0.70, 0.71, 0.72] * 2, "aug=standard": [0.74, 0.75, 0.76] * 2})
+    assert "permutation test" not in render(six)[0]
+
+
 def test_the_report_ships_every_seeds_results_for_an_audit():
     inp = fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.74, 0.75, 0.76]}, best=True)
     report = build.build_report(inp)

@@ -8,6 +8,7 @@ and every p is written by `stats.format_p`.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -431,7 +432,7 @@ def _ablation(ctx: _Ctx) -> list:
                        "training the recipe again would differ. A paired bootstrap over test images "
                        f"({_boot_n(ctx)} resamples, stratified by class) and an exact McNemar test per matched "
                        "seed ask whether these trained models differ on this test set. Significant means "
-                       f"p < {ctx.alpha:g}."))
+                       f"p < {ctx.alpha:g}." + _normality_note(ctx)))
     blocks.extend(_factor_tables(ctx))
     best = ctx.inp.summary.checkpoints.get("best")
     if best:
@@ -510,6 +511,18 @@ def _curves(ctx: _Ctx) -> list:
                            ("b", ", ".join(early)), ". Test accuracy falling while training goes on is the "
                            "sign of overfitting within the budget."))
     return blocks
+
+
+def _normality_note(ctx: _Ctx) -> str:
+    """With few seeds no test free of the normal assumption can reach alpha: say so."""
+    n = len(ctx.seeds)
+    if n < 2 or not ctx.others:
+        return ""
+    floor = 2 / math.comb(2 * n, n)  # the smallest two-sided p of an exact permutation test, n vs n seeds
+    if floor < ctx.alpha:
+        return ""
+    return (f" With {n} seeds per arm an exact permutation test cannot go below p = {floor:.2g}, so every "
+            "significant verdict here rests on the t-test's assumption that seed accuracies are normal.")
 
 
 def _per_class(ctx: _Ctx) -> list:
