@@ -95,7 +95,8 @@ class Tracking(Observer):
         self._metrics(self._open[spec.fp], row)
 
     def _metrics(self, key: str, row: HistoryRow) -> None:
-        self.journal.metrics(key, {k: v for k, v in row.model_dump().items() if k != "epoch"}, step=row.epoch)
+        self.journal.metrics(key, {k: v for k, v in row.model_dump().items() if k != "epoch" and v is not None},
+                             step=row.epoch)
 
     def usage(self, spec: JobSpec, epoch: int, metrics: dict[str, float]) -> None:
         self.journal.metrics(self._open[spec.fp], metrics, step=epoch)
