@@ -209,6 +209,9 @@ def test_no_significant_difference_states_what_could_have_been_detected():
     text = headline(page)
     assert f"only differences of {core.stats.points(c.power.detectable, signed=False)} points or more" in text
     assert f"would need about {c.power.seeds_for_target} seeds per arm" in text
+    assert f"Welch's test, which the verdicts use, finds that difference in {c.power.welch_power * 100:.0f}%" in text
+    assert (f"from 4 degrees of freedom its 95% CI is {core.stats.points(c.power.sd_ci.low, signed=False)} to "
+            f"{core.stats.points(c.power.sd_ci.high, signed=False)} points") in text
 
 
 def test_with_several_arms_the_verdict_follows_the_holm_adjusted_p():

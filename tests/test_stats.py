@@ -122,6 +122,23 @@ def test_power_known_answer():
     assert power([0.8], [0.7, 0.71], 0.05, 0.01).detectable is None
 
 
+def test_power_states_the_sds_uncertainty_and_welchs_own_power():
+    """3 seeds per arm: the pooled SD has 4 degrees of freedom, so its 95% interval is
+    0.60 to 2.87 times the estimate (chi-square); Welch's test, with its fewer degrees
+    of freedom, finds the t-test's 80%-power difference less often (simulated), and
+    with 30 seeds per arm the two agree."""
+    p = power([0.80, 0.81, 0.82], [0.70, 0.71, 0.72], alpha=0.05, target=0.01)
+    chi2 = pytest.importorskip("scipy.stats").chi2
+    assert p.sd_ci.low == pytest.approx(0.01 * (4 / chi2.ppf(0.975, 4)) ** 0.5)
+    assert p.sd_ci.high == pytest.approx(0.01 * (4 / chi2.ppf(0.025, 4)) ** 0.5)
+    assert 0.005 < p.sd_ci.low < 0.0065 and 0.028 < p.sd_ci.high < 0.029
+    assert 0.6 < p.welch_power < 0.75  # below the nominal 0.8
+    assert p.welch_power == power([0.80, 0.81, 0.82], [0.70, 0.71, 0.72], 0.05, 0.01).welch_power  # fixed seed
+    rng = np.random.default_rng(0)
+    many = power(list(0.7 + rng.normal(0, 0.01, 30)), list(0.7 + rng.normal(0, 0.01, 30)), 0.05, 0.01)
+    assert many.welch_power == pytest.approx(0.8, abs=0.015)
+
+
 def test_power_with_seeds_far_more_alike_than_the_target():
     """Two seeds per arm 0.01 points apart against a 1-point target: statsmodels' root finder
     fails (it returned NaN and the evaluate stage crashed); 2 seeds already suffice."""

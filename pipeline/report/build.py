@@ -368,10 +368,18 @@ def _power_sentence(p: stats.Power, alpha: float) -> str:
         return ""
     need = (f"; a difference of {stats.points(p.target, signed=False)} points would need about "
             f"{p.seeds_for_target} seeds per arm" if p.seeds_for_target else "")
-    return (f"Not detecting a difference is not evidence of none: with {p.n_per_arm} seeds per arm and the observed "
-            f"seed SD of {stats.points(p.sd, signed=False)} points, this study could detect (power "
-            f"{p.power * 100:g}%, alpha {alpha:g}, two-sample t-test) only differences of "
-            f"{stats.points(p.detectable, signed=False)} points or more{need}.")
+    out = (f"Not detecting a difference is not evidence of none: with {p.n_per_arm} seeds per arm and the observed "
+           f"seed SD of {stats.points(p.sd, signed=False)} points, this study could detect (power "
+           f"{p.power * 100:g}%, alpha {alpha:g}, two-sample t-test) only differences of "
+           f"{stats.points(p.detectable, signed=False)} points or more{need}.")
+    if p.welch_power is not None:
+        out += f" Welch's test, which the verdicts use, finds that difference in {p.welch_power * 100:.0f}% of studies "
+        out += "(simulated)."
+    if p.sd_ci is not None and p.sd_ci.defined:
+        out += (f" The SD is itself uncertain: from {2 * p.n_per_arm - 2} degrees of freedom its 95% CI is "
+                f"{stats.points(p.sd_ci.low, signed=False)} to {stats.points(p.sd_ci.high, signed=False)} points, "
+                "and every figure here scales with it.")
+    return out
 
 
 def _limits(ctx: _Ctx) -> str:
