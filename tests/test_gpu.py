@@ -123,7 +123,7 @@ def test_several_jobs_share_one_gpu(tmp_path, prepared):
     slots = int(out.stdout.split(" at a time")[0].rsplit(", ", 1)[1])
     assert slots >= 2 and "(Ray on this machine)" in out.stdout, out.stdout
     runs = sorted(tmp_path.glob("runs/*/seed=*/metrics.json"))
-    assert len(runs) == 6 and all(json.loads(r.read_text())["test_acc"] > 0.1 for r in runs)
+    assert len(runs) == 6 and all(json.loads(r.read_text())["acc"] > 0.1 for r in runs)
 
 
 def test_a_batch_too_large_for_the_gpu_is_one_line(tmp_path):

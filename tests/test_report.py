@@ -503,8 +503,9 @@ def test_the_report_ships_every_seeds_results_for_an_audit():
 @pytest.mark.slow
 def test_a_study_with_validation_images_chooses_on_them_and_says_so(tmp_path, prepared, monkeypatch):
     """data.val_split through the real stages: the held-out images are never trained
-    on, every epoch records their accuracy, the best checkpoint is their peak, and
-    the report names the split and describes the best checkpoint as chosen on them."""
+    on, every epoch is evaluated on them and not on the test set, the best checkpoint
+    is their peak, the evaluate stage looks at the test set once, and the report names
+    the split and describes the best checkpoint as chosen on them."""
     from pipeline.core.contracts import RunMetrics, read_history
     from pipeline.evaluate.contracts import StudySummary as Summary
     from tests.conftest import run_study
@@ -514,8 +515,9 @@ def test_a_study_with_validation_images_chooses_on_them_and_says_so(tmp_path, pr
     p = run_study(tmp_path, prepared, seeds=(0,), epochs=3, aug="none", data_params={"val_split": 0.2})
     run = p["runs"] / "aug=none" / "seed=0"
     history = read_history(run / "history.csv")
-    assert all(r.val_acc is not None for r in history)
+    assert all(r.val_acc is not None and r.test_acc is None for r in history)
     metrics = RunMetrics.model_validate_json((run / "metrics.json").read_text())
+    assert metrics.held_out == "val"
     assert metrics.best_epoch == 1 + [r.val_acc for r in history].index(max(r.val_acc for r in history))
     summary = Summary.model_validate_json((p["evaluation"] / "summary.json").read_text())
     assert summary.best_on == "validation"

@@ -31,7 +31,7 @@ def _study(table, **plan):
     while jobs:
         rounds.append(sorted({j.seed for j in jobs}))
         for j in jobs:
-            seeds.done(SimpleNamespace(spec=j, metrics=SimpleNamespace(test_acc=table(j.arm, j.seed))))
+            seeds.done(SimpleNamespace(spec=j, metrics=SimpleNamespace(acc=table(j.arm, j.seed))))
         jobs = seeds.more()
     return params, seeds, rounds
 
@@ -44,7 +44,7 @@ def _noisy(sd, effect=0.02):
 
 def test_widest_interval_is_welchs_half_width():
     table = _noisy(0.01)
-    results = {(a, s): SimpleNamespace(test_acc=table(a, s)) for a in ARMS for s in range(4)}
+    results = {(a, s): SimpleNamespace(acc=table(a, s)) for a in ARMS for s in range(4)}
     got = widest_interval(results, ARMS, "aug=none", [0, 1, 2, 3], 0.95)
     ci = stats.welch([table("aug=standard", s) for s in range(4)], [table("aug=none", s) for s in range(4)]).ci
     assert got == pytest.approx(ci.half_width, rel=1e-12)
@@ -118,7 +118,7 @@ def test_plain_lines_show_the_jobs_where_they_run_and_the_eta(capsys):
     progress.started(specs[0], "node-a", 0)
     progress.placed(specs[1], "node-b")
     progress.done(SimpleNamespace(spec=specs[0], restored=False, metrics=RunMetrics(
-        train_acc=0.9, train_loss=0.1, test_acc=0.7, test_loss=0.9, gap=0.2, best_test_acc=0.71, best_epoch=2,
+        train_acc=0.9, train_loss=0.1, acc=0.7, loss=0.9, gap=0.2, best_acc=0.71, best_epoch=2,
         train_seconds=5.0)))
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("started on node-a [jobs 0 done, 1 running on node-a, 2 waiting; ETA 60 s]"), lines

@@ -55,9 +55,10 @@ def test_same_seed_gives_bitwise_identical_weights_and_metrics():
 
 
 def test_with_validation_images_the_best_checkpoint_is_chosen_on_them():
-    """The held-out images are evaluated every epoch; the best checkpoint is the epoch
-    of their peak, whatever the test set says; without them, the test set's peak.
-    (The held-out labels here are all wrong, so their peak is where the test set's is not.)"""
+    """The held-out images are evaluated every epoch, the test set never (the evaluate
+    stage looks at it once); the best checkpoint is the epoch of their peak. Without
+    them, the test set's peak. (The held-out labels here are all wrong, so their peak
+    is where the test set's is not.)"""
     train, test = _data(40, 20)
     xv, yv = images(10, seed=7)
     val = Tensors(torch.from_numpy(xv), (torch.from_numpy(yv) + 1) % 10)
@@ -67,14 +68,15 @@ def test_with_validation_images_the_best_checkpoint_is_chosen_on_them():
     res = fit(model, train, test, cfg, 0, val=val)
     accs = [r.val_acc for r in res.history]
     assert all(a is not None for a in accs) and all(r.val_loss > 0 for r in res.history)
+    assert all(r.test_acc is None and r.test_loss is None for r in res.history)
     assert res.best_epoch == 1 + accs.index(max(accs))
-    tests = [r.test_acc for r in res.history]
-    assert res.best_epoch != 1 + tests.index(max(tests))
     metrics = RunMetrics.from_history(res.history)
-    assert metrics.best_epoch == res.best_epoch and metrics.best_test_acc == res.history[res.best_epoch - 1].test_acc
+    assert (metrics.held_out, metrics.best_epoch, metrics.best_acc) == ("val", res.best_epoch, max(accs))
     _, plain = _train(cfg, data=(train, test))
+    tests = [r.test_acc for r in plain.history]
     assert all(r.val_acc is None for r in plain.history)
-    assert plain.best_epoch == 1 + tests.index(max(tests))
+    assert plain.best_epoch == 1 + tests.index(max(tests)) != res.best_epoch
+    assert RunMetrics.from_history(plain.history).held_out == "test"
 
 
 def _strip(history):

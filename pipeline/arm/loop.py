@@ -58,7 +58,7 @@ class Result:
     history: list[HistoryRow] = field(default_factory=list)  # one row per epoch
     best_epoch: int = 0
     best_state: dict | None = None  # weights at the best validation (else test) accuracy (keep_best)
-    last: Evaluation | None = None
+    last: Evaluation | None = None  # the last epoch's evaluation (of val when given, else test)
     diagnostics: dict | None = None
 
     @property
@@ -167,10 +167,11 @@ def train_epochs(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConf
                  val: Tensors | None = None, eval_batch: int = 256, states: bool = True,
                  on_step: Callable[[int], None] | None = None, resume: TrainState | None = None,
                  diagnostics: bool = True) -> Generator[Epoch, None, Result]:
-    """Train `model` on `train` per `cfg`, evaluating on `test` (and `val`, the
-    images held out of training, when given) after every epoch; yield each epoch,
-    return the `Result`. The best checkpoint (keep_best) is chosen on `val` when
-    given, else on `test` (the recipes' way, optimistic).
+    """Train `model` on `train` per `cfg`, evaluating after every epoch on `val`, the
+    images held out of training, when given (the test set is then left to the
+    evaluate stage, which looks at it once), else on `test` (the recipes' way);
+    yield each epoch, return the `Result`. The best checkpoint (keep_best) is the
+    peak of that evaluation.
 
     The model must already be on the training device (and seeded: call
     `seed_everything(seed)` before building it). Data order and augmentation draw
@@ -259,12 +260,13 @@ def train_epochs(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConf
         train_seconds = time.perf_counter() - t0
         if diag is not None:
             diag.epoch_end(epoch)
-        ev = evaluate(model, test, aug, cfg.precision, eval_batch)
-        held = evaluate(model, val, aug, cfg.precision, eval_batch) if val is not None else None
+        ev = evaluate(model, test if val is None else val, aug, cfg.precision, eval_batch)
+        on_test = val is None
         row = HistoryRow(epoch=epoch, train_loss=loss_sum.item() / len(train), train_acc=correct.item() / len(train),
-                         test_loss=ev.loss, test_acc=ev.acc, lr=opt.param_groups[0]["lr"],
-                         epoch_seconds=train_seconds, images_per_second=len(train) / train_seconds,
-                         val_loss=held and held.loss, val_acc=held and held.acc)
+                         test_loss=ev.loss if on_test else None, test_acc=ev.acc if on_test else None,
+                         val_loss=None if on_test else ev.loss, val_acc=None if on_test else ev.acc,
+                         lr=opt.param_groups[0]["lr"], epoch_seconds=train_seconds,
+                         images_per_second=len(train) / train_seconds)
         result.history.append(row)
         result.last = ev
         weights = None  # this epoch's weights on the host, copied once for both uses below

@@ -16,7 +16,7 @@ import errno
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -63,8 +63,10 @@ class HistoryRow(Contract):
     epoch: int
     train_loss: float  # running, over the (augmented) batches of the epoch
     train_acc: float  # running, in train mode: what the recipes' authors reported as train accuracy
-    test_loss: float
-    test_acc: float
+    # None with a validation split: then each epoch is evaluated on the held-out images
+    # only, and the test set once, by the evaluate stage
+    test_loss: float | None
+    test_acc: float | None
     lr: float
     epoch_seconds: float
     images_per_second: float
@@ -72,10 +74,17 @@ class HistoryRow(Contract):
     val_acc: float | None = None
 
     @property
+    def held_out(self) -> tuple[str, float, float]:
+        """(split, loss, accuracy) of what this epoch was evaluated on, and checkpoints
+        and peaks are chosen on: validation where there is a split, else (the recipes'
+        way, optimistic) test."""
+        if self.val_acc is not None:
+            return "val", self.val_loss, self.val_acc
+        return "test", self.test_loss, self.test_acc
+
+    @property
     def chosen_on(self) -> float:
-        """The accuracy checkpoints and peaks are chosen on: validation where there is
-        a split, else (the recipe's way, optimistic) test."""
-        return self.test_acc if self.val_acc is None else self.val_acc
+        return self.held_out[2]
 
 
 HISTORY_FIELDS = tuple(HistoryRow.model_fields)
@@ -112,20 +121,29 @@ class RunMetrics(Contract):
 
     train_acc: float  # running, over the augmented batches of the last epoch
     train_loss: float
-    test_acc: float  # last epoch
-    test_loss: float
-    gap: float  # train_acc - test_acc, both of the last epoch
-    best_test_acc: float  # the best epoch's test accuracy (chosen on validation, else on test: optimistic)
+    held_out: Literal["test", "val"] = "test"  # what each epoch was evaluated on (val: data.val_split)
+    acc: float  # on it, last epoch
+    loss: float
+    gap: float  # train_acc - acc, both of the last epoch
+    best_acc: float  # the best epoch's (chosen on it: optimistic where it is the test set)
     best_epoch: int
     train_seconds: float  # every epoch's training, also across a kill and resume
 
     @classmethod
     def from_history(cls, history: list[HistoryRow]) -> "RunMetrics":
         last = history[-1]
+        split, loss, acc = last.held_out
         best = max(history, key=lambda r: r.chosen_on)
-        return cls(train_acc=last.train_acc, train_loss=last.train_loss, test_acc=last.test_acc,
-                   test_loss=last.test_loss, gap=last.train_acc - last.test_acc, best_test_acc=best.test_acc,
-                   best_epoch=best.epoch, train_seconds=sum(r.epoch_seconds for r in history))
+        return cls(train_acc=last.train_acc, train_loss=last.train_loss, held_out=split, acc=acc, loss=loss,
+                   gap=last.train_acc - acc, best_acc=best.chosen_on, best_epoch=best.epoch,
+                   train_seconds=sum(r.epoch_seconds for r in history))
+
+    def named(self) -> dict[str, float]:
+        """The numbers named by what they were measured on (test_acc, or val_acc with a split)."""
+        s = self.held_out
+        return {"train_acc": self.train_acc, "train_loss": self.train_loss, f"{s}_acc": self.acc,
+                f"{s}_loss": self.loss, "gap": self.gap, f"best_{s}_acc": self.best_acc,
+                "best_epoch": self.best_epoch, "train_seconds": self.train_seconds}
 
 
 @dataclass

@@ -483,8 +483,9 @@ def trend(test_acc: list[float], k: int = TREND_EPOCHS) -> tuple[int, float, flo
 def _curves(ctx: _Ctx) -> list:
     curves = {arm: {s: [r.model_dump() for r in rows] for s, rows in ctx.inp.histories[arm].items()}
               for arm in ctx.arms}
+    held = "Validation" if ctx.inp.summary.best_on == "validation" else "Test"
     blocks = [Figure("learning_curves", "learning_curves", {"curves": curves, "colours": arm_colours(ctx.arms)},
-                     "Test accuracy and train loss per epoch, one colour per arm",
+                     f"{held} accuracy and train loss per epoch, one colour per arm",
                      "Mean over seeds (line) and min-max over seeds (band). Train loss is the running loss over "
                      "the (augmented) training batches of each epoch.")]
     epochs = min(len(rows) for arm in ctx.arms for rows in ctx.inp.histories[arm].values())

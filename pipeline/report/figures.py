@@ -51,9 +51,13 @@ def _epoch_colourbar(fig, axes, epochs):
 
 
 def learning_curves(curves: dict[str, dict[int, list[dict]]], colours: dict[str, str]) -> bytes:
-    """Test accuracy and train loss vs epoch: mean over seeds, min-max band, one colour per arm."""
+    """Held-out accuracy (validation with a split, else test) and train loss vs epoch:
+    mean over seeds, min-max band, one colour per arm."""
     fig, axes = _subplots(1, 2, figsize=(11, 4))
-    panels = (("test_acc", "test accuracy (%)", 100.0), ("train_loss", "train loss (running)", 1.0))
+    first = next(iter(next(iter(curves.values())).values()), [{}])
+    split = "validation" if first and first[0].get("val_acc") is not None else "test"
+    acc_key = "val_acc" if split == "validation" else "test_acc"
+    panels = ((acc_key, f"{split} accuracy (%)", 100.0), ("train_loss", "train loss (running)", 1.0))
     for ax, (key, label, scale) in zip(axes, panels):
         for arm, seeds in curves.items():
             n_epochs = min(len(rows) for rows in seeds.values())
@@ -70,7 +74,7 @@ def learning_curves(curves: dict[str, dict[int, list[dict]]], colours: dict[str,
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0].legend(fontsize=8, loc="lower right")
-    axes[0].set_title("test accuracy (band: min-max over seeds)")
+    axes[0].set_title(f"{split} accuracy (band: min-max over seeds)")
     axes[1].set_title("train loss (band: min-max over seeds)")
     fig.tight_layout()
     return _png(fig)

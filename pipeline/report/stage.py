@@ -210,7 +210,7 @@ def winner(inputs: Inputs) -> tuple[str, int]:
     a representative model, not the luckiest one."""
     last = inputs.summary.checkpoints["last"]
     arm = max(inputs.record.arms, key=lambda a: last.arms[a].test_acc.mean)
-    accs = sorted((h[-1].test_acc, s) for s, h in inputs.histories[arm].items())
+    accs = sorted((h[-1].chosen_on, s) for s, h in inputs.histories[arm].items())
     return arm, accs[(len(accs) - 1) // 2][1]
 
 

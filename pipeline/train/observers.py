@@ -115,7 +115,7 @@ class Tracking(Observer):
                 if (o.folder / file).exists():
                     self.journal.model(key, o.folder / file, which)
             self.journal.set_arm_run(spec.fp, key, open=False)
-        self.journal.metrics(key, {f"final_{k}": v for k, v in o.metrics.model_dump().items()})
+        self.journal.metrics(key, {f"final_{k}": v for k, v in o.metrics.named().items()})
         for name in ("history.csv", "metrics.json", "diagnostics.json"):
             self.journal.artifact(key, o.folder / name)
         self.journal.end(key)

@@ -80,9 +80,10 @@ def plan(jobs: Sequence[JobSpec], done: Collection[str], saved: Collection[str],
 
 def widest_interval(results: dict[tuple[str, int], RunMetrics], arms: list[str], baseline: str,
                     seeds: Sequence[int], confidence: float) -> float:
-    """The widest CI half-width (a fraction) of the test-accuracy differences to the
-    baseline over these seeds (of the arm's own mean, with one arm); inf when undefined."""
-    acc = {a: [results[(a, s)].test_acc for s in seeds] for a in arms}
+    """The widest CI half-width (a fraction) of the accuracy differences to the baseline
+    over these seeds (of the arm's own mean, with one arm), on the held-out images each
+    epoch is evaluated on (validation, else test); inf when undefined."""
+    acc = {a: [results[(a, s)].acc for s in seeds] for a in arms}
     intervals = ([stats.welch(acc[a], acc[baseline], confidence).ci for a in arms if a != baseline]
                  or [stats.mean_ci(acc[baseline], confidence).ci])
     return max(iv.half_width if iv.half_width is not None else math.inf for iv in intervals)

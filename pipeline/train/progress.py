@@ -154,8 +154,9 @@ class Progress(Observer):
                 self.bar.update(self.n_train)
             self._stepped = 0
             self._postfix()
+        split, loss, acc = row.held_out
         self._say(f"{spec.label} epoch {row.epoch}/{spec.cfg.epochs}: train loss {row.train_loss:.4f} "
-                  f"acc {row.train_acc:.4f}, test loss {row.test_loss:.4f} acc {row.test_acc:.4f}, "
+                  f"acc {row.train_acc:.4f}, {split} loss {loss:.4f} acc {acc:.4f}, "
                   f"{row.images_per_second:.0f} img/s [{self._eta()}]")
         self._measured(row.images_per_second, spec, "the first epoch")
 
@@ -163,13 +164,13 @@ class Progress(Observer):
         m, spec = o.metrics, o.spec
         if o.restored:
             self._say(f"{spec.label}: restored from the arm cache ({spec.fp[:12]}; trained {o.files.trained_at} on "
-                      f"{o.files.device} in {m.train_seconds:.1f} s): test acc {m.test_acc:.4f}, "
+                      f"{o.files.device} in {m.train_seconds:.1f} s): {m.held_out} acc {m.acc:.4f}, "
                       f"train acc {m.train_acc:.4f}, gap {m.gap:+.4f}")
             return
         if spec.fp in self.jobs:
             self.jobs[spec.fp].state = "done"
             self._postfix()
-        self._say(f"{spec.label}: test acc {m.test_acc:.4f}, train acc {m.train_acc:.4f}, gap {m.gap:+.4f} "
+        self._say(f"{spec.label}: {m.held_out} acc {m.acc:.4f}, train acc {m.train_acc:.4f}, gap {m.gap:+.4f} "
                   f"(trained in {m.train_seconds:.1f} s)" + ("" if self.bar is not None else f" [{self.jobs_line()}]"))
 
     def close(self) -> None:

@@ -72,15 +72,17 @@ def load_data(folder: Path, params: Params) -> tuple[Data, dataset.DataManifest,
 
 
 def summarize(per_run: dict[tuple[str, int], RunMetrics], arms: list[str], seeds: list[int], study: str) -> dict:
-    """Per-arm mean and std over seeds: the numbers `dvc exp show` lists."""
+    """Per-arm mean and std over seeds: the numbers `dvc exp show` lists, named by what
+    each epoch was evaluated on (test_acc, or val_acc with a validation split)."""
     out = {}
     for arm in arms:
-        rows = [per_run[(arm, s)] for s in seeds]
+        rows = [per_run[(arm, s)].named() for s in seeds]
+        split = per_run[(arm, seeds[0])].held_out
         entry = {"n_seeds": len(rows)}
-        for key in ("test_acc", "train_acc", "gap", "best_test_acc"):
-            vals = [getattr(r, key) for r in rows]
-            entry[key] = statistics.fmean(vals)
-            entry[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        for name in (f"{split}_acc", "train_acc", "gap", f"best_{split}_acc"):
+            vals = [r[name] for r in rows]
+            entry[name] = statistics.fmean(vals)
+            entry[f"{name}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         out[arm] = entry
     return {"study": study, "arms": out}
 
@@ -241,7 +243,8 @@ def main(argv=None) -> None:
         journal.end(parent)
         journal.warn_if_unavailable()
     for name, entry in summary["arms"].items():
-        print(f"{name}: test acc {entry['test_acc']:.4f} ± {entry['test_acc_std']:.4f} "
+        split = "val" if "val_acc" in entry else "test"
+        print(f"{name}: {split} acc {entry[f'{split}_acc']:.4f} ± {entry[f'{split}_acc_std']:.4f} "
               f"(std, n={entry['n_seeds']} seeds)")
 
 
