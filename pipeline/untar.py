@@ -18,6 +18,7 @@ disk. `out` appears whole or not at all. pipeline/core/dataset.py defines its la
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import lzma
 import math
@@ -352,8 +353,52 @@ def _decode_all(blobs: list[bytes], names: list[str]) -> np.ndarray:
         return np.concatenate(list(parts))
 
 
-def _read_imagefolder(tf: tarfile.TarFile, archive: Path, files) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Decode the images straight from the (already checked) archive.
+ENCODING_SAMPLE = 500  # images whose JPEG encoding is read, evenly spaced over the archive
+_SUBSAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+
+
+def jpeg_encoding(blobs: list[bytes]) -> str | None:
+    """How JPEG images were encoded, e.g. "JPEG quality 75, 4:2:0 chroma subsampling",
+    read from up to ENCODING_SAMPLE of them: the quality whose standard (IJG)
+    quantization tables Pillow writes equal the images' own, and the chroma
+    subsampling. None for images that are not JPEG; "mixed" where they differ."""
+    from PIL import JpegImagePlugin
+
+    seen = set()
+    for blob in blobs[::max(1, len(blobs) // ENCODING_SAMPLE)]:
+        try:
+            with Image.open(io.BytesIO(blob)) as im:
+                if im.format != "JPEG":
+                    return None
+                seen.add((_quality(tuple(im.quantization[0])), JpegImagePlugin.get_sampling(im)))
+        except (OSError, ValueError, KeyError, AttributeError):
+            return None
+    if len(seen) != 1:
+        return f"JPEG, mixed encodings ({len(seen)} kinds)" if seen else None
+    (quality, sampling), = seen
+    q = f"quality {quality}" if quality is not None else "non-standard quantization tables"
+    return f"JPEG {q}, {_SUBSAMPLING.get(sampling, 'unknown')} chroma subsampling"
+
+
+@functools.cache
+def _standard_tables() -> dict[tuple, int]:
+    """Pillow's luminance quantization table at each quality 1-100 -> that quality."""
+    out = {}
+    for q in range(100, 0, -1):  # where two qualities share a table, the lower one wins
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, "JPEG", quality=q)
+        with Image.open(buf) as im:
+            out[tuple(im.quantization[0])] = q
+    return out
+
+
+def _quality(table: tuple) -> int | None:
+    return _standard_tables().get(table)
+
+
+def _read_imagefolder(tf: tarfile.TarFile, archive: Path, files):
+    """Decode the images straight from the (already checked) archive: {split: (x, y)},
+    and how they were encoded (`jpeg_encoding`).
 
     Not extracted first: writing and deleting 60,000 small files took ~40 s
     on an ext4 VM disk, against ~2 s to read them from the archive.
@@ -372,7 +417,7 @@ def _read_imagefolder(tf: tarfile.TarFile, archive: Path, files) -> dict[str, tu
         hwc = _decode_all([r[3] for r in rows], [r[2] for r in rows])
         x = np.ascontiguousarray(hwc.transpose(0, 3, 1, 2))  # NHWC -> NCHW
         out[split] = (x, np.array([r[0] for r in rows], dtype=np.int64))
-    return out
+    return out, jpeg_encoding([r[3] for split in SPLITS for r in entries[split]])
 
 
 # ------------------------------------------------------------------------ checks
@@ -417,7 +462,7 @@ def prepare(archive_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise PipelineError(f"archive {archive} is not a file")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = None  # the extraction folder, official layout only
-    jpeg = False
+    jpeg, encoding = False, None
     try:
         try:
             tf = tarfile.open(archive, "r:*")
@@ -430,7 +475,7 @@ def prepare(archive_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                 raise _corrupt(archive, _reason(exc)) from None
             fmt, checked, files = _plan(members, archive)  # every member checked; nothing written yet
             if fmt == "imagefolder":
-                splits = _read_imagefolder(tf, archive, files)
+                splits, encoding = _read_imagefolder(tf, archive, files)
                 jpeg = all(m.name.lower().endswith((".jpg", ".jpeg")) for _, m in files)
             else:
                 sweep(out.parent)  # what a killed run left
@@ -459,6 +504,7 @@ def prepare(archive_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                 # what to call the data in reports: JPEG is lossy, so its accuracies are not the official ones
                 name=("CIFAR-10" if fmt == "cifar-python" else
                       "CIFAR-10 (JPEG mirror)" if jpeg else "CIFAR-10 (image folders)"),
+                encoding=encoding or ("lossless (pickled arrays)" if fmt == "cifar-python" else None),
                 classes=list(CLASSES),
                 splits={s: SplitCounts(count=len(splits[s][1]), per_class=per_class[s]) for s in SPLITS},
                 source={"path": str(archive_path), "sha256": sha256_file(archive)},

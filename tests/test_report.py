@@ -13,6 +13,7 @@ import base64
 import csv
 import html
 import io
+import json
 import re
 import shutil
 from html.parser import HTMLParser
@@ -241,8 +242,14 @@ def test_per_class_marks_only_where_the_seeds_support_them():
 
 
 def test_the_data_is_named_as_it_is_and_flops_and_macs_both_stated():
-    md, page = render(fake_inputs({"aug=none": [0.7, 0.71], "aug=standard": [0.72, 0.73]}))
-    assert "on **CIFAR-10 (JPEG mirror)**" in md
+    inp = fake_inputs({"aug=none": [0.7, 0.71], "aug=standard": [0.72, 0.73]})
+    inp.data_encoding = "JPEG quality 75, 4:2:0 chroma subsampling"
+    md, page = render(inp)
+    assert "on **CIFAR-10 (JPEG mirror)** (JPEG quality 75, 4:2:0 chroma subsampling)" in md
+    described = json.loads(build.build_report(inp).files["data.json"])  # beside the report, for an audit
+    assert described["name"] == "CIFAR-10 (JPEG mirror)" and described["encoding"] == inp.data_encoding
+    assert (described["data_sha256"], described["training_images"], described["test_images"]) == ("d" * 64,
+                                                                                                 50_000, 1000)
     facts = Tables(page).tables["facts-table"]
     assert facts[0][4:6] == ["FLOPs", "MACs"] and facts[1][4] == "12.26 M" and facts[1][5] == "6.13 M"
     assert "counts multiply-accumulates" in page

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline import untar
 from pipeline.core import dataset as data
@@ -79,6 +80,34 @@ def test_imagefolder_round_trips_png_and_jpg(tmp_path, work, top):
     untar.prepare(archive, work / "prepared", verify_counts=False)
     _check_outputs(work / "prepared", archive, expected, "imagefolder", 3)
     assert [p.name for p in work.iterdir()] == ["prepared"]
+
+
+def test_the_manifest_says_how_the_images_were_encoded(tmp_path, work):
+    """A JPEG mirror's quality and chroma subsampling change what a model sees: the
+    manifest records them (read from the files' quantization tables), the official
+    pickled arrays are lossless, and a mixed folder is no JPEG mirror."""
+    archive = tmp_path / "in" / "jpg.tar.gz"
+    archives.write_imagefolder(archive, per_class=2, exts=("jpg",))  # quality 75, Pillow's default 4:2:0
+    m = untar.prepare(archive, work / "jpg", verify_counts=False)
+    assert (m.name, m.encoding) == ("CIFAR-10 (JPEG mirror)", "JPEG quality 75, 4:2:0 chroma subsampling")
+    official = tmp_path / "in" / "official.tar.gz"
+    archives.write_official(official, per_class=2)
+    assert untar.prepare(official, work / "official", verify_counts=False).encoding == "lossless (pickled arrays)"
+    mixed = tmp_path / "in" / "mixed.tar.gz"
+    archives.write_imagefolder(mixed, per_class=2)
+    m = untar.prepare(mixed, work / "mixed", verify_counts=False)
+    assert (m.name, m.encoding) == ("CIFAR-10 (image folders)", None)
+
+
+def test_jpeg_encoding_reads_quality_and_subsampling():
+    def jpeg(quality, subsampling):
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), (200, 10, 30)).save(buf, "JPEG", quality=quality, subsampling=subsampling)
+        return buf.getvalue()
+
+    assert untar.jpeg_encoding([jpeg(90, 0)] * 3) == "JPEG quality 90, 4:4:4 chroma subsampling"
+    assert untar.jpeg_encoding([jpeg(40, 1)]) == "JPEG quality 40, 4:2:2 chroma subsampling"
+    assert untar.jpeg_encoding([jpeg(75, 2), jpeg(90, 0)]) == "JPEG, mixed encodings (2 kinds)"
 
 
 def test_uncompressed_tar_and_dot_prefixed_names(tmp_path, work):
@@ -405,6 +434,7 @@ def test_real_jpeg_mirror(tmp_path):
     manifest = untar.prepare(REAL_ARCHIVE, tmp_path / "prepared", verify_counts=True).model_dump()
     seconds = time.perf_counter() - t0
     assert manifest["format"] == "imagefolder"
+    assert manifest["encoding"] == "JPEG quality 75, 4:2:0 chroma subsampling"  # as the mirror's README says
     assert manifest["splits"]["train"] == {"count": 50_000, "per_class": {c: 5_000 for c in data.CLASSES}}
     assert manifest["splits"]["test"] == {"count": 10_000, "per_class": {c: 1_000 for c in data.CLASSES}}
     x, y = data.load_split(tmp_path / "prepared", "test")

@@ -49,6 +49,7 @@ class DataManifest(Contract):
 
     format: str  # cifar-python, imagefolder
     name: str  # what to call the data in reports, e.g. "CIFAR-10 (JPEG mirror)"
+    encoding: str | None = None  # e.g. "JPEG quality 75, 4:2:0 chroma subsampling" (what a reader must know)
     classes: list[str]
     splits: dict[Literal["train", "test"], SplitCounts]
     source: dict[str, str]  # the archive's path and sha256

@@ -8,6 +8,7 @@ and every p is written by `stats.format_p`.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -138,6 +139,7 @@ class Inputs:
     code_version: str
     dvc_experiment: str
     generated: str
+    data_encoding: str | None = None  # "JPEG quality 75, 4:2:0 chroma subsampling"; lossy data changes accuracies
 
 
 # --------------------------------------------------------------------------- formatting
@@ -218,7 +220,18 @@ def build_report(inp: Inputs) -> Report:
                 _model_facts, _provenance)
     sections = [Section(f"{i}. {title}", slug(title).lower(), build(ctx))
                 for i, (title, build) in enumerate(zip(SECTIONS, builders), 1)]
-    return Report(f"Ablation report: {inp.params.study}", sections, {"results.csv": results_csv(inp)})
+    return Report(f"Ablation report: {inp.params.study}", sections,
+                  {"results.csv": results_csv(inp), "data.json": data_json(inp)})
+
+
+def data_json(inp: Inputs) -> str:
+    """What the study trained and tested on, for an audit: the data, how it was encoded,
+    its checksum and the subset the params chose."""
+    d = inp.params.data
+    return json.dumps({"name": inp.data_name, "encoding": inp.data_encoding, "data_sha256": inp.data_sha256,
+                       "training_images": inp.n_train, "test_images": len(next(iter(inp.predictions.values())).label),
+                       "train_limit": d.train_limit, "test_limit": d.test_limit, "subset_seed": d.subset_seed,
+                       "val_split": d.val_split}, indent=2) + "\n"
 
 
 RESULT_COLUMNS = ("epoch", "test_acc", "test_loss", "train_acc_clean", "train_loss_clean", "train_acc_running",
@@ -251,6 +264,7 @@ def _headline(ctx: _Ctx) -> list:
     interaction plot; then what the numbers do not show."""
     inp, base, n = ctx.inp, ctx.baseline, len(ctx.seeds)
     blocks = [para("Study ", ("b", inp.params.study), f" (preset {inp.params.preset}) on ", ("b", inp.data_name),
+                   f" ({inp.data_encoding})" if inp.data_encoding else "",
                    f": {plural(len(ctx.arms), 'arm')} x {plural(n, 'seed')} ({', '.join(map(str, ctx.seeds))}), "
                    "baseline ", ("b", base), f", each trained {_budget(ctx)}. Test accuracy at each run's last "
                    f"checkpoint, on {count(len(inp.predictions[base].label))} test images; differences over seeds "
@@ -715,7 +729,7 @@ def _provenance(ctx: _Ctx) -> list:
     restored = sum(r.restored for r in inp.record.runs)
     d = params.data
     blocks = [Table(["Item", "Value"], [
-        ["Data", f"{inp.data_name}, sha256 {inp.data_sha256}"],
+        ["Data", f"{inp.data_name}{f', {inp.data_encoding}' if inp.data_encoding else ''}, sha256 {inp.data_sha256}"],
         ["Data subset", f"train_limit {_value(d.train_limit)}, test_limit {_value(d.test_limit)}, "
                         f"subset_seed {d.subset_seed}, val_split {d.val_split:g} (held out of training)"],
         ["Git commit (report)", inp.code_version],

@@ -80,6 +80,7 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
         params=params, params_text=params_path.read_text(), record=record, summary=summary,
         histories=histories, diagnostics=diagnostics, predictions=predictions, per_seed=per_seed, filters=filters,
         test_images=_Indexed(x, idx), data_name=manifest.name, data_sha256=manifest.data_sha256, n_train=n_train,
+        data_encoding=manifest.encoding,
         tracking=_tracking(params.study, record),
         code_version=code_version(), dvc_experiment=dvc_experiment(),
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
