@@ -377,7 +377,8 @@ def jpeg_encoding(blobs: list[bytes]) -> str | None:
         return f"JPEG, mixed encodings ({len(seen)} kinds)" if seen else None
     (quality, sampling), = seen
     q = f"quality {quality}" if quality is not None else "non-standard quantization tables"
-    return f"JPEG {q}, {_SUBSAMPLING.get(sampling, 'unknown')} chroma subsampling"
+    return f"JPEG {q}, " + (f"{_SUBSAMPLING[sampling]} chroma subsampling" if sampling in _SUBSAMPLING else
+                            "no chroma (grayscale)" if sampling == -1 else "other chroma subsampling")
 
 
 @functools.cache
@@ -504,7 +505,7 @@ def prepare(archive_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                 # what to call the data in reports: JPEG is lossy, so its accuracies are not the official ones
                 name=("CIFAR-10" if fmt == "cifar-python" else
                       "CIFAR-10 (JPEG mirror)" if jpeg else "CIFAR-10 (image folders)"),
-                encoding=encoding or ("lossless (pickled arrays)" if fmt == "cifar-python" else None),
+                encoding=encoding or ("lossless, pickled arrays" if fmt == "cifar-python" else None),
                 classes=list(CLASSES),
                 splits={s: SplitCounts(count=len(splits[s][1]), per_class=per_class[s]) for s in SPLITS},
                 source={"path": str(archive_path), "sha256": sha256_file(archive)},

@@ -489,6 +489,10 @@ def test_with_few_seeds_the_report_says_its_verdicts_rest_on_normality():
     assert "cannot go below p = 0.1, so every significant verdict here rests on" in render(three)[0]
     six = fake_inputs({"aug=none": [0.70, 0.71, 0.72] * 2, "aug=standard": [0.74, 0.75, 0.76] * 2})
     assert "permutation test" not in render(six)[0]
+    # 4 seeds: 2/70 = 0.029 passes alpha alone, not Holm's first threshold over a 2 x 2 study's 6 hypotheses
+    crossed = fake_inputs({"aug=none,dropout=0.0": [0.70, 0.71, 0.70, 0.72], "aug=standard,dropout=0.0": [0.76] * 4,
+                           "aug=none,dropout=0.5": [0.72] * 4, "aug=standard,dropout=0.5": [0.72, 0.73, 0.72, 0.71]})
+    assert len(crossed.summary.family) == 6 and "cannot go below p = 0.029" in render(crossed)[0]
 
 
 def test_the_report_ships_every_seeds_results_for_an_audit():

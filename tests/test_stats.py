@@ -276,6 +276,19 @@ def _pooled_t_p(x, y):
     return pytest.importorskip("scipy.stats").ttest_ind(x, y).pvalue  # equal variances: n_x + n_y - 2 dof
 
 
+def test_a_class_whose_seeds_all_agree_exactly_leaves_the_others_alone():
+    """Every seed of both arms at 0.7 on one class: numpy's variance is ~1e-32 there,
+    not 0, and its log would drag the prior's scale towards 0, so that no class's
+    lucky agreement were discounted any more."""
+    rng = np.random.default_rng(0)
+    a, b = 0.7 + rng.normal(0, 0.02, (3, 10)), 0.7 + rng.normal(0, 0.02, (3, 10))
+    assert np.var([0.7] * 3) != 0  # the rounding this guards against
+    alone = per_class_over_seeds(a, b)
+    with_flat = per_class_over_seeds(np.c_[a, np.full(3, 0.7)], np.c_[b, np.full(3, 0.7)])
+    assert [c.p for c in with_flat[:10]] == pytest.approx([c.p for c in alone], rel=1e-9)
+    assert with_flat[10].p == 1.0
+
+
 def test_per_class_variance_is_never_below_the_class_own():
     """Classes whose variances agree: those whose own variance is below the common one
     are raised to it and gain the prior's degrees of freedom (at most the classes'

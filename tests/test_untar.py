@@ -92,7 +92,7 @@ def test_the_manifest_says_how_the_images_were_encoded(tmp_path, work):
     assert (m.name, m.encoding) == ("CIFAR-10 (JPEG mirror)", "JPEG quality 75, 4:2:0 chroma subsampling")
     official = tmp_path / "in" / "official.tar.gz"
     archives.write_official(official, per_class=2)
-    assert untar.prepare(official, work / "official", verify_counts=False).encoding == "lossless (pickled arrays)"
+    assert untar.prepare(official, work / "official", verify_counts=False).encoding == "lossless, pickled arrays"
     mixed = tmp_path / "in" / "mixed.tar.gz"
     archives.write_imagefolder(mixed, per_class=2)
     m = untar.prepare(mixed, work / "mixed", verify_counts=False)

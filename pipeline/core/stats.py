@@ -319,6 +319,8 @@ def power(a: Sequence[float], b: Sequence[float], alpha: float, target: float,
         return Power(n_per_arm=int(n), sd=None, alpha=alpha, power=power_, detectable=None, target=target,
                      seeds_for_target=None)
     sd = math.sqrt((x.var(ddof=1) * (x.size - 1) + y.var(ddof=1) * (y.size - 1)) / (x.size + y.size - 2))
+    if np.ptp(x) == 0 and np.ptp(y) == 0:
+        sd = 0.0  # not the ~1e-16 rounding leaves
     solver = TTestIndPower()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # statsmodels warns, then returns NaN, where its root finder fails
@@ -389,7 +391,7 @@ class ClassDiff(_Result):
 
     group: int
     diff: Interval
-    dof: float | None  # the class's own (seeds - 2), or with the prior's added where its variance was raised
+    dof: float | None  # the class's own (n_a + n_b - 2), or with the prior's added where its variance was raised
     t: float | None
     p: float | None
     p_adjusted: float | None
@@ -433,6 +435,7 @@ def per_class_over_seeds(acc_a, acc_b, confidence: float = 0.95, method: str = "
                                dof=None, t=None, p=None, p_adjusted=None, reason=SINGLE_SEED) for g in range(k))
     d = na + nb - 2
     s2 = ((na - 1) * a.var(0, ddof=1) + (nb - 1) * b.var(0, ddof=1)) / d
+    s2[(np.ptp(a, 0) == 0) & (np.ptp(b, 0) == 0)] = 0.0  # rounding leaves ~1e-32, which would skew the prior
     d0, s0 = _variance_prior(s2, d)
     moderated = s2 if d0 == 0 else np.full(k, s0) if math.isinf(d0) else (d0 * s0 + d * s2) / (d0 + d)
     own = s2 >= moderated  # these classes keep their own variance and degrees of freedom

@@ -279,8 +279,8 @@ def _headline(ctx: _Ctx) -> list:
     if ctx.adjusted:
         blocks.append(para(("b", "The hypotheses."), f" Fixed by the study's design before any result: "
                            f"{'; '.join(inp.summary.family)}. Each is tested once, at the last checkpoint (Welch's t "
-                           "over seeds), and Holm adjusts over all of them: the p quoted for a hypothesis is the "
-                           "same wherever it appears."))
+                           "over seeds; an interaction, a Welch contrast of its four arms), and Holm adjusts over "
+                           "all of them: the p quoted for a hypothesis is the same wherever it appears."))
     if inp.summary.effects:
         blocks.extend(_summary(ctx))
     else:
@@ -402,7 +402,8 @@ def _limits(ctx: _Ctx) -> str:
     if len({a.train.epochs for a in inp.params.arms}) == 1:
         parts.append("a longer or shorter budget may rank the arms differently (see the learning curves)")
     parts.append("the checkpoint kept as best was chosen on the test set, so its numbers are optimistic and are "
-                 "not used for any finding")
+                 "not used for any finding" if inp.summary.best_on == "test" else
+                 "the checkpoint kept as best was chosen on validation images and is described, not tested")
     parts.append("a per-class difference is only claimed where it holds over seeds after correcting for the ten "
                  "classes; per-image tests speak for these trained models, not for the recipe")
     return "; ".join(parts) + "."
@@ -537,12 +538,13 @@ def _curves(ctx: _Ctx) -> list:
 
 
 def _normality_note(ctx: _Ctx) -> str:
-    """With few seeds no test free of the normal assumption can reach alpha: say so."""
+    """With few seeds no test free of the normal assumption can pass Holm's first
+    threshold (alpha over the family's size): say so."""
     n = len(ctx.seeds)
     if n < 2 or not ctx.others:
         return ""
     floor = 2 / math.comb(2 * n, n)  # the smallest two-sided p of an exact permutation test, n vs n seeds
-    if floor < ctx.alpha:
+    if floor < ctx.alpha / max(1, len(ctx.inp.summary.family)):
         return ""
     return (f" With {n} seeds per arm an exact permutation test cannot go below p = {floor:.2g}, so every "
             "significant verdict here rests on the t-test's assumption that seed accuracies are normal.")
