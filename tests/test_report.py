@@ -495,6 +495,15 @@ def test_with_few_seeds_the_report_says_its_verdicts_rest_on_normality():
     assert len(crossed.summary.family) == 6 and "cannot go below p = 0.029" in render(crossed)[0]
 
 
+def test_the_report_states_its_hypothesis_and_one_arm_claims_no_test():
+    md, _ = render(fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.74, 0.75, 0.76]}))
+    assert "**The hypothesis.** Fixed by the study's design before any result: aug=standard vs aug=none, tested " \
+           "once" in md
+    md, _ = render(fake_inputs({"aug=none": [0.70, 0.71, 0.72]}))
+    assert "With one arm there is no comparison, so no test." in md
+    assert "Welch" not in md.split("## 2. ")[1].split("## 3. ")[0] and "bootstrap" not in md
+
+
 def test_the_report_ships_every_seeds_results_for_an_audit():
     inp = fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.74, 0.75, 0.76]}, best=True)
     report = build.build_report(inp)

@@ -78,7 +78,7 @@ class TrainConfig(BaseModel):
     precision: Literal[PRECISIONS] = "fp32"  # autocast; fp16 adds a GradScaler
     compile: bool = False  # torch.compile the model
     compile_mode: Literal[COMPILE_MODES] = "default"  # reduce-overhead adds CUDA graphs
-    keep_best: bool = True  # also keep the checkpoint with the best test accuracy
+    keep_best: bool = True  # also keep the best epoch's checkpoint (validation accuracy with a split, else test)
 
 
 TRAIN_KEYS = tuple(k for k in TrainConfig.model_fields if k != "knobs")

@@ -276,11 +276,15 @@ def _headline(ctx: _Ctx) -> list:
         blocks.append(Warn(SINGLE_SEED_WARNING))
     if not ctx.others:
         blocks.append(para("Only one arm: there is nothing to compare with the baseline."))
-    if ctx.adjusted:
+    family = inp.summary.family
+    if len(family) > 1:
         blocks.append(para(("b", "The hypotheses."), f" Fixed by the study's design before any result: "
-                           f"{'; '.join(inp.summary.family)}. Each is tested once, at the last checkpoint (Welch's t "
+                           f"{'; '.join(family)}. Each is tested once, at the last checkpoint (Welch's t "
                            "over seeds; an interaction, a Welch contrast of its four arms), and Holm adjusts over "
                            "all of them: the p quoted for a hypothesis is the same wherever it appears."))
+    elif family:
+        blocks.append(para(("b", "The hypothesis."), f" Fixed by the study's design before any result: {family[0]}, "
+                           "tested once, at the last checkpoint (Welch's t over seeds)."))
     if inp.summary.effects:
         blocks.extend(_summary(ctx))
     else:
@@ -444,18 +448,22 @@ def _ablation(ctx: _Ctx) -> list:
                             f"p < {ctx.alpha:g} to the " + ("Holm-adjusted p" if ctx.adjusted else "Welch p") +
                             ". b01 = images the arm gets wrong and the baseline right; b10 = the arm right and "
                             "the baseline wrong."))
-    blocks.append(para(("b", "Methods."),
-                       f" Per arm: mean over seeds with a Student-t {ctx.clabel}. Against the baseline: Welch's "
-                       "unequal-variance t-test over the seeds' test accuracies (scipy)"
-                       + (", with Holm-adjusted p over the study's family of hypotheses (statsmodels), which "
-                          "decides the verdicts"
-                          if ctx.adjusted else "")
-                       + "; the smallest difference the comparison detects with 80% power (two-sample t-test on "
-                       "the pooled seed SD, statsmodels). The seeds are the unit of these tests: they ask whether "
-                       "training the recipe again would differ. A paired bootstrap over test images "
-                       f"({_boot_n(ctx)} resamples, stratified by class) and an exact McNemar test per matched "
-                       "seed ask whether these trained models differ on this test set. Significant means "
-                       f"p < {ctx.alpha:g}." + _normality_note(ctx)))
+    if not ctx.others:
+        blocks.append(para(("b", "Methods."), f" Per arm: mean over seeds with a Student-t {ctx.clabel}. With one "
+                           "arm there is no comparison, so no test."))
+    else:
+        blocks.append(para(("b", "Methods."),
+                           f" Per arm: mean over seeds with a Student-t {ctx.clabel}. Against the baseline: Welch's "
+                           "unequal-variance t-test over the seeds' test accuracies (scipy)"
+                           + (", with Holm-adjusted p over the study's family of hypotheses (statsmodels), which "
+                              "decides the verdicts"
+                              if ctx.adjusted else "")
+                           + "; the smallest difference the comparison detects with 80% power (two-sample t-test on "
+                           "the pooled seed SD, statsmodels). The seeds are the unit of these tests: they ask whether "
+                           "training the recipe again would differ. A paired bootstrap over test images "
+                           f"({_boot_n(ctx)} resamples, stratified by class) and an exact McNemar test per matched "
+                           "seed ask whether these trained models differ on this test set. Significant means "
+                           f"p < {ctx.alpha:g}." + _normality_note(ctx)))
     blocks.extend(_factor_tables(ctx))
     best = ctx.inp.summary.checkpoints.get("best")
     if best:
