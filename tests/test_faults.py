@@ -43,19 +43,31 @@ def reference(trained):
     return _results(trained)
 
 
+DVC_RWLOCK = "Unable to read RWLock-file '.dvc/tmp/rwlock'"
+
+
 def _kill_when(proj, marker: str, after_s: float = 0.3, cmd=("dvc", "repro")) -> str:
-    """Start `dvc repro`, kill -9 its whole process group once `marker` is printed."""
-    proc = subprocess.Popen([str(BIN / cmd[0]), *cmd[1:]], cwd=proj, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if marker in line:
-            time.sleep(after_s)
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-    proc.wait()
-    text = "".join(seen)
+    """Start `dvc repro`, kill -9 its whole process group once `marker` is printed.
+
+    DVC writes its lock table (.dvc/tmp/rwlock) in place: a kill in that instant
+    leaves it empty, and DVC then refuses to start. Where it does, this does what
+    the README tells a user (remove the file) and starts again."""
+    for attempt in range(2):
+        proc = subprocess.Popen([str(BIN / cmd[0]), *cmd[1:]], cwd=proj, env=env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if marker in line:
+                time.sleep(after_s)
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        proc.wait()
+        text = "".join(seen)
+        if attempt == 0 and marker not in text and DVC_RWLOCK in text:
+            (proj / ".dvc" / "tmp" / "rwlock").unlink()
+            continue
+        break
     assert marker in text, text[-3000:]
     return text
 
@@ -69,7 +81,11 @@ def test_kill_9_at_every_stage_and_at_the_end_of_an_arm(tmp_path, reference):
         _kill_when(proj, "Running stage 'evaluate'", 1.5),
         _kill_when(proj, "Running stage 'report'", 1.5),
     ]
-    final = run("dvc repro", proj)
+    final = run("dvc repro", proj, check=False)
+    if final.returncode and DVC_RWLOCK in final.stdout + final.stderr:  # the README's one step, as above
+        (proj / ".dvc" / "tmp" / "rwlock").unlink()
+        final = run("dvc repro", proj)
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
     _no_traceback(*outputs, final.stdout, final.stderr)
     assert _results(proj) == reference
     # nothing a killed run left: no temporaries anywhere, no state of a finished arm
