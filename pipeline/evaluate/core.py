@@ -178,20 +178,19 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]
     pairs = {(a, baseline): stats.welch(acc[a], acc[baseline], confidence) for a in others}
     for e in effects:
         pairs.setdefault((e.arm, e.reference_arm), e.test_acc)
-    members = [(f"{a} vs {b}", w.p) for (a, b), w in pairs.items()] + \
-              [(interaction_label(i), i.contrast.p) for i in interactions]
-    q = dict(zip([m[0] for m in members], stats.adjust([m[1] for m in members], CORRECTION)))
-    word = "Holm" if len(members) > 1 else None
+    keys = list(pairs) + list(range(len(interactions)))  # a pair of arms, or an interaction's index
+    family = [f"{k[0]} vs {k[1]}" if isinstance(k, tuple) else interaction_label(interactions[k]) for k in keys]
+    q = dict(zip(keys, stats.adjust([pairs[k].p if isinstance(k, tuple) else interactions[k].contrast.p
+                                     for k in keys], CORRECTION)))
+    word = "Holm" if len(keys) > 1 else None
 
-    def decided(interval, reason, name):
-        return q[name], stats.verdict(interval, q[name], alpha, reason, word)
+    def decided(interval, reason, key):
+        return {"p_adjusted": q[key], "verdict": stats.verdict(interval, q[key], alpha, reason, word)}
 
-    effects = [e.model_copy(update=dict(zip(("p_adjusted", "verdict"), decided(e.test_acc.ci, e.test_acc.reason,
-                                                                               f"{e.arm} vs {e.reference_arm}"))))
+    effects = [e.model_copy(update=decided(e.test_acc.ci, e.test_acc.reason, (e.arm, e.reference_arm)))
                for e in effects]
-    interactions = [i.model_copy(update=dict(zip(("p_adjusted", "verdict"),
-                                                 decided(i.contrast.ci, i.contrast.reason, interaction_label(i)))))
-                    for i in interactions]
+    interactions = [i.model_copy(update=decided(i.contrast.ci, i.contrast.reason, n))
+                    for n, i in enumerate(interactions)]
     out = {}
     for which in ("last", "best"):
         if not all((a, s, which) in evals for a in arms for s in seeds):
@@ -205,10 +204,10 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]
         for a in others:
             correct = np.stack([evals[(a, s, which)][1].correct for s in seeds])
             w = pairs[(a, baseline)] if tested else stats.welch([r.test_acc for r in rows[a]], base_acc, confidence)
-            p_adj, said = decided(w.ci, w.reason, f"{a} vs {baseline}") if tested else \
-                (None, stats.described(w.ci, w.reason, BEST_UNTESTED[best_on]))
+            said = decided(w.ci, w.reason, (a, baseline)) if tested else \
+                {"p_adjusted": None, "verdict": stats.described(w.ci, w.reason, BEST_UNTESTED[best_on])}
             comparisons[a] = Comparison(
-                welch=w, p_adjusted=p_adj,
+                welch=w, **said,
                 power=stats.power([r.test_acc for r in rows[a]], base_acc, alpha, TARGET_DIFFERENCE),
                 per_class=stats.per_class_over_seeds(np.array([r.per_class_acc for r in rows[a]]), base_class,
                                                      confidence, CORRECTION) if tested else (),
@@ -216,12 +215,11 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]
                                                         confidence=confidence, seed=0,
                                                         groups=labels) if tested else None,
                 mcnemar_per_seed=[stats.mcnemar(correct[i], base_correct[i]) for i in range(len(seeds))]
-                if tested else [],
-                verdict=said)
+                if tested else [])
         out[which] = CheckpointSummary(arms={a: _arm_summary(rows[a], confidence, top_n) for a in arms},
                                        comparisons=comparisons)
-    return StudySummary(baseline=baseline, confidence=confidence, family=[m[0] for m in members], best_on=best_on,
-                        correction=f"{CORRECTION} over the study's family of {len(members)} hypothesis(es), tested "
+    return StudySummary(baseline=baseline, confidence=confidence, family=family, best_on=best_on,
+                        correction=f"{CORRECTION} over the study's family of {len(family)} hypothesis(es), tested "
                                    f"at the last checkpoint; per class, {CORRECTION} over the {len(CLASSES)} classes "
                                    f"of each comparison",
                         seeds=list(seeds), classes=list(CLASSES), checkpoints=out, model_facts=facts,
