@@ -67,6 +67,23 @@ def test_validation_split_is_the_presets_unless_given_and_bounded():
             parse_params({"data": {"val_split": bad_value}})
 
 
+def test_mean_of_last_needs_every_epoch_on_the_test_set_and_that_many_epochs():
+    """The less noisy estimate averages the last k epochs' test accuracy: refused where
+    a validation split keeps the test set for one look, or beyond the epochs trained."""
+    assert parse_params({}).report.mean_of_last == 1
+    assert parse_params({"report": {"mean_of_last": 5}}).report.mean_of_last == 5
+    with pytest.raises(ConfigError, match=r"^report.mean_of_last = 5: expected 1 with data.val_split 0.1 .*"
+                                          r"or data.val_split 0$"):
+        parse_params({"report": {"mean_of_last": 5}, "data": {"val_split": 0.1}})
+    with pytest.raises(ConfigError, match=r"^report.mean_of_last = 5: expected 1 with data.val_split 0.1"):
+        parse_params({"preset": "resnet18", "report": {"mean_of_last": 5}})  # the preset's split
+    with pytest.raises(ConfigError, match=r"^report.mean_of_last = 4: expected 1 to 3, the epochs an arm trains$"):
+        parse_params({"report": {"mean_of_last": 4}, "epochs": [3, 10]})
+    for bad_value in (0, 2.5, "5"):
+        with pytest.raises(ConfigError, match=r"^report.mean_of_last = "):
+            parse_params({"report": {"mean_of_last": bad_value}})
+
+
 def test_knobs_are_axes_named_by_their_bare_name():
     p = parse_params({"knobs": {"dropout": [0, 0.25, 0.5]}, "seeds": [0]})
     assert [a.name for a in p.arms] == [f"aug={a},dropout={d}" for a in ("none", "standard")

@@ -40,10 +40,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, float]] | None = None,
                 images_per_class: int = 100, data_name: str = "CIFAR-10 (JPEG mirror)", seed: int = 0,
-                knobs: dict[str, dict] | None = None, best: bool = False, best_on: str = "test") -> build.Inputs:
+                knobs: dict[str, dict] | None = None, best: bool = False, best_on: str = "test",
+                estimates: dict[str, list[float]] | None = None) -> build.Inputs:
     """A study whose arm x seed test accuracies are `accs` (per-class accuracies
     around them, shifted by `class_shift[arm][class]`), as the evaluate stage
-    would summarise it; with `best`, a best checkpoint (epoch 2) beside the last."""
+    would summarise it; with `best`, a best checkpoint (epoch 2) beside the last; with
+    `estimates`, each run's accuracy as tested is another (report.mean_of_last 2)."""
     rng = np.random.default_rng(seed)
     arms = list(accs)
     seeds = list(range(len(next(iter(accs.values())))))
@@ -71,7 +73,9 @@ def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, f
     facts = {a: ModelFacts(model="simple_cnn", knobs=(knobs or {}).get(a, {"dropout": 0.5}), params=545_290,
                            trainable_params=545_290, flops=12_260_000, macs=6_130_000, flops_convention="2 x MACs",
                            receptive_field=10, layers=[]) for a in arms}
-    summary = core.compare(evals, arms, seeds, arms[0], 0.95, 200, 6, labels, facts, axes, best_on=best_on)
+    declared = {"estimates": estimates, "estimate": "the mean test accuracy of the last 2 epochs"} if estimates else {}
+    summary = core.compare(evals, arms, seeds, arms[0], 0.95, 200, 6, labels, facts, axes, best_on=best_on,
+                           **declared)
     history = [HistoryRow(epoch=e, train_loss=1.0 / e, train_acc=0.5 + 0.1 * e, test_loss=1.0 / e,
                           test_acc=0.4 + 0.1 * e, lr=1e-3, epoch_seconds=1.0, images_per_second=100.0)
                for e in (1, 2, 3)]
@@ -363,6 +367,26 @@ def test_the_stages_write_a_report_that_matches_the_evaluation(study_files):
 
 
 @pytest.mark.slow
+def test_a_study_declared_on_its_last_epochs_is_tested_on_them(tmp_path, prepared, monkeypatch):
+    """report.mean_of_last 2 through the real stages: summary.json, metrics/study.json
+    and the report hold each run's mean test accuracy over its last 2 epochs."""
+    from pipeline.core.contracts import read_history, run_dir
+    from pipeline.evaluate.contracts import StudySummary as Summary
+
+    from tests.conftest import run_study
+
+    monkeypatch.chdir(tmp_path)
+    p = run_study(tmp_path, prepared, seeds=(0, 1), epochs=2, report={"bootstrap": 200, "mean_of_last": 2})
+    summary = Summary.model_validate_json((p["evaluation"] / "summary.json").read_text())
+    for arm, values in summary.estimates.items():
+        assert values == [pytest.approx(np.mean([r.test_acc for r in read_history(
+            run_dir(p["runs"], arm, seed) / "history.csv")[-2:]])) for seed in (0, 1)]
+    headline = json.loads((p["metrics"] / "study.json").read_text())
+    assert headline["aug=standard/test_acc"] == round(100 * np.mean(summary.estimates["aug=standard"]), 2)
+    assert "Each run's accuracy is the mean test accuracy of the last 2 epochs" in (p["reports"] / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_missing_evaluation_fails_in_one_line_and_writes_nothing(study_files, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     p = study_files["two"]
@@ -480,6 +504,63 @@ def test_one_hypothesis_has_one_adjusted_p_wherever_it_is_quoted():
         row = next(r for r in Tables(page).tables["effects-table"][1:]
                    if r[1] == f"{e.value} vs {e.reference}" and r[2] == ", ".join(f"{k}={v}" for k, v in e.at.items()))
         assert row[5] == stats.format_p(e.p_adjusted)
+
+
+def test_a_declared_estimate_is_what_every_answer_tests_and_quotes():
+    """report.mean_of_last: the family's test, the headline metrics, the report's
+    answer and its audit file all use the declared estimate, named; the per-class
+    analysis stays on the last checkpoint."""
+    checkpoints = {"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.70, 0.71, 0.72]}  # no difference at the last
+    estimates = {"aug=none": [0.700, 0.705, 0.710], "aug=standard": [0.750, 0.755, 0.760]}  # a clear one over 2 epochs
+    inp = fake_inputs(checkpoints, estimates=estimates)
+    s = inp.summary
+    c = s.checkpoints["last"].comparisons["aug=standard"]
+    assert c.welch.diff == pytest.approx(0.05) and "significant" in c.verdict and c.p_adjusted < 0.05
+    assert s.accuracy("aug=standard").mean == pytest.approx(0.755) and s.estimates == estimates
+    assert abs(s.checkpoints["last"].arms["aug=standard"].test_acc.mean - 0.71) < 0.03  # the checkpoint's own
+    assert len(c.per_class) == 10  # on the last checkpoint's predictions
+    assert core.headline(s, list(checkpoints)) == {"aug=none/test_acc": 70.5, "aug=standard/test_acc": 75.5,
+                                                   "aug=standard/delta": 5.0, "aug=standard/p_adj": float(f"{c.p_adjusted:.4g}"),
+                                                   "n_seeds": 3}
+    md, page = render(inp)
+    assert "Each run's accuracy is the mean test accuracy of the last 2 epochs" in md
+    assert "tested once, on the mean test accuracy of the last 2 epochs" in md
+    assert "75.50% vs 70.50%" in md
+    table = Tables(page).tables["acc-table"]
+    assert table[0][-1] == "Tested acc %" and table[2][-1].startswith("75.50")
+    rows = list(csv.DictReader(io.StringIO(build.build_report(inp).files["results.csv"])))
+    assert [float(r["tested_acc"]) for r in rows if r["arm"] == "aug=standard"] == estimates["aug=standard"]
+    # the default: the last checkpoint, as before
+    plain = fake_inputs(checkpoints)
+    assert plain.summary.estimate == "the last checkpoint's test accuracy"
+    assert plain.summary.accuracy("aug=none") == plain.summary.checkpoints["last"].arms["aug=none"].test_acc
+    assert "Tested acc %" not in render(plain)[1]
+
+
+def test_the_evaluate_stage_averages_each_runs_last_k_epochs(tmp_path):
+    from pipeline.core.contracts import run_dir, write_history
+    from pipeline.core.errors import PipelineError
+    from pipeline.evaluate.stage import last_epochs_estimates
+
+    def rows(accs, val=False):
+        return [HistoryRow(epoch=e, train_loss=1.0, train_acc=0.9, test_loss=None if val else 1.0,
+                           test_acc=None if val else a, lr=1e-3, epoch_seconds=1.0, images_per_second=1.0,
+                           val_loss=1.0 if val else None, val_acc=a if val else None)
+                for e, a in enumerate(accs, 1)]
+
+    record = StudyRecord(study="s", arms=["a", "b"], seeds=[0, 1], seeds_reason="listed", runs=[], device="cpu")
+    for arm, seed, accs in (("a", 0, [0.1, 0.5, 0.6, 0.7]), ("a", 1, [0.2, 0.3, 0.4, 0.8]),
+                            ("b", 0, [0.9, 0.9, 0.1, 0.2]), ("b", 1, [0.5, 0.5, 0.5, 0.5])):
+        run_dir(tmp_path, arm, seed).mkdir(parents=True)
+        write_history(run_dir(tmp_path, arm, seed) / "history.csv", rows(accs))
+    got = last_epochs_estimates(tmp_path, record, 3)
+    assert got["estimate"] == "the mean test accuracy of the last 3 epochs"
+    assert got["estimates"] == {"a": [pytest.approx(0.6), pytest.approx(0.5)],
+                                "b": [pytest.approx(0.4), pytest.approx(0.5)]}
+    write_history(run_dir(tmp_path, "b", 1) / "history.csv", rows([0.5] * 4, val=True))  # epochs on validation
+    with pytest.raises(PipelineError, match=r"seed=1/history.csv has no test accuracy for each of its last 3 "
+                                            r"epochs \(report.mean_of_last 3\)"):
+        last_epochs_estimates(tmp_path, record, 3)
 
 
 def test_with_few_seeds_the_report_says_its_verdicts_rest_on_normality():

@@ -44,12 +44,29 @@ def _noisy(sd, effect=0.02):
 
 def test_widest_interval_is_welchs_half_width():
     table = _noisy(0.01)
-    results = {(a, s): SimpleNamespace(acc=table(a, s)) for a in ARMS for s in range(4)}
+    results = {(a, s): table(a, s) for a in ARMS for s in range(4)}
     got = widest_interval(results, ARMS, "aug=none", [0, 1, 2, 3], 0.95)
     ci = stats.welch([table("aug=standard", s) for s in range(4)], [table("aug=none", s) for s in range(4)]).ci
     assert got == pytest.approx(ci.half_width, rel=1e-12)
     one = widest_interval(results, ["aug=none"], "aug=none", [0, 1, 2], 0.95)
     assert one == pytest.approx(stats.mean_ci([table("aug=none", s) for s in range(3)]).ci.half_width)
+
+
+def test_seeds_on_demand_judge_the_accuracy_the_study_tests():
+    """With report.mean_of_last k, a run's precision is that of its last k epochs' mean
+    test accuracy, not of its last epoch's."""
+    from pipeline.core.contracts import HistoryRow
+    from pipeline.train.plan import tested_accuracy
+
+    history = [HistoryRow(epoch=e, train_loss=1.0, train_acc=0.9, test_loss=1.0, test_acc=a, lr=1e-3,
+                          epoch_seconds=1.0, images_per_second=1.0) for e, a in enumerate((0.5, 0.6, 0.7, 0.2), 1)]
+    last = SimpleNamespace(acc=0.2)
+
+    def never():
+        raise AssertionError("the last epoch needs no history")
+
+    assert tested_accuracy(last, never, 1) == 0.2
+    assert tested_accuracy(last, lambda: history, 3) == pytest.approx(0.5)
 
 
 def test_a_precise_difference_stops_at_the_minimum():

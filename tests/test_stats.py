@@ -498,7 +498,8 @@ def test_factor_effects_compare_each_value_within_every_combination_of_the_other
             arm = f"aug={aug},dropout={d}"
             axes[arm] = {"aug": aug, "dropout": d}
             rows[arm] = [SimpleNamespace(test_acc=0.7 + x, gap_clean=0.1 + x) for x in rng.normal(0, 0.005, 3)]
-    effects, interactions = factor_effects(rows, axes, "aug=none,dropout=0.0", 0.95)
+    acc = {a: [r.test_acc for r in rows[a]] for a in rows}
+    effects, interactions = factor_effects(rows, axes, "aug=none,dropout=0.0", 0.95, acc)
     assert [(e.factor, e.value, e.at["dropout" if e.factor == "aug" else "aug"]) for e in effects] == [
         ("aug", "standard", "0.0"), ("aug", "standard", "0.25"), ("aug", "standard", "0.5"),
         ("dropout", "0.25", "none"), ("dropout", "0.5", "none"), ("dropout", "0.25", "standard"),
@@ -508,4 +509,4 @@ def test_factor_effects_compare_each_value_within_every_combination_of_the_other
         assert e.p_adjusted is None and e.verdict == ""
     assert [(i.value, i.other_value) for i in interactions] == [("standard", "0.25"), ("standard", "0.5")]
     one_axis = {a: {"aug": v["aug"]} for a, v in axes.items() if v["dropout"] == "0.0"}
-    assert factor_effects({a: rows[a] for a in one_axis}, one_axis, "aug=none,dropout=0.0", 0.95) == ([], [])
+    assert factor_effects({a: rows[a] for a in one_axis}, one_axis, "aug=none,dropout=0.0", 0.95, acc) == ([], [])

@@ -197,6 +197,12 @@ def parse_params(raw: Any) -> Params:
 
     if report.baseline is not None and report.baseline not in [a.name for a in arms]:
         raise bad("report.baseline", report.baseline, f"one of the arms: {', '.join(a.name for a in arms)}")
+    k, fewest = report.mean_of_last, min(a.train.epochs for a in arms)
+    if k > 1 and data.val_split:
+        raise bad("report.mean_of_last", k, f"1 with data.val_split {data.val_split:g} (the test set is then "
+                                            f"evaluated once, not every epoch), or data.val_split 0")
+    if k > fewest:
+        raise bad("report.mean_of_last", k, f"1 to {fewest}, the epochs an arm trains")
     return Params(study=study, preset=preset, seeds=seeds, seed_plan=seed_plan, data=data, arms=tuple(arms),
                   report=report, run=run, raw=raw, variant=variant(raw, recipe, axes, knob_axes, data))
 

@@ -80,6 +80,10 @@ class ReportConfig(BaseModel):
     confidence: number(ge=0.5, lt=1) = 0.95
     bootstrap: integer(ge=100, le=1_000_000) = 2000  # resamples for paired bootstrap intervals
     top_confusions: integer(ge=1, le=90) = 6
+    # each run's accuracy the study's hypotheses are tested on: the mean test accuracy of
+    # its last k epochs (less noisy than one epoch; needs every epoch evaluated on the
+    # test set, so no data.val_split); 1 = the last checkpoint's. Fix it before the run.
+    mean_of_last: integer(ge=1, le=1000) = 1
     # register the winning arm's model (highest mean test accuracy; its median seed's last
     # checkpoint) in the MLflow Model Registry under this name; null = register nothing
     register_model: Annotated[str, Field(pattern=r"^[\w.\- ]{1,100}$"),

@@ -117,6 +117,9 @@ class Interaction(Contract):
     verdict: str
 
 
+LAST_CHECKPOINT = "the last checkpoint's test accuracy"
+
+
 class StudySummary(Contract):
     """evaluation/summary.json: every statistic the report shows, across seeds and
     against the baseline."""
@@ -126,6 +129,11 @@ class StudySummary(Contract):
     correction: str  # how p-values of several comparisons are adjusted
     family: list[str] = []  # the hypotheses adjusted together, fixed by the study's design
     best_on: Literal["test", "validation"] = "test"  # what the best checkpoint was chosen on
+    # each run's accuracy the hypotheses are tested on (report.mean_of_last): per arm its
+    # values in the seeds' order, and their mean over seeds
+    estimate: str = LAST_CHECKPOINT
+    estimates: dict[str, list[float]] = {}
+    tested: dict[str, MeanCI] = {}
     seeds: list[int]
     classes: list[str]
     checkpoints: dict[str, CheckpointSummary]
@@ -133,6 +141,10 @@ class StudySummary(Contract):
     # a study with two or more axes: each factor within the others, and their interactions
     effects: list[Effect] = []
     interactions: list[Interaction] = []
+
+    def accuracy(self, arm: str) -> MeanCI:
+        """The arm's accuracy as its hypotheses are tested (mean over seeds)."""
+        return self.tested.get(arm) or self.checkpoints["last"].arms[arm].test_acc
 
 
 @dataclass(frozen=True)

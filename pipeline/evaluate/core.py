@@ -7,6 +7,7 @@ import numpy as np
 from pipeline.core import stats
 from pipeline.core.dataset import CLASSES
 from pipeline.evaluate.contracts import (
+    LAST_CHECKPOINT,
     ArmSummary,
     CheckpointEval,
     CheckpointSummary,
@@ -82,10 +83,10 @@ def factors(axes: dict[str, dict[str, str]]) -> dict[str, list[str]]:
 
 
 def factor_effects(rows: dict[str, list[CheckpointEval]], axes: dict[str, dict[str, str]], baseline: str,
-                   confidence: float) -> tuple[list[Effect], list[Interaction]]:
+                   confidence: float, acc: dict[str, list[float]]) -> tuple[list[Effect], list[Interaction]]:
     """In a study with two or more axes: each factor's values against the baseline's
     value of it, within every combination of the other factors (Welch over seeds,
-    test accuracy and clean gap), and for every two factors whether one's effect
+    `acc` and clean gap), and for every two factors whether one's effect
     differs between the other's values (a Welch contrast of four cells). Their p
     are adjusted as members of the study's one family (`compare`): here p_adjusted
     is None and the verdict empty. With one axis the comparisons with the baseline
@@ -98,7 +99,6 @@ def factor_effects(rows: dict[str, list[CheckpointEval]], axes: dict[str, dict[s
     def arm_at(values: dict[str, str]) -> str | None:
         return cell.get(tuple(sorted(values.items())))
 
-    acc = {a: [r.test_acc for r in rows[a]] for a in rows}
     gap = {a: [r.gap_clean for r in rows[a]] for a in rows}
     ref = {k: axes[baseline][k] for k in varying}
     others_of = {k: [o for o in varying if o != k] for k in varying}
@@ -153,17 +153,20 @@ def interaction_label(i: Interaction) -> str:
 def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]], arms: list[str], seeds: list[int],
             baseline: str, confidence: float, bootstrap: int, top_n: int, labels: np.ndarray,
             facts: dict[str, ModelFacts], axes: dict[str, dict[str, str]] | None = None,
-            best_on: str = "test") -> StudySummary:
+            best_on: str = "test", estimates: dict[str, list[float]] | None = None,
+            estimate: str = LAST_CHECKPOINT) -> StudySummary:
     """Statistics across seeds per arm, and each arm against the baseline.
 
-    The hypotheses are tested at the last checkpoint, the one fixed before training.
+    The hypotheses are tested at the last checkpoint, the one fixed before training,
+    on each run's `estimate` (`estimates`: arm -> its seeds' values, e.g. the mean test
+    accuracy of the last k epochs; None: the last checkpoint's test accuracy).
     The best checkpoint's differences are described (with intervals) and never
     tested: chosen on the test set (`best_on` "test") they are optimistic; chosen on
     validation ("validation"), a second p for the same hypothesis would still
     double its chances. The study's family is fixed by its design
     before any result is seen: every arm against the baseline, every factor effect
     between two other arms (a study with several axes) and every interaction, each
-    distinct pair of arms once. Welch's t over seeds on test accuracy, Holm over the
+    distinct pair of arms once. Welch's t over seeds on the estimate, Holm over the
     whole family: one adjusted p per hypothesis, quoted wherever it appears. Per
     class (exploratory, its own family per comparison): a t over seeds whose variance
     is raised to the classes' common one where below it, Holm over the classes. Over test images (do
@@ -171,9 +174,9 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]
     """
     alpha = 1 - confidence
     last = {a: [evals[(a, s, "last")][0] for s in seeds] for a in arms}
-    acc = {a: [r.test_acc for r in last[a]] for a in arms}
+    acc = estimates or {a: [r.test_acc for r in last[a]] for a in arms}
     others = [a for a in arms if a != baseline]
-    effects, interactions = factor_effects(last, axes or {}, baseline, confidence)
+    effects, interactions = factor_effects(last, axes or {}, baseline, confidence, acc)
     # the family: each pair of arms once (an effect whose reference is the baseline is that arm's comparison)
     pairs = {(a, baseline): stats.welch(acc[a], acc[baseline], confidence) for a in others}
     for e in effects:
@@ -196,19 +199,19 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]
         if not all((a, s, which) in evals for a in arms for s in seeds):
             continue
         rows = {a: [evals[(a, s, which)][0] for s in seeds] for a in arms}
-        base_acc = [r.test_acc for r in rows[baseline]]
         base_correct = np.stack([evals[(baseline, s, which)][1].correct for s in seeds])
         base_class = np.array([r.per_class_acc for r in rows[baseline]])
         tested = which == "last"
+        at = acc if tested else {a: [r.test_acc for r in rows[a]] for a in arms}
         comparisons = {}
         for a in others:
             correct = np.stack([evals[(a, s, which)][1].correct for s in seeds])
-            w = pairs[(a, baseline)] if tested else stats.welch([r.test_acc for r in rows[a]], base_acc, confidence)
+            w = pairs[(a, baseline)] if tested else stats.welch(at[a], at[baseline], confidence)
             said = decided(w.ci, w.reason, (a, baseline)) if tested else \
                 {"p_adjusted": None, "verdict": stats.described(w.ci, w.reason, BEST_UNTESTED[best_on])}
             comparisons[a] = Comparison(
                 welch=w, **said,
-                power=stats.power([r.test_acc for r in rows[a]], base_acc, alpha, TARGET_DIFFERENCE),
+                power=stats.power(at[a], at[baseline], alpha, TARGET_DIFFERENCE),
                 per_class=stats.per_class_over_seeds(np.array([r.per_class_acc for r in rows[a]]), base_class,
                                                      confidence, CORRECTION) if tested else (),
                 paired_bootstrap=stats.paired_bootstrap(correct, base_correct, n_resamples=bootstrap,
@@ -218,9 +221,10 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]
                 if tested else [])
         out[which] = CheckpointSummary(arms={a: _arm_summary(rows[a], confidence, top_n) for a in arms},
                                        comparisons=comparisons)
-    return StudySummary(baseline=baseline, confidence=confidence, family=family, best_on=best_on,
+    return StudySummary(baseline=baseline, confidence=confidence, family=family, best_on=best_on, estimate=estimate,
+                        estimates=acc, tested={a: stats.mean_ci(acc[a], confidence) for a in arms},
                         correction=f"{CORRECTION} over the study's family of {len(family)} hypothesis(es), tested "
-                                   f"at the last checkpoint; per class, {CORRECTION} over the {len(CLASSES)} classes "
+                                   f"on {estimate}; per class, {CORRECTION} over the {len(CLASSES)} classes "
                                    f"of each comparison",
                         seeds=list(seeds), classes=list(CLASSES), checkpoints=out, model_facts=facts,
                         effects=effects, interactions=interactions)
@@ -229,7 +233,7 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]
 def headline(summary: StudySummary, arms: list[str], intervals: bool = False) -> dict[str, float | int]:
     """The study's answer as flat metrics named by arm, so that a name means the same
     arm in every experiment (metrics/study.json, which `dvc exp show` lists, and the
-    MLflow parent run): per arm `<arm>/test_acc` (mean over seeds, last checkpoint),
+    MLflow parent run): per arm `<arm>/test_acc` (mean over seeds of the tested accuracy),
     and per arm compared with the baseline `<arm>/delta` (arm - baseline, in points:
     accuracies are in %) and `<arm>/p_adj`, the p the verdict decides on
     (Holm-adjusted when there are several comparisons); with `intervals`, the
@@ -237,7 +241,7 @@ def headline(summary: StudySummary, arms: list[str], intervals: bool = False) ->
     last = summary.checkpoints["last"]
     out: dict[str, float | int] = {}
     for arm in arms:
-        out[f"{arm}/test_acc"] = round(100 * last.arms[arm].test_acc.mean, 2)
+        out[f"{arm}/test_acc"] = round(100 * summary.accuracy(arm).mean, 2)
         c = last.comparisons.get(arm)
         if c is None:
             continue

@@ -109,6 +109,22 @@ def _facts(name: str, knobs: dict, cache: Path) -> ModelFacts:
     return facts
 
 
+def last_epochs_estimates(runs: Path, record: StudyRecord, k: int) -> dict:
+    """compare()'s `estimates`: each run's mean test accuracy over its last k epochs
+    (history.csv: each epoch evaluated on the whole test subset), and their name."""
+    out = {}
+    for arm in record.arms:
+        out[arm] = []
+        for seed in record.seeds:
+            path = run_dir(runs, arm, seed) / "history.csv"
+            tail = read_history(path)[-k:]
+            if len(tail) < k or any(r.test_acc is None for r in tail):
+                raise PipelineError(f"{path} has no test accuracy for each of its last {k} epochs "
+                                    f"(report.mean_of_last {k}); {_NOT_TRAINED}")
+            out[arm].append(sum(r.test_acc for r in tail) / k)
+    return {"estimates": out, "estimate": f"the mean test accuracy of the last {k} epochs"}
+
+
 def evaluate_study(params: Params, record: StudyRecord, runs: Path, data: Path, cache: Path):
     """{(arm, seed, which): (CheckpointEval, Predictions, filters)}, from the cache where it can."""
     evaluator = Evaluator(params, data)
@@ -211,11 +227,13 @@ def main(argv=None) -> None:
     gc.freeze()
     labels = next(iter(evals.values()))[1].label
     facts = {a.name: _facts(a.train.model, a.train.knobs, cache) for a in params.arms}
+    last_k = params.report.mean_of_last
     summary = core.compare({k: (v[0], v[1]) for k, v in evals.items()}, record.arms, record.seeds,
                            params.baseline.name, params.report.confidence, params.report.bootstrap,
                            params.report.top_confusions, labels, facts,
                            {a.name: {k: show(v) for k, v in a.axes.items()} for a in params.arms},
-                           best_on="validation" if params.data.val_split else "test")
+                           best_on="validation" if params.data.val_split else "test",
+                           **(last_epochs_estimates(runs, record, last_k) if last_k > 1 else {}))
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
         for (arm, seed, which), (ev, predictions, filters) in evals.items():

@@ -51,8 +51,8 @@ def parent_description(summary: StudySummary, record: StudyRecord, report: str) 
 
     arms = record.arms
     text = [f"Ablation study {record.study}: {len(arms)} arm(s) x {n} seed(s), baseline {summary.baseline}. "
-            f"Test accuracy at the last checkpoint (mean ± {conf} half-width over {n} seeds): "
-            + ", ".join(f"{a} {pm(last.arms[a].test_acc)}" for a in arms) + "."]
+            f"Tested: {summary.estimate} (mean ± {conf} half-width over {n} seeds): "
+            + ", ".join(f"{a} {pm(summary.accuracy(a))}" for a in arms) + "."]
     for arm in arms:
         c = last.comparisons.get(arm)
         if c is not None:

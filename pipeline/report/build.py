@@ -20,7 +20,7 @@ from pipeline.core import stats
 from pipeline.core.config import Params
 from pipeline.core.contracts import DiagnosticsRecord, HistoryRow
 from pipeline.core.study import StudyRecord
-from pipeline.evaluate.contracts import CheckpointEval, Predictions, StudySummary
+from pipeline.evaluate.contracts import LAST_CHECKPOINT, CheckpointEval, Predictions, StudySummary
 
 SECTIONS = ("Headline", "Ablation table", "Learning curves", "Per-class accuracy", "Confusion matrices",
             "Diagnostics", "Galleries", "Model facts", "Provenance")
@@ -240,15 +240,18 @@ RESULT_COLUMNS = ("epoch", "test_acc", "test_loss", "train_acc_clean", "train_lo
 
 def results_csv(inp: Inputs) -> str:
     """Every evaluated run of the study, one row per arm x seed x checkpoint, with its
-    per-class test accuracies: what an auditor recomputes the report's statistics from."""
+    per-class test accuracies and (last checkpoint) the accuracy its hypotheses are
+    tested on: what an auditor recomputes the report's statistics from."""
     import csv
     import io
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["arm", "seed", "checkpoint", *RESULT_COLUMNS, *(f"acc_{c}" for c in inp.summary.classes)])
+    s = inp.summary
+    w.writerow(["arm", "seed", "checkpoint", *RESULT_COLUMNS, "tested_acc", *(f"acc_{c}" for c in s.classes)])
     for r in inp.per_seed:
-        w.writerow([r.arm, r.seed, r.checkpoint, *(getattr(r, k) for k in RESULT_COLUMNS), *r.per_class_acc])
+        tested = s.estimates[r.arm][s.seeds.index(r.seed)] if r.checkpoint == "last" and s.estimates else ""
+        w.writerow([r.arm, r.seed, r.checkpoint, *(getattr(r, k) for k in RESULT_COLUMNS), tested, *r.per_class_acc])
     return buf.getvalue()
 
 
@@ -266,9 +269,10 @@ def _headline(ctx: _Ctx) -> list:
     blocks = [para("Study ", ("b", inp.params.study), f" (preset {inp.params.preset}) on ", ("b", inp.data_name),
                    f" ({inp.data_encoding})" if inp.data_encoding else "",
                    f": {plural(len(ctx.arms), 'arm')} x {plural(n, 'seed')} ({', '.join(map(str, ctx.seeds))}), "
-                   "baseline ", ("b", base), f", each trained {_budget(ctx)}. Test accuracy at each run's last "
-                   f"checkpoint, on {count(len(inp.predictions[base].label))} test images; differences over seeds "
-                   f"with {ctx.clabel.replace('CI', 'intervals')}. Seeds: {inp.record.seeds_reason}.")]
+                   "baseline ", ("b", base), f", each trained {_budget(ctx)}. Each run's accuracy is "
+                   f"{inp.summary.estimate}, on {count(len(inp.predictions[base].label))} test images (fixed "
+                   f"before the run: report.mean_of_last); differences over seeds with "
+                   f"{ctx.clabel.replace('CI', 'intervals')}. Seeds: {inp.record.seeds_reason}.")]
     if inp.params.variant:
         blocks.append(Warn(f"not the study {inp.params.study} itself ({', '.join(inp.params.variant)}): its own "
                            f"report is reports/{inp.params.study}/"))
@@ -279,12 +283,12 @@ def _headline(ctx: _Ctx) -> list:
     family = inp.summary.family
     if len(family) > 1:
         blocks.append(para(("b", "The hypotheses."), f" Fixed by the study's design before any result: "
-                           f"{'; '.join(family)}. Each is tested once, at the last checkpoint (Welch's t "
+                           f"{'; '.join(family)}. Each is tested once, on {inp.summary.estimate} (Welch's t "
                            "over seeds; an interaction, a Welch contrast of its four arms), and Holm adjusts over "
                            "all of them: the p quoted for a hypothesis is the same wherever it appears."))
     elif family:
         blocks.append(para(("b", "The hypothesis."), f" Fixed by the study's design before any result: {family[0]}, "
-                           "tested once, at the last checkpoint (Welch's t over seeds)."))
+                           f"tested once, on {inp.summary.estimate} (Welch's t over seeds)."))
     if inp.summary.effects:
         blocks.extend(_summary(ctx))
     else:
@@ -301,8 +305,8 @@ def _answer(ctx: _Ctx, arm: str) -> Para:
     tone, answer = (("neutral", "no finding") if not c.welch.ci.defined else ("neutral", "no significant difference")
                     if not sig else ("good", "helped") if c.welch.diff > 0 else ("bad", "hurt"))
     parts = [("b", arm), " vs ", ("b", ctx.baseline), ": ", ("b", answer),
-             f", {pct(ctx.last.arms[arm].test_acc.mean)}% "
-             f"vs {pct(ctx.last.arms[ctx.baseline].test_acc.mean)}%: ", ("b", c.verdict), " (Welch's t over seeds"
+             f", {pct(ctx.inp.summary.accuracy(arm).mean)}% "
+             f"vs {pct(ctx.inp.summary.accuracy(ctx.baseline).mean)}%: ", ("b", c.verdict), " (Welch's t over seeds"
              + (f", Holm over the study's {len(ctx.inp.summary.family)} hypotheses" if ctx.adjusted else "") + ")."]
     if c.welch.ci.defined and not sig:
         parts.append(" " + _power_sentence(c.power, ctx.alpha))
@@ -327,8 +331,8 @@ def _summary(ctx: _Ctx) -> list:
               stats.format_p(i.p_adjusted, ctx.alpha), "depends" if stats.significant(i.p_adjusted, ctx.alpha) else
               "no significant dependence"] for i in s.interactions]
     levels = {k: list(dict.fromkeys(str(a.axes[k]) for a in ctx.inp.params.arms)) for k in ctx.inp.params.arms[0].axes}
-    means = {a.name: (100 * ctx.last.arms[a.name].test_acc.mean, 100 * (ctx.last.arms[a.name].test_acc.ci.half_width
-                                                                        or 0.0)) for a in ctx.inp.params.arms}
+    means = {a.name: (100 * s.accuracy(a.name).mean, 100 * (s.accuracy(a.name).ci.half_width or 0.0))
+             for a in ctx.inp.params.arms}
     return [Table(["Effect", "Other factors at", f"Δ test acc, points [{ctx.clabel}]", "p (Holm)", "Answer"], rows,
                   {2, 3}, "summary-table",
                   "Each factor's value against the baseline's value of it, every other factor the same, and whether "
@@ -414,15 +418,18 @@ def _limits(ctx: _Ctx) -> str:
 
 
 def _ablation(ctx: _Ctx) -> list:
-    last, base = ctx.last, ctx.baseline
+    last, base, s = ctx.last, ctx.baseline, ctx.inp.summary
+    own = s.estimate != LAST_CHECKPOINT  # the hypotheses are tested on another estimate (report.mean_of_last)
     rows = []
     for arm in ctx.arms:
         e = last.arms[arm]
         rows.append([arm + (" (baseline)" if arm == base else ""), str(e.test_acc.n)]
-                    + [mean_pm(getattr(e, key)) for key, _ in METRICS])
-    cols = ["Arm", "n seeds"] + [f"{label} %" for _, label in METRICS]
+                    + [mean_pm(getattr(e, key)) for key, _ in METRICS] + ([mean_pm(s.accuracy(arm))] if own else []))
+    cols = ["Arm", "n seeds"] + [f"{label} %" for _, label in METRICS] + (["Tested acc %"] if own else [])
     blocks = [Table(cols, rows, set(range(1, len(cols))), "acc-table",
-                    f"Mean ± {ctx.clabel} half-width over seeds, in %. Gap = train acc - test acc; "
+                    f"Mean ± {ctx.clabel} half-width over seeds, in %, of the last checkpoint"
+                    + (f" (tested acc: {s.estimate}, what the comparisons below test)" if own else "")
+                    + ". Gap = train acc - test acc; "
                     "running = accuracy over the augmented batches of the last epoch (as the recipes' "
                     "authors reported it), clean = the trained model re-evaluated on the training "
                     "set in eval mode without augmentation.")]
@@ -438,7 +445,7 @@ def _ablation(ctx: _Ctx) -> list:
             crow.append([arm, diff_ci(w.ci), stats.format_p(w.p, ctx.alpha)]
                         + ([stats.format_p(c.p_adjusted, ctx.alpha)] if ctx.adjusted else [])
                         + [word, detect, diff_ci(b.diff), stats.format_p(b.p, ctx.alpha), mc])
-        ccols = (["Arm", f"Δ test acc over seeds (Welch) [{ctx.clabel}]", "p (Welch)"]
+        ccols = (["Arm", f"Δ {'tested' if own else 'test'} acc over seeds (Welch) [{ctx.clabel}]", "p (Welch)"]
                  + (["p (Holm)"] if ctx.adjusted else [])
                  + ["significant", "detectable Δ (80% power)",
                     f"Δ on these models' test images (bootstrap) [{ctx.clabel}]", "p (bootstrap)",

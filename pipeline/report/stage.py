@@ -200,17 +200,16 @@ def answer(inputs: Inputs, report: Path) -> str:
     difference, its interval and the p the verdict decides on), and the report."""
     s = inputs.summary
     last = s.checkpoints["last"]
-    lines = [f"{arm}: test accuracy {100 * last.arms[arm].test_acc.mean:.2f}% (baseline, {len(s.seeds)} seed(s))"
+    lines = [f"{arm}: test accuracy {100 * s.accuracy(arm).mean:.2f}% (baseline, {len(s.seeds)} seed(s))"
              if arm == s.baseline else f"{arm} vs {s.baseline}: {last.comparisons[arm].verdict}"
              for arm in inputs.record.arms]
     return "\n".join(lines + [f"report: {report}"])
 
 
 def winner(inputs: Inputs) -> tuple[str, int]:
-    """The arm with the highest mean test accuracy (last checkpoint), and its median seed:
+    """The arm with the highest mean test accuracy (as tested), and its median seed:
     a representative model, not the luckiest one."""
-    last = inputs.summary.checkpoints["last"]
-    arm = max(inputs.record.arms, key=lambda a: last.arms[a].test_acc.mean)
+    arm = max(inputs.record.arms, key=lambda a: inputs.summary.accuracy(a).mean)
     accs = sorted((h[-1].chosen_on, s) for s, h in inputs.histories[arm].items())
     return arm, accs[(len(accs) - 1) // 2][1]
 

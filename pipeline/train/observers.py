@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pipeline.core.config import Arm, Params
-from pipeline.core.contracts import CHECKPOINTS, HistoryRow, RunMetrics, read_history
+from pipeline.core.contracts import CHECKPOINTS, HistoryRow, read_history
 from pipeline.core.jobs import JobSpec
 from pipeline.core.provenance import Provenance
-from pipeline.train.plan import Plan, more_seeds, widest_interval
+from pipeline.train.plan import Plan, more_seeds, tested_accuracy, widest_interval
 
 
 class Observer:
@@ -135,10 +135,11 @@ class SeedsOnDemand(Observer):
         self.params, self.jobs_for = params, jobs_for
         self.seeds = list(params.seeds)
         self.reason = "as listed in params.yaml"
-        self.results: dict[tuple[str, int], RunMetrics] = {}
+        self.results: dict[tuple[str, int], float] = {}
 
     def done(self, outcome) -> None:
-        self.results[(outcome.spec.arm, outcome.spec.seed)] = outcome.metrics
+        self.results[(outcome.spec.arm, outcome.spec.seed)] = tested_accuracy(
+            outcome.metrics, lambda: read_history(outcome.folder / "history.csv"), self.params.report.mean_of_last)
 
     def more(self) -> list[JobSpec]:
         sp = self.params.seed_plan

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from pipeline.core import stats
 from pipeline.core.config import Params, SeedPlan, TrainConfig, resolve_precision
-from pipeline.core.contracts import RunMetrics
+from pipeline.core.contracts import HistoryRow, RunMetrics
 from pipeline.core.jobs import JobSpec
 from pipeline.core.provenance import arm_code
 
@@ -78,12 +78,19 @@ def plan(jobs: Sequence[JobSpec], done: Collection[str], saved: Collection[str],
 # --------------------------------------------------------------------------- seeds on demand
 
 
-def widest_interval(results: dict[tuple[str, int], RunMetrics], arms: list[str], baseline: str,
+def tested_accuracy(metrics: RunMetrics, history: Callable[[], list[HistoryRow]], last_k: int) -> float:
+    """A run's accuracy as its study tests it (report.mean_of_last): the last epoch's on
+    the held-out images each epoch is evaluated on (validation, else test), or the mean
+    test accuracy of its last `last_k` epochs."""
+    return metrics.acc if last_k == 1 else sum(r.test_acc for r in history()[-last_k:]) / last_k
+
+
+def widest_interval(results: dict[tuple[str, int], float], arms: list[str], baseline: str,
                     seeds: Sequence[int], confidence: float) -> float:
     """The widest CI half-width (a fraction) of the accuracy differences to the baseline
-    over these seeds (of the arm's own mean, with one arm), on the held-out images each
-    epoch is evaluated on (validation, else test); inf when undefined."""
-    acc = {a: [results[(a, s)].acc for s in seeds] for a in arms}
+    over these seeds (of the arm's own mean, with one arm), each run's accuracy as its
+    study tests it (`tested_accuracy`); inf when undefined."""
+    acc = {a: [results[(a, s)] for s in seeds] for a in arms}
     intervals = ([stats.welch(acc[a], acc[baseline], confidence).ci for a in arms if a != baseline]
                  or [stats.mean_ci(acc[baseline], confidence).ci])
     return max(iv.half_width if iv.half_width is not None else math.inf for iv in intervals)
