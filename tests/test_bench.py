@@ -43,3 +43,22 @@ def test_speed_benchmark_prints_stages_and_loop_ratios(tmp_path):
     for preset in ("simple_cnn", "tutorial_cnn"):
         assert re.search(rf"^{preset}\s+trainer \d+\.\d\dx the classic loop's images/s$", text, re.M), text
     assert not list(scratch.glob("bench-*")), "the benchmark's clone was left behind"
+
+
+def test_estimator_noise_prints_each_arms_seed_sd_per_window(tmp_path):
+    """Two runs whose last epochs jitter in opposite directions: the last epoch's SD
+    over seeds is large, the mean over the last 2 epochs' is 0."""
+    from pipeline.core.contracts import HistoryRow, run_dir, write_history
+
+    for seed, accs in ((0, (0.5, 0.6, 0.7, 0.6)), (1, (0.5, 0.6, 0.6, 0.7))):
+        folder = run_dir(tmp_path, "aug=none", seed)
+        folder.mkdir(parents=True)
+        write_history(folder / "history.csv", [
+            HistoryRow(epoch=e, train_loss=1.0, train_acc=0.9, test_loss=1.0, test_acc=a, lr=1e-3, epoch_seconds=1.0,
+                       images_per_second=1.0) for e, a in enumerate(accs, 1)])
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "estimator_noise.py"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    row = next(line.split() for line in out.stdout.splitlines() if line.startswith("aug=none"))
+    assert row[1] == "2" and float(row[2]) == pytest.approx(7.07, abs=0.01)  # 100 * 0.1 / sqrt(2)
+    assert float(row[3]) == pytest.approx(0.0, abs=0.01) and row[4] == "nan"  # 3 epochs: mean of last 3; 5: too few
