@@ -576,6 +576,17 @@ def test_with_few_seeds_the_report_says_its_verdicts_rest_on_normality():
     assert len(crossed.summary.family) == 6 and "cannot go below p = 0.029" in render(crossed)[0]
 
 
+def test_the_default_dropouts_criterion_comes_before_any_result():
+    """The simple_cnn recipe does not state its dropout rate: the report says how the
+    preset's rate was chosen (a criterion fixed before its study ran) before any number."""
+    md, _ = render(fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.74, 0.75, 0.76]}))
+    headline = md.split("## 1. Headline")[1]
+    choice = headline.index("**The preset's choices.** The recipe does not state its dropout rate.")
+    assert "written down before the default study ran picks (models/simple\\_cnn.py)" in headline
+    assert choice < headline.index("**The hypothesis.**") < headline.index("**aug=standard** vs")
+    assert not re.search(r"\d\.\d+%", headline[:choice])  # no accuracy before it
+
+
 def test_the_report_states_its_hypothesis_and_one_arm_claims_no_test():
     md, _ = render(fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.74, 0.75, 0.76]}))
     assert "**The hypothesis.** Fixed by the study's design before any result: aug=standard vs aug=none, tested " \

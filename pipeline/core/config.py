@@ -106,6 +106,7 @@ class Params:
     raw: dict = field(default_factory=dict, repr=False, compare=False)
     # what makes this run other than the study its name stands for (see `variant`)
     variant: tuple[str, ...] = ()
+    rationale: str | None = None  # what the preset sets that its recipe does not say, and why
 
     @property
     def report_name(self) -> str:
@@ -204,7 +205,8 @@ def parse_params(raw: Any) -> Params:
     if k > fewest:
         raise bad("report.mean_of_last", k, f"1 to {fewest}, the epochs an arm trains")
     return Params(study=study, preset=preset, seeds=seeds, seed_plan=seed_plan, data=data, arms=tuple(arms),
-                  report=report, run=run, raw=raw, variant=variant(raw, recipe, axes, knob_axes, data))
+                  report=report, run=run, raw=raw, variant=variant(raw, recipe, axes, knob_axes, data),
+                  rationale=recipe.get("rationale"))
 
 
 def variant(raw: dict, recipe: dict, axes: dict[str, list], knob_axes: dict, data: DataConfig) -> tuple[str, ...]:

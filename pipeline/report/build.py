@@ -273,6 +273,8 @@ def _headline(ctx: _Ctx) -> list:
                    f"{inp.summary.estimate}, on {count(len(inp.predictions[base].label))} test images (fixed "
                    f"before the run: report.mean_of_last); differences over seeds with "
                    f"{ctx.clabel.replace('CI', 'intervals')}. Seeds: {inp.record.seeds_reason}.")]
+    if inp.params.rationale:
+        blocks.append(para(("b", "The preset's choices."), " " + inp.params.rationale))
     if inp.params.variant:
         blocks.append(Warn(f"not the study {inp.params.study} itself ({', '.join(inp.params.variant)}): its own "
                            f"report is reports/{inp.params.study}/"))
