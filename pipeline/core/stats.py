@@ -306,17 +306,16 @@ def contrast(groups: Sequence[Sequence[float]], weights: Sequence[float], confid
                     t=t, p=float(min(1.0, 2 * t_dist.sf(abs(t), dof))))
 
 
-def power(a: Sequence[float], b: Sequence[float], alpha: float, target: float,
-          power_: float = POWER) -> Power:
+def power(a: Sequence[float], b: Sequence[float], alpha: float, target: float) -> Power:
     """The smallest difference a two-sample t-test over these seeds detects with
-    `power_` at level `alpha` (from the pooled seed SD, as Cohen's d times the SD:
+    power `POWER` at level `alpha` (from the pooled seed SD, as Cohen's d times the SD:
     statsmodels' TTestIndPower), and the seeds per arm `target` would need."""
     from statsmodels.stats.power import TTestIndPower
 
     x, y = _values(a, "a"), _values(b, "b")
     n = min(x.size, y.size)
     if n < 2:
-        return Power(n_per_arm=int(n), sd=None, alpha=alpha, power=power_, detectable=None, target=target,
+        return Power(n_per_arm=int(n), sd=None, alpha=alpha, power=POWER, detectable=None, target=target,
                      seeds_for_target=None)
     sd = math.sqrt((x.var(ddof=1) * (x.size - 1) + y.var(ddof=1) * (y.size - 1)) / (x.size + y.size - 2))
     if np.ptp(x) == 0 and np.ptp(y) == 0:
@@ -324,21 +323,21 @@ def power(a: Sequence[float], b: Sequence[float], alpha: float, target: float,
     solver = TTestIndPower()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # statsmodels warns, then returns NaN, where its root finder fails
-        d = float(solver.solve_power(nobs1=n, alpha=alpha, power=power_, ratio=1.0))
+        d = float(solver.solve_power(nobs1=n, alpha=alpha, power=POWER, ratio=1.0))
         needed = None
         if sd > 0 and target > 0:
             effect = target / sd
-            if solver.power(effect_size=effect, nobs1=2, alpha=alpha, ratio=1.0) >= power_:
+            if solver.power(effect_size=effect, nobs1=2, alpha=alpha, ratio=1.0) >= POWER:
                 needed = 2  # seeds this alike: the fewest seeds a t-test can use already suffice
             else:
-                solved = float(solver.solve_power(effect_size=effect, alpha=alpha, power=power_, ratio=1.0))
+                solved = float(solver.solve_power(effect_size=effect, alpha=alpha, power=POWER, ratio=1.0))
                 needed = max(math.ceil(solved), 2) if math.isfinite(solved) else None
     detectable = (d * sd if sd > 0 else 0.0) if math.isfinite(d) else None
     dof = x.size + y.size - 2
     chi2 = _scipy().chi2
     sd_ci = Interval(estimate=float(sd), low=float(sd * math.sqrt(dof / chi2.ppf(0.975, dof))),
                      high=float(sd * math.sqrt(dof / chi2.ppf(0.025, dof))), confidence=0.95)
-    return Power(n_per_arm=int(n), sd=float(sd), alpha=alpha, power=power_, detectable=detectable,
+    return Power(n_per_arm=int(n), sd=float(sd), alpha=alpha, power=POWER, detectable=detectable,
                  target=target, seeds_for_target=needed, sd_ci=sd_ci,
                  welch_power=welch_power(x.size, y.size, detectable / sd, alpha) if detectable and sd > 0 else None)
 
@@ -545,11 +544,6 @@ def _bootstrap_p(draws: np.ndarray) -> float:
     return float(min(1.0, 2.0 * min(np.mean(draws <= 0), np.mean(draws >= 0))))
 
 
-def _group_label(g) -> int | str:
-    """JSON-able label: numpy ints become int, anything else str."""
-    return int(g) if isinstance(g, (int, np.integer)) else str(g)
-
-
 def paired_bootstrap(correct_a, correct_b, n_resamples: int = 2000, confidence: float = 0.95,
                      seed: int = 0, groups=None) -> Bootstrap:
     """Paired bootstrap over test images of the accuracy difference a - b.
@@ -603,7 +597,8 @@ def _stratified(d: np.ndarray, groups, n_resamples: int, confidence: float,
         draws = _resample_means(dg, n_resamples, rng)
         overall += draws * (dg.size / d.size)  # size-weighted mean of the class means
         est = float(dg.mean())
-        results.append(GroupDiff(group=_group_label(label), n=int(dg.size),
+        json_label = int(label) if isinstance(label, (int, np.integer)) else str(label)  # numpy ints as int
+        results.append(GroupDiff(group=json_label, n=int(dg.size),
                                  diff=_percentile_interval(est, draws, confidence), p=_bootstrap_p(draws)))
     return overall, tuple(results)
 
@@ -655,14 +650,18 @@ def points(fraction: float | None, signed: bool = True) -> str:
     return f"{'+' if x > 0 else MINUS}{abs(x):.2f}"
 
 
+def _with_interval(diff: Interval) -> str:
+    """'+1.84 points (95% CI +0.90 to +2.80)'."""
+    return f"{points(diff.estimate)} points ({diff.confidence * 100:g}% CI {points(diff.low)} to {points(diff.high)})"
+
+
 def described(diff: Interval, reason: str | None, why: str) -> str:
     """A difference that is shown, never tested, e.g. "+1.84 points (95% CI +0.90 to
     +2.80), descriptive only: the checkpoint was chosen on the test set"."""
     if not diff.defined:
         why = (reason or SINGLE_SEED).split(":")[0]
         return f"{points(diff.estimate)} points, no interval ({why}); descriptive only"
-    return (f"{points(diff.estimate)} points ({diff.confidence * 100:g}% CI {points(diff.low)} to "
-            f"{points(diff.high)}), descriptive only: {why}")
+    return f"{_with_interval(diff)}, descriptive only: {why}"
 
 
 def verdict(diff: Interval, p: float | None, alpha: float, reason: str | None = None,
@@ -676,8 +675,6 @@ def verdict(diff: Interval, p: float | None, alpha: float, reason: str | None = 
     if not diff.defined:
         why = (reason or SINGLE_SEED).split(":")[0]
         return f"{why}: no interval; not a finding"
-    head = (f"{points(diff.estimate)} points ({diff.confidence * 100:g}% CI "
-            f"{points(diff.low)} to {points(diff.high)})")
     word = "significant" if significant(p, alpha) else "not significant"
     which = f"{adjusted}-adjusted " if adjusted else ""
-    return f"{head}, {word} ({which}{p_phrase(p, alpha)})"
+    return f"{_with_interval(diff)}, {word} ({which}{p_phrase(p, alpha)})"
