@@ -31,7 +31,7 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
 
 
-def top_confusions(cm: np.ndarray, n: int, classes=CLASSES) -> list[Confusion]:
+def top_confusions(cm: np.ndarray, n: int) -> list[Confusion]:
     """The n largest off-diagonal cells: images of `true` predicted as `pred`."""
     off = np.asarray(cm).copy()
     np.fill_diagonal(off, 0)
@@ -40,13 +40,9 @@ def top_confusions(cm: np.ndarray, n: int, classes=CLASSES) -> list[Confusion]:
         t, p = divmod(int(flat), off.shape[0])
         if off[t, p] == 0:
             break
-        rows.append(Confusion(true=classes[t], pred=classes[p], count=int(off[t, p]),
+        rows.append(Confusion(true=CLASSES[t], pred=CLASSES[p], count=int(off[t, p]),
                               rate=float(off[t, p] / max(np.asarray(cm)[t].sum(), 1))))
     return rows
-
-
-def per_class_accuracy(cm: np.ndarray) -> list[float]:
-    return (np.diag(cm) / np.maximum(cm.sum(1), 1)).tolist()
 
 
 def checkpoint_eval(*, arm: str, seed: int, which: str, epoch: int, test_preds: np.ndarray, test_y: np.ndarray,
@@ -58,7 +54,7 @@ def checkpoint_eval(*, arm: str, seed: int, which: str, epoch: int, test_preds: 
     return CheckpointEval(arm=arm, seed=seed, checkpoint=which, epoch=epoch, test_acc=test_acc, test_loss=test_loss,
                         train_acc_clean=train_acc, train_loss_clean=train_loss, train_acc_running=running_acc,
                         gap_clean=train_acc - test_acc, gap_running=running_acc - test_acc,
-                        per_class_acc=per_class_accuracy(cm), confusion=cm.tolist(),
+                        per_class_acc=(np.diag(cm) / np.maximum(cm.sum(1), 1)).tolist(), confusion=cm.tolist(),
                         top_confusions=top_confusions(cm, top_n))
 
 
@@ -101,22 +97,19 @@ def factor_effects(rows: dict[str, list[CheckpointEval]], axes: dict[str, dict[s
 
     gap = {a: [r.gap_clean for r in rows[a]] for a in rows}
     ref = {k: axes[baseline][k] for k in varying}
-    others_of = {k: [o for o in varying if o != k] for k in varying}
     effects: list[Effect] = []
     for factor, values in varying.items():
-        mine = []
-        for at_combo in _combinations({o: varying[o] for o in others_of[factor]}):
+        for at_combo in _combinations({o: vs for o, vs in varying.items() if o != factor}):
             ref_arm = arm_at({**at_combo, factor: ref[factor]})
             for v in values:
                 arm = arm_at({**at_combo, factor: v})
                 if v == ref[factor] or arm is None or ref_arm is None:
                     continue
-                mine.append((v, at_combo, arm, ref_arm, stats.welch(acc[arm], acc[ref_arm], confidence),
-                             stats.welch(gap[arm], gap[ref_arm], confidence)))
-        for v, at_combo, arm, ref_arm, w, g in mine:
-            effects.append(Effect(factor=factor, value=v, reference=ref[factor], at=at_combo, arm=arm,
-                                  reference_arm=ref_arm, test_acc=w, gap_clean=g, p_adjusted=None, verdict=""))
-    pending = []
+                effects.append(Effect(factor=factor, value=v, reference=ref[factor], at=at_combo, arm=arm,
+                                      reference_arm=ref_arm, test_acc=stats.welch(acc[arm], acc[ref_arm], confidence),
+                                      gap_clean=stats.welch(gap[arm], gap[ref_arm], confidence),
+                                      p_adjusted=None, verdict=""))
+    interactions: list[Interaction] = []
     names = list(varying)
     for i, factor in enumerate(names):
         for other in names[i + 1:]:
@@ -131,10 +124,9 @@ def factor_effects(rows: dict[str, list[CheckpointEval]], axes: dict[str, dict[s
                         if None in four:
                             continue
                         c = stats.contrast([acc[a] for a in four], (1, -1, -1, 1), confidence)
-                        pending.append((factor, v, other, ov, at_combo, c))
-    interactions = [Interaction(factor=f, value=v, reference=ref[f], other=o, other_value=ov,
-                                other_reference=ref[o], at=at_combo, contrast=c, p_adjusted=None, verdict="")
-                    for f, v, o, ov, at_combo, c in pending]
+                        interactions.append(Interaction(factor=factor, value=v, reference=ref[factor], other=other,
+                                                        other_value=ov, other_reference=ref[other], at=at_combo,
+                                                        contrast=c, p_adjusted=None, verdict=""))
     return effects, interactions
 
 
