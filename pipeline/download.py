@@ -11,7 +11,6 @@ unverified file. An interrupted http(s) download resumes from the `.part`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import stat
@@ -26,6 +25,7 @@ import urllib3
 from tqdm import tqdm
 
 from pipeline.core.errors import PipelineError, cli
+from pipeline.core.io import file_digest
 from pipeline.core.provenance import repo_root
 from pipeline.core.schema import load_data_config
 
@@ -47,17 +47,6 @@ class _Dropped(Exception):
 
 class _TooBig(Exception):
     """More bytes came than data.max_bytes allows."""
-
-    def __init__(self, cap: int):
-        self.cap = cap
-
-
-def _digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _bar(total: int | None, initial: int, name: str, progress: bool) -> tqdm:
@@ -115,7 +104,7 @@ def _copy_local(url: str, src: Path, part: Path, progress: bool, cap: int) -> No
         while block := fin.read(CHUNK):
             done += len(block)
             if done > cap:  # it grew while being copied
-                raise _TooBig(cap)
+                raise _TooBig
             fout.write(block)
             bar.update(len(block))
 
@@ -180,7 +169,7 @@ def _http_attempt(session: requests.Session, url: str, part: Path, progress: boo
         length = resp.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() else None
         if length is not None and (have if resp.status_code == 206 else 0) + length > cap:
-            raise _TooBig(cap)
+            raise _TooBig
         if resp.status_code == 206:
             start, total = _content_range_start(resp.headers.get("Content-Range"))
             if start != have:  # not the range we asked for: start over
@@ -203,7 +192,7 @@ def _http_attempt(session: requests.Session, url: str, part: Path, progress: boo
                     done += len(block)
                     bar.update(len(block))
                     if done > cap:
-                        raise _TooBig(cap)
+                        raise _TooBig
                     now = time.monotonic()
                     if done - mark >= STALL_BYTES:
                         mark, mark_t = done, now
@@ -248,7 +237,7 @@ def fetch(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha256: 
     expected = expected.lower() if expected else None
 
     if algo and dest.is_file():
-        if _digest(dest, algo) == expected:
+        if file_digest(dest, algo) == expected:
             print(f"{dest} is already there and matches its {algo}; nothing to do")
             return expected
         print(f"{dest} exists but does not match its {algo}; fetching it again")
@@ -262,12 +251,12 @@ def fetch(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha256: 
             _copy_local(url, src, part, progress, max_bytes)
         else:
             _http_fetch(url, part, progress, retries, max_bytes)
-    except _TooBig as big:
+    except _TooBig:
         part.unlink(missing_ok=True)
-        raise PipelineError(f"refusing data.url = {url}: it sends more than {big.cap:,} bytes (data.max_bytes; "
+        raise PipelineError(f"refusing data.url = {url}: it sends more than {max_bytes:,} bytes (data.max_bytes; "
                             f"the official archive has 170,498,071); nothing was kept") from None
 
-    got = _digest(part, algo or "sha256")
+    got = file_digest(part, algo or "sha256")
     if algo and got != expected:
         part.unlink(missing_ok=True)  # a corrupt part must not be resumed
         other = "data.md5" if algo == "sha256" else "data.sha256"
@@ -279,8 +268,7 @@ def fetch(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha256: 
         print(f"warning: data.sha256 and data.md5 are both null, so {url} is unverified; "
               f"its sha256 is {got} (set data.sha256 to pin it)", file=sys.stderr)
     os.replace(part, dest)
-    size = dest.stat().st_size
-    print(f"{dest}: {size:,} bytes in {time.perf_counter() - t0:.1f} s, {algo or 'sha256'} {got}")
+    print(f"{dest}: {dest.stat().st_size:,} bytes in {time.perf_counter() - t0:.1f} s, {algo or 'sha256'} {got}")
     return got
 
 

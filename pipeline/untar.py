@@ -26,7 +26,6 @@ import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -38,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.core.dataset import (ARRAY_FILES, CLASSES, IMAGE_SHAPE, MANIFEST, SPLITS, DataManifest, SplitCounts,
                                    data_sha256)
 from pipeline.core.errors import PipelineError, cli
-from pipeline.core.io import atomic_path, host_tag, sha256_file, sweep
+from pipeline.core.io import atomic_path, sha256_file, temp_sibling
 from pipeline.core.schema import load_data_config
 
 # Against tar bombs. CIFAR-10 has ~60,030 members and unpacks to ~185 MB
@@ -335,15 +334,12 @@ def _decode_chunk(blobs: list[bytes], names: list[str]) -> np.ndarray:
     return out
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _decode_all(blobs: list[bytes], names: list[str]) -> np.ndarray:
-    workers = min(_cpus(), 8)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    workers = min(cpus, 8)
     if len(blobs) < PARALLEL_MIN or workers < 2:
         return _decode_chunk(blobs, names)
     starts = range(0, len(blobs), DECODE_CHUNK)
@@ -370,7 +366,7 @@ def jpeg_encoding(blobs: list[bytes]) -> str | None:
             with Image.open(io.BytesIO(blob)) as im:
                 if im.format != "JPEG":
                     return None
-                seen.add((_quality(tuple(im.quantization[0])), JpegImagePlugin.get_sampling(im)))
+                seen.add((_standard_tables().get(tuple(im.quantization[0])), JpegImagePlugin.get_sampling(im)))
         except (OSError, ValueError, KeyError, AttributeError):
             return None
     if len(seen) != 1:
@@ -391,10 +387,6 @@ def _standard_tables() -> dict[tuple, int]:
         with Image.open(buf) as im:
             out[tuple(im.quantization[0])] = q
     return out
-
-
-def _quality(table: tuple) -> int | None:
-    return _standard_tables().get(table)
 
 
 def _read_imagefolder(tf: tarfile.TarFile, archive: Path, files):
@@ -462,59 +454,51 @@ def prepare(archive_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     if not archive.is_file():
         raise PipelineError(f"archive {archive} is not a file")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = None  # the extraction folder, official layout only
-    jpeg, encoding = False, None
     try:
+        tf = tarfile.open(archive, "r:*")
+    except _READ_ERRORS as exc:
+        raise _corrupt(archive, _reason(exc)) from None
+    with tf:
         try:
-            tf = tarfile.open(archive, "r:*")
+            members = _read_members(tf, archive)
         except _READ_ERRORS as exc:
             raise _corrupt(archive, _reason(exc)) from None
-        with tf:
+        fmt, checked, files = _plan(members, archive)  # every member checked; nothing written yet
+        if fmt == "imagefolder":
+            splits, encoding = _read_imagefolder(tf, archive, files)
+            jpeg = all(m.name.lower().endswith((".jpg", ".jpeg")) for _, m in files)
+            # what to call the data in reports: JPEG is lossy, so its accuracies are not the official ones
+            data_name = "CIFAR-10 (JPEG mirror)" if jpeg else "CIFAR-10 (image folders)"
+        else:
+            data_name, encoding = "CIFAR-10", "lossless, pickled arrays"
+            tmp = temp_sibling(out)  # the extraction folder; sweeps what a killed run left
             try:
-                members = _read_members(tf, archive)
-            except _READ_ERRORS as exc:
-                raise _corrupt(archive, _reason(exc)) from None
-            fmt, checked, files = _plan(members, archive)  # every member checked; nothing written yet
-            if fmt == "imagefolder":
-                splits, encoding = _read_imagefolder(tf, archive, files)
-                jpeg = all(m.name.lower().endswith((".jpg", ".jpeg")) for _, m in files)
-            else:
-                sweep(out.parent)  # what a killed run left
-                tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{host_tag()}-{os.getpid()}.", suffix=".tmp",
-                                            dir=out.parent))
                 try:
                     tf.extractall(tmp, members=[m for _, m in checked], filter="data")
                 except tarfile.FilterError as exc:  # not expected after _plan; refuse all the same
                     raise PipelineError(f"refusing archive {archive}: {_reason(exc)} ({_ALLOWED})") from None
                 except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
                     raise _corrupt(archive, _reason(exc)) from None
-        if tmp is not None:
-            splits = _read_official(tmp / OFFICIAL_DIR)
-            shutil.rmtree(tmp, ignore_errors=True)  # free the disk before writing the arrays
-        per_class = {s: _check_split(s, *splits[s], verify_counts) for s in SPLITS}
+                splits = _read_official(tmp / OFFICIAL_DIR)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)  # also frees the disk before the arrays are written
+    per_class = {s: _check_split(s, *splits[s], verify_counts) for s in SPLITS}
 
-        with atomic_path(out) as staging:
-            staging.mkdir()
-            for split in SPLITS:
-                x, y = splits[split]
-                np.save(staging / f"{split}_x.npy", x, allow_pickle=False)
-                np.save(staging / f"{split}_y.npy", y, allow_pickle=False)
-            arrays = {name: sha256_file(staging / name) for name in ARRAY_FILES}
-            manifest = DataManifest(
-                format=fmt,
-                # what to call the data in reports: JPEG is lossy, so its accuracies are not the official ones
-                name=("CIFAR-10" if fmt == "cifar-python" else
-                      "CIFAR-10 (JPEG mirror)" if jpeg else "CIFAR-10 (image folders)"),
-                encoding=encoding or ("lossless, pickled arrays" if fmt == "cifar-python" else None),
-                classes=list(CLASSES),
-                splits={s: SplitCounts(count=len(splits[s][1]), per_class=per_class[s]) for s in SPLITS},
-                source={"path": str(archive_path), "sha256": sha256_file(archive)},
-                arrays=arrays, data_sha256=data_sha256(arrays))
-            (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
-        return manifest
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_path(out) as staging:
+        staging.mkdir()
+        for split in SPLITS:
+            x, y = splits[split]
+            np.save(staging / f"{split}_x.npy", x, allow_pickle=False)
+            np.save(staging / f"{split}_y.npy", y, allow_pickle=False)
+        arrays = {name: sha256_file(staging / name) for name in ARRAY_FILES}
+        manifest = DataManifest(
+            format=fmt, name=data_name, encoding=encoding,
+            classes=list(CLASSES),
+            splits={s: SplitCounts(count=len(splits[s][1]), per_class=per_class[s]) for s in SPLITS},
+            source={"path": str(archive_path), "sha256": sha256_file(archive)},
+            arrays=arrays, data_sha256=data_sha256(arrays))
+        (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    return manifest
 
 
 @cli

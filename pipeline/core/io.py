@@ -31,8 +31,7 @@ def atomic_path(path: str | os.PathLike):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sweep(path.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{host_tag()}-{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    tmp = temp_sibling(path)
     target = tmp / path.name
     try:
         yield target
@@ -44,6 +43,13 @@ def atomic_path(path: str | os.PathLike):
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def temp_sibling(path: Path) -> Path:
+    """A new empty folder next to `path` (whose folder must exist), named so that
+    `sweep()` removes it once this process is dead; sweeps that folder first."""
+    sweep(path.parent)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{host_tag()}-{os.getpid()}.", suffix=".tmp", dir=path.parent))
 
 
 def sweep(folder: str | os.PathLike) -> list[Path]:
@@ -85,12 +91,17 @@ def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def file_digest(path, algo: str) -> str:
+    """The hex digest of the file at `path`; `algo` is a hashlib name (sha256, md5, ...)."""
+    h = hashlib.new(algo)
     with open(path, "rb") as f:
-        while block := f.read(chunk):
+        while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path) -> str:
+    return file_digest(path, "sha256")
 
 
 # ioctl(FICLONE): a copy that shares the blocks until one side is written (btrfs, xfs, ...)
