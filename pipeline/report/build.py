@@ -8,6 +8,8 @@ and every p is written by `stats.format_p`.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import re
@@ -169,11 +171,11 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def si(n: float, unit: str = "") -> str:
+def si(n: float) -> str:
     for div, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= div:
-            return f"{n / div:.2f} {prefix}{unit}"
-    return f"{n:g} {unit}".strip()
+            return f"{n / div:.2f} {prefix}"
+    return f"{n:g}"
 
 
 def slug(text: str) -> str:
@@ -198,7 +200,6 @@ class _Ctx:
     baseline: str
     others: list[str]
     seeds: list[int]
-    conf: float
     alpha: float
     clabel: str
     adjusted: str | None  # "Holm" when the study's family has several hypotheses
@@ -212,9 +213,8 @@ def build_report(inp: Inputs) -> Report:
     """The report model. Pure: no I/O."""
     s = inp.summary
     arms = list(inp.record.arms)
-    last = s.checkpoints["last"]
-    others = [a for a in arms if a in last.comparisons]
-    ctx = _Ctx(inp, arms, s.baseline, others, list(s.seeds), s.confidence, 1 - s.confidence,
+    others = [a for a in arms if a in s.checkpoints["last"].comparisons]
+    ctx = _Ctx(inp, arms, s.baseline, others, list(s.seeds), 1 - s.confidence,
                f"{s.confidence * 100:g}% CI", "Holm" if len(s.family) > 1 else None)
     builders = (_headline, _ablation, _curves, _per_class, _confusion, _diagnostics, _galleries,
                 _model_facts, _provenance)
@@ -242,9 +242,6 @@ def results_csv(inp: Inputs) -> str:
     """Every evaluated run of the study, one row per arm x seed x checkpoint, with its
     per-class test accuracies and (last checkpoint) the accuracy its hypotheses are
     tested on: what an auditor recomputes the report's statistics from."""
-    import csv
-    import io
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     s = inp.summary
@@ -304,8 +301,8 @@ def _answer(ctx: _Ctx, arm: str) -> Para:
     """One arm against the baseline, over seeds, in a line."""
     c = ctx.last.comparisons[arm]
     sig = stats.significant(c.p_adjusted, ctx.alpha)
-    tone, answer = (("neutral", "no finding") if not c.welch.ci.defined else ("neutral", "no significant difference")
-                    if not sig else ("good", "helped") if c.welch.diff > 0 else ("bad", "hurt"))
+    answer = _effect_word(c.welch, c.p_adjusted, ctx.alpha)
+    tone = {"helped": "good", "hurt": "bad"}.get(answer, "neutral")
     parts = [("b", arm), " vs ", ("b", ctx.baseline), ": ", ("b", answer),
              f", {pct(ctx.inp.summary.accuracy(arm).mean)}% "
              f"vs {pct(ctx.inp.summary.accuracy(ctx.baseline).mean)}%: ", ("b", c.verdict), " (Welch's t over seeds"
@@ -350,6 +347,7 @@ def _summary(ctx: _Ctx) -> list:
 
 
 def _effect_word(w: stats.Welch, p: float | None, alpha: float) -> str:
+    """What a difference over seeds answers: no finding (no interval), no significant difference, helped or hurt."""
     if not w.ci.defined:
         return "no finding"
     if not stats.significant(p, alpha):
@@ -457,10 +455,7 @@ def _ablation(ctx: _Ctx) -> list:
                             f"p < {ctx.alpha:g} to the " + ("Holm-adjusted p" if ctx.adjusted else "Welch p") +
                             ". b01 = images the arm gets wrong and the baseline right; b10 = the arm right and "
                             "the baseline wrong."))
-    if not ctx.others:
-        blocks.append(para(("b", "Methods."), f" Per arm: mean over seeds with a Student-t {ctx.clabel}. With one "
-                           "arm there is no comparison, so no test."))
-    else:
+        resamples = next(iter(last.comparisons.values())).paired_bootstrap.n_resamples
         blocks.append(para(("b", "Methods."),
                            f" Per arm: mean over seeds with a Student-t {ctx.clabel}. Against the baseline: Welch's "
                            "unequal-variance t-test over the seeds' test accuracies (scipy)"
@@ -470,9 +465,12 @@ def _ablation(ctx: _Ctx) -> list:
                            + "; the smallest difference the comparison detects with 80% power (two-sample t-test on "
                            "the pooled seed SD, statsmodels). The seeds are the unit of these tests: they ask whether "
                            "training the recipe again would differ. A paired bootstrap over test images "
-                           f"({_boot_n(ctx)} resamples, stratified by class) and an exact McNemar test per matched "
+                           f"({count(resamples)} resamples, stratified by class) and an exact McNemar test per matched "
                            "seed ask whether these trained models differ on this test set. Significant means "
                            f"p < {ctx.alpha:g}." + _normality_note(ctx)))
+    else:
+        blocks.append(para(("b", "Methods."), f" Per arm: mean over seeds with a Student-t {ctx.clabel}. With one "
+                           "arm there is no comparison, so no test."))
     blocks.extend(_factor_tables(ctx))
     best = ctx.inp.summary.checkpoints.get("best")
     if best:
@@ -484,11 +482,6 @@ def _ablation(ctx: _Ctx) -> list:
                               [Table(["Arm", f"Test acc % (mean ± {ctx.clabel} half-width)", "vs baseline"],
                                      rows, {1}, "best-table")]))
     return blocks
-
-
-def _boot_n(ctx: _Ctx) -> str:
-    comps = ctx.last.comparisons
-    return count(next(iter(comps.values())).paired_bootstrap.n_resamples) if comps else "n/a"
 
 
 def arm_colours(arms) -> dict[str, str]:
@@ -515,27 +508,25 @@ def trend(test_acc: list[float], k: int = TREND_EPOCHS) -> tuple[int, float, flo
 def _curves(ctx: _Ctx) -> list:
     curves = {arm: {s: [r.model_dump() for r in rows] for s, rows in ctx.inp.histories[arm].items()}
               for arm in ctx.arms}
-    held = "Validation" if ctx.inp.summary.best_on == "validation" else "Test"
+    on_val = ctx.inp.summary.best_on == "validation"
     blocks = [Figure("learning_curves", "learning_curves", {"curves": curves, "colours": arm_colours(ctx.arms)},
-                     f"{held} accuracy and train loss per epoch, one colour per arm",
+                     f"{'Validation' if on_val else 'Test'} accuracy and train loss per epoch, one colour per arm",
                      "Mean over seeds (line) and min-max over seeds (band). Train loss is the running loss over "
                      "the (augmented) training batches of each epoch.")]
     epochs = min(len(rows) for arm in ctx.arms for rows in ctx.inp.histories[arm].values())
     if epochs < 2:
         return blocks
     k = min(TREND_EPOCHS, epochs)
-    on_val = ctx.inp.summary.best_on == "validation"
     rows, late, early = [], [], []
     for arm in ctx.arms:
         histories = [ctx.inp.histories[arm][s] for s in sorted(ctx.inp.histories[arm])]
-        t = [trend([r.chosen_on for r in h], k) for h in histories]
-        slopes = [x[2] for x in t]
-        drop = float(np.mean([x[1] for x in t]))
-        if all(best > len(h) - k for (best, _, _), h in zip(t, histories)):
+        peaks, drops, slopes = zip(*(trend([r.chosen_on for r in h], k) for h in histories))
+        drop = float(np.mean(drops))
+        if all(peak > len(h) - k for peak, h in zip(peaks, histories)):
             late.append(arm)
-        elif all(best <= len(h) - k for (best, _, _), h in zip(t, histories)):
+        elif all(peak <= len(h) - k for peak, h in zip(peaks, histories)):
             early.append(f"{arm} ({stats.points(drop)} points)")
-        rows.append([arm, ", ".join(str(x[0]) for x in t), stats.points(drop),
+        rows.append([arm, ", ".join(map(str, peaks)), stats.points(drop),
                      f"{stats.points(float(np.mean(slopes)))} [{stats.points(min(slopes))}, "
                      f"{stats.points(max(slopes))}]"])
     blocks.append(Table(["Arm", "epoch of the peak, per seed", "last - peak (points, mean)",
@@ -558,7 +549,7 @@ def _normality_note(ctx: _Ctx) -> str:
     """With few seeds no test free of the normal assumption can pass Holm's first
     threshold (alpha over the family's size): say so."""
     n = len(ctx.seeds)
-    if n < 2 or not ctx.others:
+    if n < 2:
         return ""
     floor = 2 / math.comb(2 * n, n)  # the smallest two-sided p of an exact permutation test, n vs n seeds
     if floor < ctx.alpha / max(1, len(ctx.inp.summary.family)):
@@ -572,18 +563,14 @@ def _per_class(ctx: _Ctx) -> list:
     per_arm = {arm: last.arms[arm].per_class_acc for arm in ctx.arms}
     cols = (["Class"] + [f"{a} %" for a in ctx.arms]
             + [f"Δ {a} over seeds [{ctx.clabel}]" for a in ctx.others] + [f"p (Holm) {a}" for a in ctx.others])
-    rows, marks = [], {}
-    for a in ctx.others:
-        marks[a] = [{"diff": cd.diff.estimate, "low": cd.diff.low, "high": cd.diff.high,
-                     "significant": stats.significant(cd.p_adjusted, ctx.alpha)}
-                    for cd in last.comparisons[a].per_class]
-    for k, name in enumerate(classes):
-        row = [name] + [pct(per_arm[a][k]) for a in ctx.arms]
-        for a in ctx.others:
-            cd = last.comparisons[a].per_class[k]
-            row.append(diff_ci(cd.diff) + (" *" if marks[a][k]["significant"] else ""))
-        row += [stats.format_p(last.comparisons[a].per_class[k].p_adjusted, ctx.alpha) for a in ctx.others]
-        rows.append(row)
+    by_class = {a: last.comparisons[a].per_class for a in ctx.others}  # arm -> its difference per class
+    marks = {a: [{"diff": cd.diff.estimate, "low": cd.diff.low, "high": cd.diff.high,
+                  "significant": stats.significant(cd.p_adjusted, ctx.alpha)} for cd in by_class[a]]
+             for a in ctx.others}
+    rows = [[name] + [pct(per_arm[a][k]) for a in ctx.arms]
+            + [diff_ci(by_class[a][k].diff) + (" *" if marks[a][k]["significant"] else "") for a in ctx.others]
+            + [stats.format_p(by_class[a][k].p_adjusted, ctx.alpha) for a in ctx.others]
+            for k, name in enumerate(classes)]
     blocks = [Figure("per_class", "per_class_bars", {"classes": classes, "per_arm": per_arm,
                                                     "colours": arm_colours(ctx.arms)},
                      "Per-class test accuracy per arm", "Per-class test accuracy, mean over seeds.")]
@@ -600,16 +587,14 @@ def _per_class(ctx: _Ctx) -> list:
                         "classes' common one, by empirical Bayes, where it is below it, so that a class is not starred "
                         f"because its few seeds happen to agree; unadjusted) and its Holm-adjusted p over the "
                         f"{len(classes)} classes; * = significant after the correction."))
-    found = {a: [classes[k] for k, m in enumerate(marks[a]) if m["significant"]] for a in ctx.others}
     for a in ctx.others:
-        blocks.append(para(("b", a), ": ", (f"a per-class difference holds over seeds for {', '.join(found[a])}."
-                                            if found[a] else "no per-class difference holds over seeds after "
+        found = [classes[k] for k, m in enumerate(marks[a]) if m["significant"]]
+        blocks.append(para(("b", a), ": ", (f"a per-class difference holds over seeds for {', '.join(found)}."
+                                            if found else "no per-class difference holds over seeds after "
                                             f"correcting for the {len(classes)} classes.")))
     if ctx.others:
-        brows = []
-        for a in ctx.others:
-            for g in last.comparisons[a].paired_bootstrap.groups:
-                brows.append([a, classes[int(g.group)], diff_ci(g.diff), stats.format_p(g.p, ctx.alpha)])
+        brows = [[a, classes[int(g.group)], diff_ci(g.diff), stats.format_p(g.p, ctx.alpha)]
+                 for a in ctx.others for g in last.comparisons[a].paired_bootstrap.groups]
         blocks.append(Details("Per class on these trained models' test images (bootstrap; not corrected, "
                               "not about the recipe)",
                               [Table(["Arm", "Class", f"Δ [{ctx.clabel}]", "p (bootstrap)"], brows, {2, 3},
@@ -678,8 +663,7 @@ def _galleries(ctx: _Ctx) -> list:
     x = ctx.inp.test_images
     blocks = [para(f"Seed {seed}, last checkpoint. Green: correct; red: wrong (true class, then the "
                    "prediction and its softmax confidence).")]
-    first = ctx.inp.predictions[ctx.arms[0]]
-    n = len(first.label)
+    n = len(ctx.inp.predictions[ctx.arms[0]].label)
     sample = np.unique(np.linspace(0, n - 1, min(GALLERY_SIZE, n)).round().astype(int))
     for i, arm in enumerate(ctx.arms):
         p = ctx.inp.predictions[arm]

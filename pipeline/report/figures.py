@@ -39,14 +39,6 @@ def _epoch_colours(epochs):
     return {e: cmap(0.0 if hi == lo else (e - lo) / (hi - lo)) for e in epochs}
 
 
-def _epoch_colourbar(fig, axes, epochs):
-    if len(epochs) < 2:
-        return
-    sm = ScalarMappable(cmap="viridis", norm=Normalize(min(epochs), max(epochs)))
-    cb = fig.colorbar(sm, ax=axes, label="epoch", fraction=0.04, pad=0.02)
-    cb.ax.yaxis.get_major_locator().set_params(integer=True)
-
-
 # --------------------------------------------------------------------------- curves
 
 
@@ -126,24 +118,17 @@ def per_class_bars(classes, per_arm: dict[str, list[float]], colours: dict[str, 
     return _png(fig)
 
 
-def delta_heatmap(classes, deltas: dict[str, list[dict | None]], alpha: float) -> bytes:
+def delta_heatmap(classes, deltas: dict[str, list[dict]], alpha: float) -> bytes:
     """Per-class accuracy difference arm - baseline (points), rows = arms; '*' where it
-    holds over seeds after the correction. `deltas[arm][k]` is {"diff", "significant"} or None."""
+    holds over seeds after the correction. `deltas[arm][k]` is {"diff", "significant"}."""
     arms = list(deltas)
-    m = np.full((len(arms), len(classes)), np.nan)
-    for i, arm in enumerate(arms):
-        for k, d in enumerate(deltas[arm]):
-            if d is not None:
-                m[i, k] = d["diff"] * 100
+    m = np.array([[d["diff"] * 100 for d in deltas[arm]] for arm in arms], dtype=float)
     top = np.nanmax(np.abs(m)) if np.isfinite(m).any() else 0.0
     top = max(top, 0.5)
     fig, ax = _subplots(figsize=(11, 0.6 * len(arms) + 1.8), layout="constrained")
     im = ax.imshow(m, cmap="RdBu", norm=TwoSlopeNorm(0.0, -top, top), aspect="auto")
     for i, arm in enumerate(arms):
         for k, d in enumerate(deltas[arm]):
-            if d is None:
-                ax.text(k, i, "n/a", ha="center", va="center", fontsize=8)
-                continue
             sig = d["significant"]
             ax.text(k, i, f"{d['diff'] * 100:+.1f}{'*' if sig else ''}", ha="center", va="center",
                     fontsize=9, fontweight="bold" if sig else "normal",
@@ -207,9 +192,11 @@ def gradient_flow(layers, rows: list[dict], arm: str) -> bytes:
     if len(epochs) <= 8:
         axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
-    else:
+    else:  # too many epochs for a legend: a colour bar
         fig.tight_layout()
-        _epoch_colourbar(fig, list(axes), epochs)
+        sm = ScalarMappable(cmap="viridis", norm=Normalize(min(epochs), max(epochs)))
+        cb = fig.colorbar(sm, ax=list(axes), label="epoch", fraction=0.04, pad=0.02)
+        cb.ax.yaxis.get_major_locator().set_params(integer=True)
     return _png(fig)
 
 
@@ -275,11 +262,11 @@ def _mosaic(tiles: np.ndarray, cols: int, pad: int) -> np.ndarray:
 
 
 def prediction_grid(images: np.ndarray, true: list[str], pred: list[str], confidence: list[float],
-                    title: str, cols: int = 8) -> bytes:
-    """Test images with true / predicted class and confidence: green frame right, red wrong."""
+                    title: str) -> bytes:
+    """Test images with true / predicted class and confidence, 8 to a row: green frame right, red wrong."""
     imgs = np.asarray(images).astype(np.float32) / 255.0  # (n, 3, 32, 32)
     n = len(imgs)
-    cols = min(cols, max(n, 1))
+    cols = min(8, max(n, 1))
     rows = max(math.ceil(n / cols), 1)
     ok = [t == p for t, p in zip(true, pred)]
     border, pad = 2, 22

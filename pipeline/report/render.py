@@ -7,7 +7,7 @@ import base64
 import re
 from functools import cache
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from pipeline.report.build import Report
 
@@ -50,4 +50,4 @@ def render_html(report: Report, images: dict[str, bytes]) -> str:
     return env.get_template("report.html.j2").render(report=report, images=data, css=Markup(css))
 
 
-__all__ = ["render_markdown", "render_html", "md_escape", "escape"]
+__all__ = ["render_markdown", "render_html", "md_escape"]
