@@ -206,11 +206,17 @@ def test_a_refused_study_name_stops_the_train_stage_before_anything_is_written(t
     ({"study": "dropout", "knobs": {"dropout": [0.0, 0.25, 0.5]}}, "dropout"),  # a named study is what it sets
     ({"study": "dropout", "knobs": {"dropout": [0.0, 0.25, 0.5]}, "epochs": 2}, "dropout,epochs=2"),
     ({"study": "x", "data": {"test_limit": 100, "subset_seed": 3}}, "x,test_limit=100,subset_seed=3"),
+    ({"seeds": [0, 1, 2, 3, 4, 5]}, "simple_cnn"),  # the study's own seeds
+    ({"seeds": [0, 1]}, "simple_cnn,seeds=0+1"),
+    ({"seeds": 7}, "simple_cnn,seeds=7"),
+    ({"seeds": list(range(10))}, "simple_cnn,seeds=0-9"),
+    ({"study": "dropout", "seeds": [0, 2, 4], "epochs": 2}, "dropout,epochs=2,seeds=0+2+4"),
+    ({"seeds": {"min": 3, "max": 10, "halfwidth": 1}}, "simple_cnn,seeds=3to10,halfwidth=1"),
 ])
 def test_a_report_goes_to_its_study_only_when_the_run_is_that_study(raw, folder):
-    """A quick run (a data subset, fewer epochs), a subset of the arms or another recipe
-    writes its report beside the study's, never over it."""
-    assert parse_params({"seeds": [0], **raw}).report_name == folder
+    """A quick run (a data subset, fewer epochs, fewer or other seeds), a subset of the
+    arms or another recipe writes its report beside the study's, never over it."""
+    assert parse_params(raw).report_name == folder
 
 
 def test_seeds_on_demand_start_with_the_minimum():

@@ -67,7 +67,7 @@ def test_repro_then_single_arm_experiment(tmp_path):
     assert not plots.get("errors"), plots.get("errors")
 
     # the run ends with its answer; the report sits in a folder that says what differs from the preset
-    study = "simple_cnn,epochs=2,batch_size=32"
+    study = "simple_cnn,epochs=2,batch_size=32,seeds=0+1"
     answer = out.stdout.split("> python -m pipeline.report")[1].splitlines()
     assert answer[1].startswith("aug=none: test accuracy ") and " vs " not in answer[1], answer
     assert answer[2].startswith("aug=standard vs aug=none: ") and " points (95% CI " in answer[2], answer
@@ -89,7 +89,7 @@ def test_repro_then_single_arm_experiment(tmp_path):
     assert exp_metrics["arms"]["aug=none"]["test_acc"] == train_metrics["arms"]["aug=none"]["test_acc"]
     print(f"dvc exp run -S aug=none from the arm cache: {time.monotonic() - t0:.1f} s")
     assert (proj / "reports" / study / "report.md").read_bytes() == full  # the one-arm run wrote beside it
-    assert (proj / "reports" / "simple_cnn,aug=none,epochs=2,batch_size=32" / "report.md").exists()
+    assert (proj / "reports" / "simple_cnn,aug=none,epochs=2,batch_size=32,seeds=0+1" / "report.md").exists()
     # `make results`: at 160 columns, every experiment's answer, nothing folded away
     recipe = (REPO / "Makefile").read_text().split("\nresults: $(STAMP)\n")[1].split("\n\n")[0]
     command = " ".join(line.strip().rstrip("\\") for line in recipe.splitlines()).replace("$$", "$")
@@ -215,8 +215,8 @@ def test_a_quick_run_in_a_fresh_clone_leaves_the_committed_reports_and_names_eac
              "-S data.verify_counts=false -S data.train_limit=100 -S data.test_limit=60 -S epochs=1 -S seeds=[0,1]")
     run(f"dvc exp run -n first {quick}", clone)
     changed = run("git status --porcelain reports/", clone).stdout.splitlines()
-    assert changed == ['?? "reports/simple_cnn,train_limit=100,test_limit=60,epochs=1/"'] or \
-        changed == ["?? reports/simple_cnn,train_limit=100,test_limit=60,epochs=1/"], changed
+    assert changed == ['?? "reports/simple_cnn,train_limit=100,test_limit=60,epochs=1,seeds=0+1/"'] or \
+        changed == ["?? reports/simple_cnn,train_limit=100,test_limit=60,epochs=1,seeds=0+1/"], changed
     run(f"dvc exp run -n other {quick} -S 'aug=[standard,strong]'", clone)
     diff = json.loads(run("dvc exp diff first other --json", clone).stdout)["metrics"]["metrics/study.json"]
     arms = {"first": {"aug=none", "aug=standard"}, "other": {"aug=standard", "aug=strong"}}

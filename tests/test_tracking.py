@@ -101,7 +101,7 @@ def test_the_parent_run_describes_the_answer(store):
     for arm in store["record"].arms:
         assert f"{arm} {last.arms[arm].test_acc.mean * 100:.2f} ± " in note
     assert f"The report: reports/{store['files']['reports'].name}/report.html." in note
-    assert store["files"]["reports"].name == "report-test,epochs=1"  # a budget other than the preset's is named
+    assert store["files"]["reports"].name == "report-test,epochs=1,seeds=0+1"  # what differs is named
 
 
 def test_a_copy_is_independent_of_its_source(tmp_path):

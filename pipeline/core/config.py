@@ -84,6 +84,9 @@ class TrainConfig(BaseModel):
 TRAIN_KEYS = tuple(k for k in TrainConfig.model_fields if k != "knobs")
 RUN_KEYS = tuple(RunSettings.model_fields)
 TOP_KEYS = ("study", "preset", "seeds", "data", "report", "knobs") + RUN_KEYS + TRAIN_KEYS
+# the seeds a study's own report stands for (params.yaml's default); a run with other
+# seeds writes its report beside it
+STUDY_SEEDS = tuple(range(6))
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,8 @@ class Params:
     @property
     def report_name(self) -> str:
         """reports/<this>/: the study's name, and what differs when the run is not the
-        study itself, e.g. `simple_cnn,epochs=2,train_limit=2000`: a quick or partial
-        run never overwrites the study's own report."""
+        study itself, e.g. `simple_cnn,train_limit=2000,epochs=2,seeds=0+1`: a quick or
+        partial run never overwrites the study's own report."""
         return ",".join((self.study, *self.variant))
 
     @property
@@ -149,7 +152,7 @@ def parse_params(raw: Any) -> Params:
     if not isinstance(study, str) or not re.fullmatch(r"[A-Za-z0-9][\w.\-]{0,99}", study):
         raise bad("study", study, "a name of up to 100 letters, digits, '.', '_' or '-' that starts with a letter "
                                   "or digit, or null (the preset's name)")
-    seeds, seed_plan = _seeds(raw.get("seeds", [0]))
+    seeds, seed_plan = _seeds(raw.get("seeds", list(STUDY_SEEDS)))
     data = check_section(DataConfig, "data", raw.get("data"))
     recipe = presets()[preset]
     if data.val_split is None:  # the preset's (a recipe that chooses its best checkpoint on validation), else 0
@@ -205,7 +208,8 @@ def parse_params(raw: Any) -> Params:
     if k > fewest:
         raise bad("report.mean_of_last", k, f"1 to {fewest}, the epochs an arm trains")
     return Params(study=study, preset=preset, seeds=seeds, seed_plan=seed_plan, data=data, arms=tuple(arms),
-                  report=report, run=run, raw=raw, variant=variant(raw, recipe, axes, knob_axes, data),
+                  report=report, run=run, raw=raw,
+                  variant=variant(raw, recipe, axes, knob_axes, data) + _seed_variant(seeds, seed_plan),
                   rationale=recipe.get("rationale"))
 
 
@@ -213,7 +217,8 @@ def variant(raw: dict, recipe: dict, axes: dict[str, list], knob_axes: dict, dat
     """What makes a run other than its study: a data subset, and every training key or
     knob given in params.yaml that differs from the preset's. A study named by its
     preset is the preset's recipe; one named in params.yaml is whatever it sets, so
-    there only a subset of the data and a shorter budget count."""
+    there only a subset of the data and a shorter budget count (and, for both, other
+    seeds: `_seed_variant`)."""
     out = [f"{k}={getattr(data, k)}" for k in ("train_limit", "test_limit") if getattr(data, k) is not None]
     if data.val_split != recipe.get("val_split", 0.0):
         out.append(f"val_split={data.val_split:g}")
@@ -229,6 +234,16 @@ def variant(raw: dict, recipe: dict, axes: dict[str, list], knob_axes: dict, dat
         if preset_value is None or opts.values != (preset_value if isinstance(preset_value, list) else [preset_value]):
             out.append(f"{name}={'+'.join(map(show, opts.values))}")
     return tuple(out)
+
+
+def _seed_variant(seeds: tuple[int, ...], plan: SeedPlan | None) -> tuple[str, ...]:
+    """`seeds=...` when a run's seeds are not the study's own: 0+3, 0-9, or 3to10 on demand."""
+    if plan is not None:
+        return (f"seeds={plan.min}to{plan.max}", f"halfwidth={plan.halfwidth:g}")
+    if seeds == STUDY_SEEDS:
+        return ()
+    contiguous = len(seeds) > 2 and seeds == tuple(range(seeds[0], seeds[0] + len(seeds)))
+    return (f"seeds={seeds[0]}-{seeds[-1]}" if contiguous else "seeds=" + "+".join(map(str, seeds)),)
 
 
 def _seeds(v) -> tuple[tuple[int, ...], SeedPlan | None]:
