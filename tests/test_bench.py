@@ -62,3 +62,14 @@ def test_estimator_noise_prints_each_arms_seed_sd_per_window(tmp_path):
     row = next(line.split() for line in out.stdout.splitlines() if line.startswith("aug=none"))
     assert row[1] == "2" and float(row[2]) == pytest.approx(7.07, abs=0.01)  # 100 * 0.1 / sqrt(2)
     assert float(row[3]) == pytest.approx(0.0, abs=0.01) and row[4] == "nan"  # 3 epochs: mean of last 3; 5: too few
+
+
+def test_the_oversubscription_benchmark_prints_its_table_and_equal_weights():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "oversubscribed.py"), "--batch-size", "16",
+                          "--images", "64", "--repeat", "1"], env=env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = re.findall(r"^\| ([12]) \| (spinning \(default\)|passive) \| (\d+) \| (\d+) \|$", out.stdout, re.M)
+    assert [r[:2] for r in rows] == [("1", "spinning (default)"), ("1", "passive"), ("2", "spinning (default)"),
+                                     ("2", "passive")], out.stdout
+    assert all(int(r[2]) > 0 and int(r[3]) >= int(r[2]) for r in rows), out.stdout
+    assert out.stdout.rstrip().endswith("final weights: the same in every process"), out.stdout
