@@ -209,16 +209,17 @@ def parse_params(raw: Any) -> Params:
         raise bad("report.mean_of_last", k, f"1 to {fewest}, the epochs an arm trains")
     return Params(study=study, preset=preset, seeds=seeds, seed_plan=seed_plan, data=data, arms=tuple(arms),
                   report=report, run=run, raw=raw,
-                  variant=variant(raw, recipe, axes, knob_axes, data) + _seed_variant(seeds, seed_plan),
+                  variant=variant(raw, recipe, axes, knob_axes, data, seeds, seed_plan),
                   rationale=recipe.get("rationale"))
 
 
-def variant(raw: dict, recipe: dict, axes: dict[str, list], knob_axes: dict, data: DataConfig) -> tuple[str, ...]:
-    """What makes a run other than its study: a data subset, and every training key or
-    knob given in params.yaml that differs from the preset's. A study named by its
-    preset is the preset's recipe; one named in params.yaml is whatever it sets, so
-    there only a subset of the data and a shorter budget count (and, for both, other
-    seeds: `_seed_variant`)."""
+def variant(raw: dict, recipe: dict, axes: dict[str, list], knob_axes: dict, data: DataConfig,
+            seeds: tuple[int, ...], plan: SeedPlan | None) -> tuple[str, ...]:
+    """What makes a run other than its study: a data subset, seeds other than
+    STUDY_SEEDS, and every training key or knob given in params.yaml that differs from
+    the preset's. A study named by its preset is the preset's recipe; one named in
+    params.yaml is whatever it sets, so there only a subset of the data, a shorter
+    budget and other seeds count."""
     out = [f"{k}={getattr(data, k)}" for k in ("train_limit", "test_limit") if getattr(data, k) is not None]
     if data.val_split != recipe.get("val_split", 0.0):
         out.append(f"val_split={data.val_split:g}")
@@ -233,17 +234,12 @@ def variant(raw: dict, recipe: dict, axes: dict[str, list], knob_axes: dict, dat
         preset_value = (recipe.get("knobs") or {}).get(name)
         if preset_value is None or opts.values != (preset_value if isinstance(preset_value, list) else [preset_value]):
             out.append(f"{name}={'+'.join(map(show, opts.values))}")
-    return tuple(out)
-
-
-def _seed_variant(seeds: tuple[int, ...], plan: SeedPlan | None) -> tuple[str, ...]:
-    """`seeds=...` when a run's seeds are not the study's own: 0+3, 0-9, or 3to10 on demand."""
     if plan is not None:
-        return (f"seeds={plan.min}to{plan.max}", f"halfwidth={plan.halfwidth:g}")
-    if seeds == STUDY_SEEDS:
-        return ()
-    contiguous = len(seeds) > 2 and seeds == tuple(range(seeds[0], seeds[0] + len(seeds)))
-    return (f"seeds={seeds[0]}-{seeds[-1]}" if contiguous else "seeds=" + "+".join(map(str, seeds)),)
+        out += [f"seeds={plan.min}to{plan.max}", f"halfwidth={plan.halfwidth:g}"]
+    elif seeds != STUDY_SEEDS:
+        contiguous = len(seeds) > 2 and seeds == tuple(range(seeds[0], seeds[0] + len(seeds)))
+        out.append(f"seeds={seeds[0]}-{seeds[-1]}" if contiguous else "seeds=" + "+".join(map(str, seeds)))
+    return tuple(out)
 
 
 def _seeds(v) -> tuple[tuple[int, ...], SeedPlan | None]:

@@ -215,12 +215,9 @@ def connect(address: str | None) -> Devices:
             _check_reachable(address, hint)
         # "local": a Ray of its own, even where `ray start` left a cluster running on this machine
         # (ray.init() would join that one); a cluster is used only when asked for
-        # Every CPU job keeps the node's thread count (bitwise-equal results), so jobs
-        # sharing a node run more threads than it has cores. OpenMP's threads spin while
-        # they wait by default, and one job's spinning threads then take the cores the
-        # other needs: two 2-thread jobs on 2 cores trained 2-7x slower each
-        # (bench/oversubscribed.py). Waiting passively changes no result (the work is
-        # split the same way) and gives the cores back.
+        # CPU jobs keep the node's thread count, so jobs sharing a node oversubscribe it;
+        # spinning OpenMP threads then made each 2-7x slower (bench/oversubscribed.py).
+        # Passive waits change no result.
         passive = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
         opts = dict(include_dashboard=False, configure_logging=False, log_to_driver=False, runtime_env=passive)
         if not address:  # in this thread: Ray's own processes die with the thread that started them
