@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def cnn4(num_classes: int = 10, *,
          dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5,
          batchnorm: bool = True,
-         width: Annotated[float, Field(gt=0, le=4)] = 1.0) -> nn.Module:
+         width: Annotated[float, Field(ge=0.125, le=4)] = 1.0) -> nn.Module:
     """Four Conv-BN-ReLU blocks: 4,441,482 parameters with the default knobs and 10 classes.
 
     [Conv3x3(3->32)-BN-ReLU] [Conv3x3(32->64)-BN-ReLU] MaxPool2      (32 -> 16)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def dilated_net(num_classes: int = 10, *,
                 dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05,
                 batchnorm: bool = True,
-                width: Annotated[float, Field(gt=0, le=4)] = 1.0,
+                width: Annotated[float, Field(ge=0.125, le=4)] = 1.0,
                 dilation: Literal[1, 2, 3, 4] = 2,
                 separable: bool = True) -> nn.Module:
     """Dilated/depthwise CNN, global-pool head: 193,280 parameters with the default knobs and 10 classes.

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def resnet18(num_classes: int = 10, *,
              residual: bool = True,
              batchnorm: bool = True,
-             width: Annotated[float, Field(gt=0, le=4)] = 1.0) -> nn.Module:
+             width: Annotated[float, Field(ge=0.125, le=4)] = 1.0) -> nn.Module:
     """torchvision ResNet-18, CIFAR stem: 11,173,962 parameters with the default knobs and 10 classes.
 
     ``torchvision.models.resnet18(weights=None)`` with the ImageNet stem

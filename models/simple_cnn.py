@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 def simple_cnn(num_classes: int = 10, *,
                dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5,
                batchnorm: bool = True,
-               width: Annotated[float, Field(gt=0, le=4)] = 1.0) -> nn.Module:
+               width: Annotated[float, Field(ge=0.125, le=4)] = 1.0) -> nn.Module:
     """Small baseline CNN: 545,290 parameters with the default knobs and 10 classes.
 
     [Conv3x3(3->32, pad 1) -> BN -> ReLU -> MaxPool2]
@@ -31,24 +31,19 @@ def simple_cnn(num_classes: int = 10, *,
     hidden units).
 
     The recipe does not state its dropout rate. The builder's default is the
-    common 0.5; the default study (the simple_cnn preset) sets the rate this
-    criterion picks, written down before the default study at that rate ran:
-
-        Of the rates 0, 0.25 and 0.5, the one whose final-epoch running train
-        accuracy (mean over seeds, 30 epochs, all training images) is nearest
-        the figures the recipe's author reported, 88.65% without augmentation
-        and 69.11% with it, by the larger of the two arms' absolute
-        differences (a rate must fit both arms). Test accuracy does not enter.
-
-    The crossed study in reports/dropout/ (dropout 0, 0.25, 0.5 x augmentation
-    none, standard; CIFAR-10 (JPEG mirror), 3 seeds per arm, a 2-core CPU)
-    measured running train accuracy of 96.76 / 85.82 / 72.48% without
-    augmentation and 73.51 / 66.76 / 56.56% with it: differences of at most
-    8.11, 2.83 and 16.17 points, so the criterion picks 0.25. (An earlier
-    default, 0, was chosen after that study's test results were seen, because
-    the author's claims held there; that choice is withdrawn. This criterion
-    uses train-side figures only.) The crossed study is the primary result;
-    its differences and their adjusted p-values are in its report.
+    common 0.5; the simple_cnn preset sets 0.25. How that rate came about, plainly:
+    the default moved 0.5 -> 0 -> 0.25, each time after test results had been
+    seen. 0 was picked after the crossed study of reports/dropout/ (3 seeds per
+    arm, seeds 0-2) showed augmentation helping most there. 0.25 was picked by a
+    criterion (of 0, 0.25 and 0.5, the rate whose final-epoch running train
+    accuracy is nearest the author's reported 88.65% without augmentation and
+    69.11% with it) that was described as written before the default study ran,
+    but was written after that crossed study's test results at 0.25 had been
+    read; on clean (evaluated) train accuracy the same criterion would pick 0.5.
+    Seeds 0-5 at 0.25 were trained and their test curves examined. No earlier
+    result is therefore confirmatory: the crossed study registered in
+    reports/dropout/plan.yaml tests augmentation at all three rates on 12 new
+    seeds per arm, and the default study is its dropout-0.25 slice.
     """
     from torch import nn
 

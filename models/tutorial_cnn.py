@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 @register_model(params=5_851_338)
 def tutorial_cnn(num_classes: int = 10, *,
                  batchnorm: bool = False,
-                 width: Annotated[float, Field(gt=0, le=4)] = 1.0) -> nn.Module:
+                 width: Annotated[float, Field(ge=0.125, le=4)] = 1.0) -> nn.Module:
     """Three double-conv blocks, no BN: 5,851,338 parameters with the default knobs and 10 classes.
 
     [Conv3x3(3->32)-ReLU-Conv3x3(32->64)-ReLU-MaxPool2]      (32 -> 16)

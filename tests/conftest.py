@@ -33,6 +33,9 @@ from tests.archives import write_official
 from tests.synthetic import images
 
 REPO = Path(__file__).resolve().parents[1]
+# Each test project keeps its arms in its own folder (a relative path is taken from the
+# repository root), never in the user's arm store; tests of the store's own location unset it.
+os.environ["CIFAR_ABLATE_ARMS"] = ".arm-cache"
 BIN = Path(sys.executable).parent
 REAL_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 REAL_SHA256 = "2ca76c958b9e50d95e55a63e11fddfedcef00332cb5172550a6380cb2c0eaab4"
@@ -90,7 +93,7 @@ def run(cmd: str, cwd: Path, check: bool = True, timeout: int = 600, extra_env: 
     return out
 
 
-CACHES = (".arm-cache", ".cache/evaluations", ".cache/figures")
+CACHES = (".arm-cache", ".cache/facts", ".cache/figures")
 
 
 def make_project(tmp: Path, per_class: int = 12, cached: Path | None = None, **params) -> Path:

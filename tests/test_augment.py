@@ -87,7 +87,7 @@ def test_unknown_names_raise_valueerror_listing_known():
     with pytest.raises(ValueError) as err:
         augment("nope", x, "cifar10", None)
     msg = str(err.value)
-    assert "\n" not in msg and all(name in msg for name in AUGMENTATIONS)
+    assert "\n" not in msg and "regimes/nope.py" in msg
     with pytest.raises(ValueError) as err:
         augment("standard", x, "imagenet", None)
     assert all(norm in str(err.value) for norm in NORMS)

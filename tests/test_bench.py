@@ -48,14 +48,15 @@ def test_speed_benchmark_prints_stages_and_loop_ratios(tmp_path):
 def test_estimator_noise_prints_each_arms_seed_sd_per_window(tmp_path):
     """Two runs whose last epochs jitter in opposite directions: the last epoch's SD
     over seeds is large, the mean over the last 2 epochs' is 0."""
-    from pipeline.core.contracts import HistoryRow, run_dir, write_history
+    from pipeline.core.contracts import history_csv, run_dir
+    from pipeline.core.jobs import HistoryRow
 
     for seed, accs in ((0, (0.5, 0.6, 0.7, 0.6)), (1, (0.5, 0.6, 0.6, 0.7))):
         folder = run_dir(tmp_path, "aug=none", seed)
         folder.mkdir(parents=True)
-        write_history(folder / "history.csv", [
+        (folder / "history.csv").write_text(history_csv([
             HistoryRow(epoch=e, train_loss=1.0, train_acc=0.9, test_loss=1.0, test_acc=a, lr=1e-3, epoch_seconds=1.0,
-                       images_per_second=1.0) for e, a in enumerate(accs, 1)])
+                       images_per_second=1.0) for e, a in enumerate(accs, 1)]))
     out = subprocess.run([sys.executable, str(REPO / "bench" / "estimator_noise.py"), str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -190,10 +190,12 @@ def test_jobs_are_sized_for_the_smallest_gpu_of_the_cluster():
     bf16 is chosen only where every GPU has it."""
     from pipeline.train.engine import Devices, weakest
 
-    found = [Devices("cuda", True, 80 * GIB), Devices("cuda", False, 16 * GIB), Devices()]
+    found = [Devices("cuda", True, 80 * GIB), Devices("cuda", False, 16 * GIB), Devices("cpu", True)]
     assert weakest(found) == Devices("cuda", False, 16 * GIB)
     assert weakest([Devices("cuda", True, 80 * GIB)] * 2) == Devices("cuda", True, 80 * GIB)
-    assert weakest([Devices(), Devices()]) == weakest([]) == Devices()
+    # CPU nodes only: bf16 where every node's CPU has it natively
+    assert weakest([Devices("cpu", True), Devices("cpu", True)]) == Devices("cpu", True)
+    assert weakest([Devices("cpu", True), Devices("cpu", False)]) == weakest([]) == Devices("cpu", False)
 
 
 def test_every_node_with_gpus_is_probed_on_that_node(monkeypatch):
@@ -206,10 +208,11 @@ def test_every_node_with_gpus_is_probed_on_that_node(monkeypatch):
              log_to_driver=False)
     try:
         calls = []
-        real = engine.probe_gpu_nodes
-        monkeypatch.setattr(engine, "probe_gpu_nodes", lambda: calls.append(1) or real())
-        assert real() == [engine.Devices()]  # one node with a GPU share, probed there
-        assert engine.connect(None) == engine.Devices() and engine.connect(None) == engine.Devices()
+        real = engine.probe_nodes
+        monkeypatch.setattr(engine, "probe_nodes", lambda: calls.append(1) or real())
+        here = engine.cpu_devices()
+        assert real() == [here]  # one node with a GPU share, probed there: no CUDA, its CPU
+        assert engine.connect(None) == here and engine.connect(None) == here
         assert calls == [1]
         # the GPU path of the engine (its resources, one fresh worker per job), on the CPU
         spec = _jobs("simple_cnn", seeds=(0, 1), aug="none", epochs=1, batch_size=4)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipeline.core import stats
 from pipeline.core.config import parse_params
-from pipeline.core.contracts import HistoryRow
+from pipeline.core.jobs import HistoryRow
 from pipeline.core.study import StudyRecord, StudyRun
 from pipeline.evaluate.contracts import ModelFacts, Predictions
 from pipeline.core.dataset import CLASSES
@@ -537,8 +537,9 @@ def test_a_declared_estimate_is_what_every_answer_tests_and_quotes():
     assert "Tested acc %" not in render(plain)[1]
 
 
-def test_the_evaluate_stage_averages_each_runs_last_k_epochs(tmp_path):
-    from pipeline.core.contracts import run_dir, write_history
+def test_the_evaluate_stage_averages_each_runs_last_k_epochs():
+    from types import SimpleNamespace
+
     from pipeline.core.errors import PipelineError
     from pipeline.evaluate.stage import last_epochs_estimates
 
@@ -549,18 +550,17 @@ def test_the_evaluate_stage_averages_each_runs_last_k_epochs(tmp_path):
                 for e, a in enumerate(accs, 1)]
 
     record = StudyRecord(study="s", arms=["a", "b"], seeds=[0, 1], seeds_reason="listed", runs=[], device="cpu")
-    for arm, seed, accs in (("a", 0, [0.1, 0.5, 0.6, 0.7]), ("a", 1, [0.2, 0.3, 0.4, 0.8]),
-                            ("b", 0, [0.9, 0.9, 0.1, 0.2]), ("b", 1, [0.5, 0.5, 0.5, 0.5])):
-        run_dir(tmp_path, arm, seed).mkdir(parents=True)
-        write_history(run_dir(tmp_path, arm, seed) / "history.csv", rows(accs))
-    got = last_epochs_estimates(tmp_path, record, 3)
+    records = {(arm, seed): SimpleNamespace(meta=SimpleNamespace(history=rows(accs)))
+               for arm, seed, accs in (("a", 0, [0.1, 0.5, 0.6, 0.7]), ("a", 1, [0.2, 0.3, 0.4, 0.8]),
+                                       ("b", 0, [0.9, 0.9, 0.1, 0.2]), ("b", 1, [0.5, 0.5, 0.5, 0.5]))}
+    got = last_epochs_estimates(records, record, 3)
     assert got["estimate"] == "the mean test accuracy of the last 3 epochs"
     assert got["estimates"] == {"a": [pytest.approx(0.6), pytest.approx(0.5)],
                                 "b": [pytest.approx(0.4), pytest.approx(0.5)]}
-    write_history(run_dir(tmp_path, "b", 1) / "history.csv", rows([0.5] * 4, val=True))  # epochs on validation
-    with pytest.raises(PipelineError, match=r"seed=1/history.csv has no test accuracy for each of its last 3 "
+    records[("b", 1)] = SimpleNamespace(meta=SimpleNamespace(history=rows([0.5] * 4, val=True)))  # on validation
+    with pytest.raises(PipelineError, match=r"b seed=1 has no test accuracy for each of its last 3 "
                                             r"epochs \(report.mean_of_last 3\)"):
-        last_epochs_estimates(tmp_path, record, 3)
+        last_epochs_estimates(records, record, 3)
 
 
 def test_with_few_seeds_the_report_says_its_verdicts_rest_on_normality():

@@ -55,7 +55,7 @@ def test_widest_interval_is_welchs_half_width():
 def test_seeds_on_demand_judge_the_accuracy_the_study_tests():
     """With report.mean_of_last k, a run's precision is that of its last k epochs' mean
     test accuracy, not of its last epoch's."""
-    from pipeline.core.contracts import HistoryRow
+    from pipeline.core.jobs import HistoryRow
     from pipeline.train.plan import tested_accuracy
 
     history = [HistoryRow(epoch=e, train_loss=1.0, train_acc=0.9, test_loss=1.0, test_acc=a, lr=1e-3,

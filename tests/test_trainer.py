@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 import models
@@ -41,8 +42,36 @@ def test_it_learns_and_records_every_epoch():
     for row in res.history:
         assert 0 <= row.test_acc <= 1 and row.images_per_second > 0
     assert res.history[-1].test_acc > 0.5  # chance is 0.1
-    assert res.last.preds.shape == (200,) and res.last.probs.shape == (200, 10)
-    assert torch.allclose(res.last.probs.sum(1), torch.ones(200), atol=1e-4)
+
+
+def test_a_job_ends_with_both_checkpoints_evaluated_as_its_weights_say():
+    """The record's numbers: the job evaluates its last and best checkpoints on every
+    test image and, clean, on the images it trained on; they agree with the history's
+    test accuracy and with evaluating the returned weights anew."""
+    from pipeline.arm.augment import Augmenter
+    from pipeline.arm.job import run_job
+    from pipeline.arm.loop import evaluate
+    from pipeline.core.jobs import Data, Finished, JobSpec
+
+    (tr, te) = _data(40, 20)
+    data = Data("d", tr.x.numpy(), tr.y.numpy(), te.x.numpy(), te.y.numpy())
+    cfg = _cfg(epochs=3, aug="standard", precision="fp32")
+    done = [e for e in run_job(JobSpec("a", 0, cfg, "fp", "cpu", 64), data, None) if isinstance(e, Finished)][0]
+    last, best = done.evaluated["last"], done.evaluated["best"]
+    assert last.epoch == 3 and best.epoch == done.best_epoch
+    y = te.y.numpy()
+    assert (last.test_pred == y).mean() == pytest.approx(done.history[-1].test_acc)
+    assert (best.test_pred == y).mean() == pytest.approx(max(r.test_acc for r in done.history))
+    assert last.test_pred.dtype == np.uint8 and last.test_confidence.shape == (len(y),)
+    for ev, weights in ((last, done.model), (best, done.best_state)):
+        model = models.create_model(cfg.model, **cfg.knobs)
+        model.load_state_dict(weights)
+        model = model.to(memory_format=torch.channels_last)
+        aug = Augmenter("none", cfg.norm, "cpu")
+        again, clean = evaluate(model, te, aug, "fp32", 64), evaluate(model, tr, aug, "fp32", 64)
+        assert np.array_equal(again.preds.numpy(), ev.test_pred) and again.loss == pytest.approx(ev.test_loss)
+        assert clean.acc == pytest.approx(ev.train_acc) and clean.loss == pytest.approx(ev.train_loss)
+    assert done.filters.shape == (32, 3, 3, 3)
 
 
 def test_same_seed_gives_bitwise_identical_weights_and_metrics():
@@ -183,15 +212,15 @@ def test_resume_from_any_epoch_state_is_bitwise_equal_to_an_uninterrupted_run():
     model = models.create_model(cfg.model, **cfg.knobs)
     fit(model, *data, cfg, 5, on_state=lambda s: states.append(s))
     assert [s.epoch for s in states] == [1, 2, 3]
-    # survives a round trip through torch.save / weights_only load, like the state file does
-    import io
+    # survives a round trip through the state file (torch.save, a weights_only load)
+    import tempfile
+    from pathlib import Path
 
-    from pipeline.core.contracts import TrainState
+    from pipeline.train.armstore import read_state, write_state
 
-    buf = io.BytesIO()
-    torch.save(states[0].to_dict(), buf)
-    buf.seek(0)
-    saved = TrainState.from_dict(torch.load(buf, weights_only=True))
+    with tempfile.TemporaryDirectory() as d:
+        write_state(Path(d) / "state.pt", "fp", states[0])
+        saved = read_state(Path(d) / "state.pt", "fp")
     seed_everything(123)  # a fresh process would start from another RNG state
     resumed_model = models.create_model(cfg.model, **cfg.knobs)
     resumed = fit(resumed_model, *data, cfg, 5, resume=saved)
@@ -201,13 +230,21 @@ def test_resume_from_any_epoch_state_is_bitwise_equal_to_an_uninterrupted_run():
     assert resumed.diagnostics == full.diagnostics
 
 
-def test_an_incomplete_state_is_refused():
-    from pipeline.core.contracts import TrainState
+def test_an_incomplete_state_is_refused(tmp_path):
+    import hashlib
+    import io
+    import json
 
-    with pytest.raises(ValueError, match="not a TrainState"):
-        TrainState.from_dict({"epoch": 1})
-    with pytest.raises(ValueError, match="not a TrainState"):
-        TrainState.from_dict([1, 2])
+    from pipeline.train.armstore import STATE_FORMAT, read_state
+
+    for bad in ({"epoch": 1}, [1, 2]):
+        buf = io.BytesIO()
+        torch.save(bad, buf)
+        payload = buf.getvalue()
+        header = json.dumps({"fingerprint": "fp", "sha256": hashlib.sha256(payload).hexdigest()}).encode()
+        (tmp_path / "state.pt").write_bytes(STATE_FORMAT + b" " + header + b"\n" + payload)
+        with pytest.raises(ValueError, match="not a complete training state"):
+            read_state(tmp_path / "state.pt", "fp")
 
 
 # Tensor calls that wait for the device to catch up (on CUDA: a host synchronisation)

@@ -9,7 +9,7 @@ import torch
 from pipeline.arm.augment import Augmenter, constants, normalize_unit_, to_unit
 from pipeline.arm.loop import Result, train_epochs
 from pipeline.core.config import TrainConfig, resolve_precision
-from pipeline.core.contracts import HistoryRow, TrainState
+from pipeline.core.jobs import HistoryRow, TrainState
 
 
 def fit(model, train, test, cfg: TrainConfig, seed: int, *, on_epoch: Callable[[HistoryRow], None] | None = None,

@@ -1,10 +1,11 @@
-"""One arm x seed, from its spec to a trained model: the work a worker does.
+"""One arm x seed, from its spec to a trained and evaluated model: the work a worker does.
 
 `run_job` touches no files: it takes the data and, for a resumed run, the saved
 state; it yields each epoch (with the state to save) and finally the trained
-weights (pipeline.core.jobs). The driver (pipeline.train.driver) alone writes
-outputs, so the same job runs in the driver's process or on any node of a Ray
-cluster.
+weights with both checkpoints evaluated on the test images and (clean) on the
+images trained on (pipeline.core.jobs). The driver (pipeline.train.driver) alone
+writes outputs, so the same job runs in the driver's process or on any node of
+a Ray cluster, where the data and the device already are.
 """
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from pipeline.core.contracts import Checkpoint, TrainState
-from pipeline.core.jobs import Data, Epoch, Finished, JobSpec
+from pipeline.core.jobs import Data, Epoch, Evaluated, Finished, JobSpec, TrainState
 
 _ON_DEVICE: dict[tuple[str, str], tuple] = {}  # (data digest, device) -> (train, test, val or None) tensors
 
@@ -50,19 +50,37 @@ def run_job(spec: JobSpec, data: Data, resume: TrainState | None,
         torch.set_num_threads(spec.threads)
     set_determinism(spec.deterministic)
     device = resolve_device(spec.device)
+    if device.type == "cuda":  # TF32 tensor cores for matmuls too (cuDNN's convolutions use them by default)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     train, test, val = tensors(data, device)
     seed_everything(spec.seed)
     model = models.create_model(spec.cfg.model, **spec.cfg.knobs).to(device)
+    eval_batch = eval_batch_size(spec.eval_batch, device)
     result = yield from train_epochs(model, train, test, spec.cfg, spec.seed, val=val, resume=resume,
-                                     on_step=on_step, eval_batch=eval_batch_size(spec.eval_batch, device),
-                                     states=True)
+                                     on_step=on_step, eval_batch=eval_batch, states=True)
+    evaluated = {"last": _evaluated(model, spec.cfg.epochs, train, test, spec, eval_batch)}
+    if result.best_state is not None:
+        best = evaluated["last"]
+        if result.best_epoch != spec.cfg.epochs:
+            other = models.create_model(spec.cfg.model, **spec.cfg.knobs).to(device)
+            other.load_state_dict(result.best_state)
+            best = _evaluated(other.to(memory_format=torch.channels_last), result.best_epoch, train, test, spec,
+                              eval_batch)
+        evaluated["best"] = best
     yield Finished(model=host_copy(model), best_state=result.best_state, best_epoch=result.best_epoch,
-                   history=result.history, diagnostics=result.diagnostics)
+                   history=result.history, diagnostics=result.diagnostics, evaluated=evaluated,
+                   filters=models.first_conv(model).weight.detach().float().cpu().numpy())
 
 
-def checkpoint(weights: dict, spec: JobSpec, epoch: int, code_version: str, dvc_experiment: str,
-               data_sha256: str, example) -> Checkpoint:
-    """A checkpoint that loads with `torch.load(weights_only=True)` and says what made it."""
-    return Checkpoint(model=weights, model_name=spec.cfg.model, config=spec.cfg.model_dump(), arm=spec.arm,
-                      seed=spec.seed, epoch=epoch, example=example, code_version=code_version,
-                      dvc_experiment=dvc_experiment, data_sha256=data_sha256)
+def _evaluated(model, epoch: int, train, test, spec: JobSpec, eval_batch: int) -> Evaluated:
+    """A checkpoint on every test image, and clean (eval mode, no augmentation) on the images it trained on."""
+    from pipeline.arm.augment import Augmenter
+    from pipeline.arm.loop import evaluate
+
+    aug = Augmenter("none", spec.cfg.norm, test.x.device)
+    te = evaluate(model, test, aug, spec.cfg.precision, eval_batch)
+    tr = evaluate(model, train, aug, spec.cfg.precision, eval_batch)
+    return Evaluated(epoch=epoch, test_pred=te.preds.numpy().astype(np.uint8),
+                     test_confidence=te.probs.max(1).values.numpy().astype(np.float32), test_loss=te.loss,
+                     train_acc=tr.acc, train_loss=tr.loss)

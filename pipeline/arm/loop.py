@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.config import TrainConfig
-from pipeline.core.contracts import HistoryRow, TrainState
 from pipeline.core.errors import PipelineError
-from pipeline.core.jobs import Epoch
+from pipeline.core.jobs import Epoch, HistoryRow, TrainState
 from pipeline.arm.augment import Augmenter
 from pipeline.arm.diagnostics import Diagnostics
 
@@ -58,13 +57,7 @@ class Result:
     history: list[HistoryRow] = field(default_factory=list)  # one row per epoch
     best_epoch: int = 0
     best_state: dict | None = None  # weights at the best validation (else test) accuracy (keep_best)
-    last: Evaluation | None = None  # the last epoch's evaluation (of val when given, else test)
     diagnostics: dict | None = None
-
-    @property
-    def seconds(self) -> float:
-        """Training time of every epoch, also those before a resume."""
-        return sum(r.epoch_seconds for r in self.history)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -268,10 +261,9 @@ def train_epochs(model: nn.Module, train: Tensors, test: Tensors, cfg: TrainConf
                          lr=opt.param_groups[0]["lr"], epoch_seconds=train_seconds,
                          images_per_second=len(train) / train_seconds)
         result.history.append(row)
-        result.last = ev
         weights = None  # this epoch's weights on the host, copied once for both uses below
-        if cfg.keep_best and row.chosen_on > best_acc:
-            best_acc = row.chosen_on
+        if cfg.keep_best and ev.acc > best_acc:  # on validation images where there are some, else on test
+            best_acc = ev.acc
             result.best_epoch = epoch
             result.best_state = weights = host_copy(model)
         state = None

@@ -46,12 +46,14 @@ from pipeline.core.schema import (
 PRESETS_FILE = Path(__file__).with_name("presets.yaml")
 
 # The choices a training config can make. Each augmentation regime is a module of
-# pipeline/arm/regimes/, each normalisation an entry of pipeline.arm.augment.NORMS.
-AUGMENTATIONS = ("none", "standard", "ssr_cutout", "strong")
+# pipeline/arm/regimes/ (a new one is that file alone), each normalisation an entry of
+# pipeline.arm.augment.NORMS.
+AUGMENTATIONS = tuple(sorted(p.stem for p in (Path(__file__).parents[1] / "arm" / "regimes").glob("*.py")
+                             if p.stem != "__init__"))
 NORM_NAMES = ("cifar10", "cifar10_legacy")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "onecycle", "cosine")  # stepped once per batch
-# auto: mixed precision where a GPU gains from it (resolve_precision)
+# auto: mixed precision where the device computes it natively (resolve_precision)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -75,7 +77,7 @@ class TrainConfig(BaseModel):
     epochs: integer(ge=1, le=10_000) = 30
     batch_size: integer(ge=1, le=65_536) = 128
     grad_clip: number(gt=0) | None = None  # max global L2 norm of the gradients
-    precision: Literal[PRECISIONS] = "fp32"  # autocast; fp16 adds a GradScaler
+    precision: Literal[PRECISIONS] = "auto"  # autocast; fp16 adds a GradScaler
     compile: bool = False  # torch.compile the model
     compile_mode: Literal[COMPILE_MODES] = "default"  # reduce-overhead adds CUDA graphs
     keep_best: bool = True  # also keep the best epoch's checkpoint (validation accuracy with a split, else test)
@@ -136,8 +138,9 @@ def presets() -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------- params
 
 
-def parse_params(raw: Any) -> Params:
-    """Validate a params mapping (as read from params.yaml) into `Params`."""
+def parse_params(raw: Any, study_seeds: tuple[int, ...] = STUDY_SEEDS) -> Params:
+    """Validate a params mapping (as read from params.yaml) into `Params`. `study_seeds`:
+    the seeds the study's own report stands for (its analysis plan's, else STUDY_SEEDS)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -152,7 +155,7 @@ def parse_params(raw: Any) -> Params:
     if not isinstance(study, str) or not re.fullmatch(r"[A-Za-z0-9][\w.\-]{0,99}", study):
         raise bad("study", study, "a name of up to 100 letters, digits, '.', '_' or '-' that starts with a letter "
                                   "or digit, or null (the preset's name)")
-    seeds, seed_plan = _seeds(raw.get("seeds", list(STUDY_SEEDS)))
+    seeds, seed_plan = _seeds(raw.get("seeds", list(study_seeds)))
     data = check_section(DataConfig, "data", raw.get("data"))
     recipe = presets()[preset]
     if data.val_split is None:  # the preset's (a recipe that chooses its best checkpoint on validation), else 0
@@ -209,14 +212,15 @@ def parse_params(raw: Any) -> Params:
         raise bad("report.mean_of_last", k, f"1 to {fewest}, the epochs an arm trains")
     return Params(study=study, preset=preset, seeds=seeds, seed_plan=seed_plan, data=data, arms=tuple(arms),
                   report=report, run=run, raw=raw,
-                  variant=variant(raw, recipe, axes, knob_axes, data, seeds, seed_plan),
+                  variant=variant(raw, recipe, axes, knob_axes, data, seeds, seed_plan, study_seeds),
                   rationale=recipe.get("rationale"))
 
 
 def variant(raw: dict, recipe: dict, axes: dict[str, list], knob_axes: dict, data: DataConfig,
-            seeds: tuple[int, ...], plan: SeedPlan | None) -> tuple[str, ...]:
-    """What makes a run other than its study: a data subset, seeds other than
-    STUDY_SEEDS, and every training key or knob given in params.yaml that differs from
+            seeds: tuple[int, ...], plan: SeedPlan | None,
+            study_seeds: tuple[int, ...] = STUDY_SEEDS) -> tuple[str, ...]:
+    """What makes a run other than its study: a data subset, seeds other than the
+    study's own, and every training key or knob given in params.yaml that differs from
     the preset's. A study named by its preset is the preset's recipe; one named in
     params.yaml is whatever it sets, so there only a subset of the data, a shorter
     budget and other seeds count."""
@@ -236,7 +240,7 @@ def variant(raw: dict, recipe: dict, axes: dict[str, list], knob_axes: dict, dat
             out.append(f"{name}={'+'.join(map(show, opts.values))}")
     if plan is not None:
         out += [f"seeds={plan.min}to{plan.max}", f"halfwidth={plan.halfwidth:g}"]
-    elif seeds != STUDY_SEEDS:
+    elif seeds != tuple(study_seeds):
         contiguous = len(seeds) > 2 and seeds == tuple(range(seeds[0], seeds[0] + len(seeds)))
         out.append(f"seeds={seeds[0]}-{seeds[-1]}" if contiguous else "seeds=" + "+".join(map(str, seeds)))
     return tuple(out)
@@ -317,23 +321,39 @@ def _check_combination(c: TrainConfig) -> None:
 
 
 def resolve_precision(precision: str, device_type: str, bf16: bool) -> str:
-    """`auto` made concrete, once per study, for the device its jobs train on: bf16
-    on a GPU that has it (Ampere and later), fp16 with a gradient scaler on older
-    GPUs (a T4, the resnet18 recipe's own), fp32 on the CPU, where mixed precision
-    buys nothing."""
+    """`auto` made concrete, once per study, for the device its jobs train on (`bf16`:
+    whether it computes bf16 natively): bf16 on a GPU that has it (Ampere and later),
+    fp16 with a gradient scaler on older GPUs (a T4, the resnet18 recipe's own); bf16
+    on a CPU with AMX or AVX512-BF16 (pipeline.core.hardware: simple_cnn trains 1.9-2x
+    as fast as in fp32 there), fp32 on one without, where bf16 would be emulated."""
     if precision != "auto":
         return precision
     if device_type != "cuda":
-        return "fp32"
+        return "bf16" if bf16 else "fp32"
     return "bf16" if bf16 else "fp16"
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     raw = read_yaml(path)
     try:
-        return parse_params(raw)
+        return parse_params(raw, _planned_seeds(Path(path), raw))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}{_since_commit(Path(path), raw)}") from None
+
+
+def _planned_seeds(path: Path, raw: Any) -> tuple[int, ...]:
+    """The seeds of the study's analysis plan (reports/<study>/plan.yaml beside params.yaml),
+    else STUDY_SEEDS: a run with those seeds is the study itself."""
+    if not isinstance(raw, dict):
+        return STUDY_SEEDS
+    study = raw.get("study") or raw.get("preset") or "simple_cnn"
+    plan = path.resolve().parent / "reports" / str(study) / "plan.yaml"
+    try:
+        seeds = read_yaml(plan).get("seeds") if plan.is_file() else None
+    except Exception:  # noqa: BLE001  a damaged plan is reported where plans are read
+        seeds = None
+    ok = isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)
+    return tuple(seeds) if ok else STUDY_SEEDS
 
 
 def _since_commit(path: Path, raw: Any) -> str:

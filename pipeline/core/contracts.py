@@ -1,19 +1,16 @@
 """The files the train stage writes, defined once: the writer and the reader
 both import these types, and reading validates what was written.
 
-    runs/<arm>/seed=<k>/   model.pt, best.pt (Checkpoint), history.csv (HistoryRow),
-                           metrics.json (RunMetrics), diagnostics.json (DiagnosticsRecord)
-    .arm-cache/<fp>/       done/manifest.json (ArmFiles); state.pt (TrainState, after every epoch)
+    runs/<arm>/seed=<k>/   model.pt, best.pt (Checkpoint), record.npz (pipeline.core.record),
+                           history.csv (HistoryRow, a view of the record)
+    <arm store>/<fp>/      done/manifest.json (ArmFiles); state.pt (pipeline.train.armstore)
 
-The evaluation's files are defined in pipeline.evaluate.contracts. This file is
-part of every trained arm's identity (pipeline.core.provenance): a change to its
-code retrains every arm.
+The evaluation's files are defined in pipeline.evaluate.contracts. Storage only:
+no code an arm runs imports this file, so editing it retrains nothing.
 """
 from __future__ import annotations
 
 import csv
-import errno
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -21,6 +18,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.jobs import HISTORY_FIELDS, HistoryRow
 
 CHECKPOINTS = {"last": "model.pt", "best": "best.pt"}  # which -> file name in a run's folder
 
@@ -57,44 +55,15 @@ def run_dir(runs: str | Path, arm: str, seed: int) -> Path:
 # --------------------------------------------------------------------------- training
 
 
-class HistoryRow(Contract):
-    """One epoch of one run (history.csv, plots/curves.csv, MLflow step metrics)."""
+def history_csv(rows: list[HistoryRow]) -> str:
+    """history.csv's text: one row per epoch."""
+    import io
 
-    epoch: int
-    train_loss: float  # running, over the (augmented) batches of the epoch
-    train_acc: float  # running, in train mode: what the recipes' authors reported as train accuracy
-    # None with a validation split: then each epoch is evaluated on the held-out images
-    # only, and the test set once, by the evaluate stage
-    test_loss: float | None
-    test_acc: float | None
-    lr: float
-    epoch_seconds: float
-    images_per_second: float
-    val_loss: float | None = None  # on the images held out of training (data.val_split); None without a split
-    val_acc: float | None = None
-
-    @property
-    def held_out(self) -> tuple[str, float, float]:
-        """(split, loss, accuracy) of what this epoch was evaluated on, and checkpoints
-        and peaks are chosen on: validation where there is a split, else (the recipes'
-        way, optimistic) test."""
-        if self.val_acc is not None:
-            return "val", self.val_loss, self.val_acc
-        return "test", self.test_loss, self.test_acc
-
-    @property
-    def chosen_on(self) -> float:
-        return self.held_out[2]
-
-
-HISTORY_FIELDS = tuple(HistoryRow.model_fields)
-
-
-def write_history(path: str | Path, rows: list[HistoryRow]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        w.writeheader()
-        w.writerows(r.model_dump() for r in rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(r.model_dump() for r in rows)
+    return buf.getvalue()
 
 
 def read_history(path: str | Path, hint: str = "run `dvc repro train` again") -> list[HistoryRow]:
@@ -147,69 +116,10 @@ class RunMetrics(Contract):
 
 
 @dataclass
-class TorchRecord:
-    """A record saved with torch.save and loaded with `weights_only=True` (tensors,
-    numbers, strings, lists and dicts only: loading runs no code from the file)."""
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: Any):
-        """Raises ValueError when `d` is not a complete record of this kind."""
-        names = [f.name for f in fields(cls)]
-        if not isinstance(d, dict) or set(d) != set(names):
-            got = sorted(d) if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"not a {cls.__name__} (keys {got}, expected {names})")
-        record = cls(**d)
-        record.check()
-        return record
-
-    def check(self) -> None:
-        pass
-
-    def save(self, path: str | Path) -> None:
-        import torch
-
-        try:
-            torch.save(self.to_dict(), path)
-        except RuntimeError as exc:  # how torch's zip writer says a write failed (a full disk)
-            if "write" not in str(exc):
-                raise
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
-
-    @classmethod
-    def load(cls, path: str | Path):
-        import torch
-
-        return cls.from_dict(torch.load(path, map_location="cpu", weights_only=True))
-
-
-@dataclass
-class TrainState(TorchRecord):
-    """Everything needed to go on training after an epoch; the loop's `resume` takes it back."""
-
-    epoch: int
-    model: dict  # state_dict, on the host
-    optimizer: dict
-    schedule: dict | None
-    scaler: dict | None
-    rng: dict  # {"data": ..., "cpu": ..., "cuda": ...} generator states
-    history: list[dict]  # HistoryRow dicts
-    best_epoch: int
-    best_acc: float
-    best_state: dict | None
-    diagnostics: dict | None  # DiagnosticsRecord, as a dict
-    device: str  # device type it trained on: a CUDA state is not resumed on the CPU
-
-    def check(self) -> None:
-        if not isinstance(self.epoch, int) or self.epoch < 1 or len(self.history) != self.epoch:
-            raise ValueError(f"epoch {self.epoch!r} does not match its {len(self.history)} history rows")
-
-
-@dataclass
-class Checkpoint(TorchRecord):
-    """runs/<arm>/seed=<k>/model.pt (the last epoch) and best.pt: weights and what made them."""
+class Checkpoint:
+    """runs/<arm>/seed=<k>/model.pt (the last epoch) and best.pt: weights and what made
+    them, saved with torch.save and loaded with `weights_only=True` (tensors, numbers,
+    strings, lists and dicts only: loading runs no code from the file)."""
 
     model: dict  # state_dict, on the host
     model_name: str
@@ -222,9 +132,37 @@ class Checkpoint(TorchRecord):
     dvc_experiment: str
     data_sha256: str
 
-    def check(self) -> None:
-        if not isinstance(self.config, dict) or not {"model", "knobs", "norm", "precision"} <= self.config.keys():
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Checkpoint":
+        """Raises ValueError when `d` is not a complete checkpoint."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(d, dict) or set(d) != set(names):
+            got = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"not a {cls.__name__} (keys {got}, expected {names})")
+        if not isinstance(d["config"], dict) or not {"model", "knobs", "norm", "precision"} <= d["config"].keys():
             raise ValueError("its config lacks model, knobs, norm or precision")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        """Serialised in memory first: a full disk is the OSError of the file's write."""
+        import io
+
+        import torch
+
+        from pipeline.core.io import write_bytes
+
+        buf = io.BytesIO()
+        torch.save(self.to_dict(), buf)
+        write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Checkpoint":
+        import torch
+
+        return cls.from_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 class GradRow(Contract):
@@ -262,10 +200,12 @@ class DiagnosticsRecord(Contract):
 
 
 class ArmFiles(Contract):
-    """A finished arm x seed in the arm cache: what made it and a checksum per file."""
+    """A finished arm x seed in the arm store: what made it and a checksum per file."""
 
     fingerprint: str
     files: dict[str, str]  # file name -> sha256
     trained_at: str  # UTC, ISO 8601
     device: str
     code_version: str
+    arm: str = ""  # "" in entries of earlier versions
+    seed: int = -1

@@ -40,6 +40,8 @@ def os_error(exc: OSError) -> str:
             free = f" ({shutil.disk_usage(os.path.dirname(os.path.abspath(where)) or '.').free / 2**20:,.0f} MiB free)"
         except OSError:
             pass
-        return (f"no space left on the disk holding {where or 'the output'}{free}; free some space, then run the "
-                f"same command again (what finished is kept, and training goes on from its last saved epoch)")
+        needed = getattr(exc, "needed", None)
+        need = f", writing {needed / 2**20:,.1f} MiB" if needed else ""
+        return (f"no space left on the disk holding {where or 'the output'}{free}{need}; free some space, then run "
+                f"the same command again (what finished is kept, and training goes on from its last saved epoch)")
     return f"{exc.strerror or exc}" + (f" ({where})" if where else "")

@@ -82,6 +82,21 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def write_bytes(path, data: bytes) -> None:
+    """`data` into the file at `path`, on disk when this returns. A failed write is an
+    OSError naming `path` and, in `needed`, the bytes it was writing (a full disk says
+    how much it lacked room for)."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        err = OSError(exc.errno, exc.strerror, str(path))
+        err.needed = len(data)
+        raise err from None
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -14,8 +14,62 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pydantic import BaseModel, ConfigDict
+
 from pipeline.core.config import TrainConfig
-from pipeline.core.contracts import HistoryRow, TrainState
+
+
+class HistoryRow(BaseModel):
+    """One epoch of one run (history.csv, plots/curves.csv, MLflow step metrics)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epoch: int
+    train_loss: float  # running, over the (augmented) batches of the epoch
+    train_acc: float  # running, in train mode: what the recipes' authors reported as train accuracy
+    # None with a validation split: then each epoch is evaluated on the held-out images
+    # only, and the test set once, by the evaluate stage
+    test_loss: float | None
+    test_acc: float | None
+    lr: float
+    epoch_seconds: float
+    images_per_second: float
+    val_loss: float | None = None  # on the images held out of training (data.val_split); None without a split
+    val_acc: float | None = None
+
+    @property
+    def held_out(self) -> tuple[str, float, float]:
+        """(split, loss, accuracy) of what this epoch was evaluated on, and checkpoints
+        and peaks are chosen on: validation where there is a split, else (the recipes'
+        way, optimistic) test."""
+        if self.val_acc is not None:
+            return "val", self.val_loss, self.val_acc
+        return "test", self.test_loss, self.test_acc
+
+    @property
+    def chosen_on(self) -> float:
+        return self.held_out[2]
+
+
+HISTORY_FIELDS = tuple(HistoryRow.model_fields)
+
+
+@dataclass
+class TrainState:
+    """Everything needed to go on training after an epoch; the loop's `resume` takes it back."""
+
+    epoch: int
+    model: dict  # state_dict, on the host
+    optimizer: dict
+    schedule: dict | None
+    scaler: dict | None
+    rng: dict  # {"data": ..., "cpu": ..., "cuda": ...} generator states
+    history: list[dict]  # HistoryRow dicts
+    best_epoch: int
+    best_acc: float
+    best_state: dict | None
+    diagnostics: dict | None  # DiagnosticsRecord, as a dict
+    device: str  # device type it trained on: a CUDA state is not resumed on the CPU
 
 
 @dataclass(frozen=True)
@@ -69,14 +123,31 @@ class Usage:
 
 
 @dataclass
+class Evaluated:
+    """One checkpoint evaluated clean (eval mode, no augmentation) by the job that
+    trained it, on every test image and on the images it trained on."""
+
+    epoch: int
+    test_pred: np.ndarray  # uint8 (N,): the predicted class of each test image
+    test_confidence: np.ndarray  # float32 (N,): the softmax probability of that prediction
+    test_loss: float
+    train_acc: float  # clean
+    train_loss: float
+
+
+@dataclass
 class Finished:
-    """A trained arm x seed: the last weights, the best ones, what happened."""
+    """A trained arm x seed: the last weights, the best ones, what happened, and
+    both checkpoints evaluated ("last", and "best" when kept)."""
 
     model: dict
     best_state: dict | None
     best_epoch: int
     history: list[HistoryRow]
     diagnostics: dict | None
+    evaluated: dict[str, Evaluated]
+    filters: np.ndarray  # float32: the first convolution's weights of the last checkpoint
+    machine: str = ""  # what trained it (its CPU, and GPU): set by the engine, which knows where it ran
 
 
 @dataclass

@@ -179,3 +179,37 @@ class Provenance:
         import torch
 
         return torch.from_numpy(self.examples.copy())
+
+
+_SECRET_KEYS = ("token", "secret", "password", "passwd", "pwd", "key", "sig", "signature", "auth", "credential",
+                "session")
+
+
+def public(text: str, root: Path | None = None) -> str:
+    """`text` (a URI, a path, a message) as it may be published: a URI without its
+    userinfo or the values of secret-looking query parameters, and paths under the
+    repository root relative to it (elsewhere, under the home folder, from ~)."""
+    import re
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    base = str((root or repo_root()).resolve())
+    home = os.path.expanduser("~")
+
+    def path(p: str) -> str:
+        p = re.sub(rf"(?<![\w./-]){re.escape(base)}(/|(?![\w.-]))", lambda m: "" if m.group(1) else ".", p)
+        return re.sub(rf"(?<![\w./-]){re.escape(home)}(?=/|$)", "~", p) if home not in ("/", "") else p
+
+    def uri(m: re.Match) -> str:
+        u = m.group(0)
+        try:
+            parts = urlsplit(u)
+        except ValueError:
+            return u
+        if parts.scheme in ("sqlite", "file") and not parts.netloc:  # a local file: sqlite:////abs/path
+            return f"{parts.scheme}:///{path('/' + parts.path.lstrip('/'))}"
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        query = urlencode([(k, "***" if any(s in k.lower() for s in _SECRET_KEYS) else v)
+                           for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+    return path(re.sub(r"\b[a-z][a-z0-9+.\-]*://[^\s'\"<>|)]+", uri, text))

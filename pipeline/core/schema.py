@@ -84,6 +84,13 @@ class ReportConfig(BaseModel):
     # its last k epochs (less noisy than one epoch; needs every epoch evaluated on the
     # test set, so no data.val_split); 1 = the last checkpoint's. Fix it before the run.
     mean_of_last: integer(ge=1, le=1000) = 1
+    # points of accuracy: with a margin, every tested comparison is also tested for
+    # equivalence (two one-sided Welch tests against +-margin): equivalent, differs or inconclusive
+    equivalence_margin: number(gt=0, le=100) | None = None
+    # a crossed study's primary factor: its effects within each combination of the other
+    # factors are the primary family (Holm), every other effect and interaction a secondary
+    # family with its own Holm; null = one family of every effect and interaction
+    primary: Annotated[str, Field(pattern=r"^[\w.]{1,100}$"), Says("a factor of the study, e.g. aug")] | None = None
     # register the winning arm's model (highest mean test accuracy; its median seed's last
     # checkpoint) in the MLflow Model Registry under this name; null = register nothing
     register_model: Annotated[str, Field(pattern=r"^[\w.\- ]{1,100}$"),

@@ -355,6 +355,82 @@ def welch_power(n_a: int, n_b: int, effect: float, alpha: float, studies: int = 
     return float(np.mean(p < alpha))
 
 
+def welch_power_sds(sd_a: float, sd_b: float, n: int, effect: float, alpha: float, studies: int = 20_000,
+                    seed: int = 0) -> float:
+    """The chance that Welch's test at level `alpha` finds a true difference `effect`
+    between arms of seed SDs `sd_a` and `sd_b`, `n` seeds each (all in the same unit):
+    simulated, a fixed seed, so the same every time. What an analysis plan states
+    for each hypothesis at the threshold it faces."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(effect, sd_a, (studies, n))
+    b = rng.normal(0.0, sd_b, (studies, n))
+    p = _scipy().ttest_ind(a, b, axis=1, equal_var=False).pvalue
+    return float(np.mean(p < alpha))
+
+
+# --------------------------------------------------------------------------- equivalence
+
+
+EQUIVALENCE_VERDICTS = ("equivalent", "differs", "inconclusive")
+
+
+class Equivalence(_Result):
+    """Two one-sided Welch tests (TOST) of |mean(a) - mean(b)| < margin: does the
+    difference lie within +-margin (a fraction)? `ci` is the (1 - 2 alpha) interval
+    whose lying inside the margin is the same decision."""
+
+    margin: float
+    ci: Interval
+    p: float | None  # the larger of the two one-sided p-values
+    power: float | None  # the chance the test says "equivalent" when the arms are equal, at the observed SDs
+
+
+def tost(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05,
+         studies: int = 20_000) -> Equivalence:
+    """TOST with Welch's degrees of freedom (statsmodels' ttost_ind, usevar='unequal'),
+    and its power at the margin: simulated with the observed SDs and these seed
+    counts, the true difference 0 (a fixed seed: the same figure every time)."""
+    x, y = _values(a, "a"), _values(b, "b")
+    if not margin > 0:
+        raise StatsError(f"an equivalence margin must be > 0, got {margin!r}")
+    diff = float(x.mean() - y.mean())
+    if min(x.size, y.size) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
+        return Equivalence(margin=margin, ci=Interval(estimate=diff, low=None, high=None, confidence=1 - 2 * alpha),
+                           p=None, power=None)
+    from statsmodels.stats.weightstats import ttost_ind
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = float(ttost_ind(x, y, -margin, margin, usevar="unequal")[0])
+    w = welch(x, y, 1 - 2 * alpha)
+    sims = _tost_power(float(x.std(ddof=1)), float(y.std(ddof=1)), x.size, y.size, margin, alpha, studies)
+    return Equivalence(margin=margin, ci=w.ci, p=p, power=sims)
+
+
+def _tost_power(sd_a: float, sd_b: float, n_a: int, n_b: int, margin: float, alpha: float, studies: int,
+                seed: int = 0) -> float:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(0.0, sd_a, (studies, n_a))
+    b = rng.normal(0.0, sd_b, (studies, n_b))
+    va, vb = a.var(axis=1, ddof=1) / n_a, b.var(axis=1, ddof=1) / n_b
+    se = np.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+    d = a.mean(axis=1) - b.mean(axis=1)
+    t = _scipy().t
+    p = np.maximum(t.sf((d + margin) / se, dof), t.cdf((d - margin) / se, dof))
+    return float(np.mean(p < alpha))
+
+
+def equivalence_verdict(p_equivalent: float | None, p_differs: float | None, alpha: float) -> str:
+    """Three answers, each from its own (adjusted) p: equivalent (within the margin),
+    differs (not equivalent, and the difference is significant), else inconclusive."""
+    if significant(p_equivalent, alpha):
+        return "equivalent"
+    if significant(p_differs, alpha):
+        return "differs"
+    return "inconclusive"
+
+
 # --------------------------------------------------------------------------- corrections
 
 

@@ -7,11 +7,13 @@ from pipeline.core.contracts import Contract
 class StudyRun(Contract):
     arm: str
     seed: int
-    restored: bool  # from the arm cache, not trained by this execution
+    restored: bool  # from the arm store (or its committed record), not trained by this execution
+    weights: bool = True  # its checkpoints are on this machine (False: only its committed record)
     wall_seconds: float = 0.0  # from start to finish in this execution (0 when restored)
     fingerprint: str
     trained_at: str
     code_version: str  # of the code that trained it
+    machine: str = ""  # the CPU (and GPU) that trained it
     tracking_key: str | None = None  # the run's key in the tracking journal
     model_key: str | None = None  # the run holding its logged models (the one that trained it)
 
@@ -26,3 +28,4 @@ class StudyRecord(Contract):
     runs: list[StudyRun]
     tracking_key: str | None = None  # the parent run's key in the tracking journal
     device: str
+    precision: dict[str, str] = {}  # arm -> what it trained in (precision: auto resolved for the device)

@@ -7,9 +7,10 @@ generalization gaps, the top confusion pairs, and per-image predictions and
 confidences (kept for paired tests). Then the statistics across seeds and
 against the baseline (pipeline.evaluate.core), and model facts per arm.
 
-A checkpoint is evaluated once: its result is kept in `.cache/evaluations/`
-under the checkpoint's checksum, the data and the evaluation code, and reused
-while none of them changes.
+Each run's record (runs/<arm>/seed=<k>/record.npz, pipeline.core.record) holds
+both checkpoints' predictions and clean numbers, computed by the job that
+trained it: nothing is evaluated again here, and a run whose weights are not on
+this machine (its record committed) is evaluated like any other.
 """
 from __future__ import annotations
 
@@ -17,79 +18,24 @@ import argparse
 import gc
 import hashlib
 import json
-import shutil
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.config import Params, load_params
-from pipeline.core.contracts import CHECKPOINTS, Checkpoint, read_history, read_json, run_dir
-from pipeline.core.dataset import load_manifest, load_subset, load_training
+from pipeline.core.config import load_params
+from pipeline.core.contracts import read_json, run_dir
+from pipeline.core.dataset import load_subset
 from pipeline.core.errors import PipelineError, cli
-from pipeline.core.io import atomic_path, sha256_file, write_json
+from pipeline.core.io import atomic_path, write_json
 from pipeline.core.provenance import code_digest, repo_root
+from pipeline.core.record import FILE as RECORD, WHICH, ArmRecord
 from pipeline.core.schema import show
 from pipeline.core.study import StudyRecord
 from pipeline.evaluate import core
-from pipeline.evaluate.contracts import CheckpointEval, ModelFacts, Predictions, StudySummary
+from pipeline.evaluate.contracts import ModelFacts, Predictions, StudySummary
 
-CACHE = Path(".cache") / "evaluations"
-EVAL_CODE = ("models", "pipeline/arm", "pipeline/evaluate")
+CACHE = Path(".cache") / "facts"  # model facts, by model, knobs and the models code
 _NOT_TRAINED = "run `dvc repro train` first"
-
-
-class Evaluator:
-    """Loads the data and the models only when a checkpoint is not in the cache."""
-
-    def __init__(self, params: Params, data: Path):
-        self.params, self.folder = params, Path(data)
-        self._tensors = None
-        self._device = None
-
-    def tensors(self):
-        if self._tensors is None:
-            from pipeline.arm.loop import Tensors, resolve_device
-
-            self._device = resolve_device(self.params.run.device)
-            d = self.params.data
-            (tx, ty, _), _ = load_training(self.folder, d.train_limit, d.val_split, d.subset_seed)  # trained on
-            vx, vy, _ = load_subset(self.folder, "test", d.test_limit, d.subset_seed)
-            self._tensors = (Tensors.from_numpy(tx, ty, self._device), Tensors.from_numpy(vx, vy, self._device))
-        return self._tensors
-
-    def evaluate(self, path: Path, arm: str, seed: int, which: str, history, top_n: int):
-        """(CheckpointEval, Predictions, first-layer filters) of one checkpoint."""
-        import torch
-
-        import models
-        from pipeline.arm.augment import Augmenter
-        from pipeline.arm.loop import eval_batch_size, evaluate
-
-        train, test = self.tensors()
-        try:
-            ckpt = Checkpoint.load(path)
-            cfg = ckpt.config
-            model = models.create_model(cfg["model"], **cfg["knobs"])
-            model.load_state_dict(ckpt.model)
-        except Exception as exc:  # noqa: BLE001  truncated, garbled or foreign
-            raise PipelineError(f"cannot load the checkpoint {path} ({type(exc).__name__}); {_NOT_TRAINED}") from None
-        model = model.to(self._device).to(memory_format=torch.channels_last)
-        aug = Augmenter("none", cfg["norm"], self._device)
-        bs = eval_batch_size(self.params.run.eval_batch_size, self._device)
-        te = evaluate(model, test, aug, cfg["precision"], bs)
-        tr = evaluate(model, train, aug, cfg["precision"], bs)
-        y = test.y.cpu().numpy()
-        ev = core.checkpoint_eval(
-            arm=arm, seed=seed, which=which, epoch=ckpt.epoch, test_preds=te.preds.numpy(), test_y=y,
-            test_loss=te.loss, train_acc=tr.acc, train_loss=tr.loss,
-            running_acc=history[ckpt.epoch - 1].train_acc,  # the checkpoint's own epoch
-            top_n=top_n)
-        pred = te.preds.numpy().astype(np.int64)
-        predictions = Predictions(pred, pred == y, te.probs.max(1).values.numpy().astype(np.float32), y)
-        filters = models.first_conv(model).weight.detach().float().cpu().numpy()
-        return ev, predictions, filters
 
 
 def _facts(name: str, knobs: dict, cache: Path) -> ModelFacts:
@@ -109,82 +55,48 @@ def _facts(name: str, knobs: dict, cache: Path) -> ModelFacts:
     return facts
 
 
-def last_epochs_estimates(runs: Path, record: StudyRecord, k: int) -> dict:
+def last_epochs_estimates(records: dict[tuple[str, int], ArmRecord], record: StudyRecord, k: int) -> dict:
     """compare()'s `estimates`: each run's mean test accuracy over its last k epochs
-    (history.csv: each epoch evaluated on the whole test subset), and their name."""
+    (its history: each epoch evaluated on the whole test subset), and their name."""
     out = {}
     for arm in record.arms:
         out[arm] = []
         for seed in record.seeds:
-            path = run_dir(runs, arm, seed) / "history.csv"
-            tail = read_history(path)[-k:]
+            tail = records[(arm, seed)].meta.history[-k:]
             if len(tail) < k or any(r.test_acc is None for r in tail):
-                raise PipelineError(f"{path} has no test accuracy for each of its last {k} epochs "
+                raise PipelineError(f"{arm} seed={seed} has no test accuracy for each of its last {k} epochs "
                                     f"(report.mean_of_last {k}); {_NOT_TRAINED}")
             out[arm].append(sum(r.test_acc for r in tail) / k)
     return {"estimates": out, "estimate": f"the mean test accuracy of the last {k} epochs"}
 
 
-def evaluate_study(params: Params, record: StudyRecord, runs: Path, data: Path, cache: Path):
-    """{(arm, seed, which): (CheckpointEval, Predictions, filters)}, from the cache where it can."""
-    evaluator = Evaluator(params, data)
-    d = params.data
-    # what decides an evaluation besides the checkpoint: data, code, and how it runs
-    context = json.dumps({"data": load_manifest(data).data_sha256,
-                          "subset": [d.train_limit, d.test_limit, d.subset_seed, d.val_split],
-                          "code": code_digest(EVAL_CODE), "top_n": params.report.top_confusions,
-                          "device": params.run.device, "eval_batch_size": params.run.eval_batch_size})
-    top_n = params.report.top_confusions
+def read_records(runs: Path, record: StudyRecord) -> dict[tuple[str, int], ArmRecord]:
+    """Every run's record, each checked whole and against the fingerprint it trained under."""
+    fps = {(r.arm, r.seed): r.fingerprint for r in record.runs}
+    return {(arm, seed): ArmRecord.load(run_dir(runs, arm, seed) / RECORD, fps.get((arm, seed)))
+            for arm in record.arms for seed in record.seeds}
+
+
+def evaluations(records: dict[tuple[str, int], ArmRecord], labels: np.ndarray, top_n: int):
+    """{(arm, seed, which): (CheckpointEval, Predictions, first-layer filters)} from the records."""
     out = {}
-    done, seconds, images = 0, 0.0, 0
-    for arm in record.arms:
-        for seed in record.seeds:
-            src = run_dir(runs, arm, seed)
-            if not (src / "model.pt").exists():
-                raise PipelineError(f"no trained model in {src}; {_NOT_TRAINED}")
-            history = read_history(src / "history.csv")
-            for which, file in CHECKPOINTS.items():
-                path = src / file
-                if not path.exists():
-                    continue
-                key = hashlib.sha256(f"{sha256_file(path)}:{context}:{[r.train_acc for r in history]}"
-                                     .encode()).hexdigest()
-                hit = _load_cached(cache / key, arm, seed)
-                if hit is None:
-                    t0 = time.perf_counter()
-                    hit = evaluator.evaluate(path, arm, seed, which, history, top_n)
-                    seconds += time.perf_counter() - t0
-                    done += 1
-                    images += sum(len(t) for t in evaluator.tensors())
-                    _store(cache / key, *hit)
-                out[(arm, seed, which)] = hit
-    print(f"evaluated {done} of {len(out)} checkpoints ({images:,} images, {seconds:.1f} s); "
-          f"{len(out) - done} from the cache", flush=True)
+    for (arm, seed), rec in records.items():
+        history = rec.meta.history
+        if len(rec.pred("last")) != len(labels):
+            raise PipelineError(f"the record of {arm} seed={seed} has {len(rec.pred('last'))} test predictions, "
+                                f"the test subset {len(labels)}; {_NOT_TRAINED}")
+        for which in WHICH:
+            numbers = rec.meta.checkpoints.get(which)
+            if numbers is None:
+                continue
+            pred = rec.pred(which).astype(np.int64)
+            ev = core.checkpoint_eval(arm=arm, seed=seed, which=which, epoch=numbers.epoch, test_preds=pred,
+                                      test_y=labels, test_loss=numbers.test_loss, train_acc=numbers.train_acc_clean,
+                                      train_loss=numbers.train_loss_clean,
+                                      running_acc=history[numbers.epoch - 1].train_acc, top_n=top_n)
+            out[(arm, seed, which)] = (ev, Predictions(pred, pred == labels, rec.confidence(which), labels),
+                                       rec.arrays["filters"])
     return out
-
-
-def _load_cached(folder: Path, arm: str, seed: int):
-    """A cached evaluation, or None; a damaged one is removed (with one line) and redone."""
-    if not folder.exists():
-        return None
-    try:
-        ev = CheckpointEval.model_validate_json((folder / "eval.json").read_bytes())
-        predictions = Predictions.load(folder / "predictions.npz")
-        filters = np.load(folder / "filters.npy")
-    except Exception as exc:  # noqa: BLE001  truncated, garbled or partly missing
-        print(f"warning: the cached evaluation {folder} is damaged ({type(exc).__name__}); evaluating again",
-              file=sys.stderr, flush=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        return None
-    return ev.model_copy(update={"arm": arm, "seed": seed}), predictions, filters
-
-
-def _store(folder: Path, ev: CheckpointEval, predictions: Predictions, filters: np.ndarray) -> None:
-    with atomic_path(folder) as tmp:
-        tmp.mkdir()
-        (tmp / "eval.json").write_text(ev.model_dump_json())
-        predictions.save(tmp / "predictions.npz")
-        np.save(tmp / "filters.npy", filters)
 
 
 def dvc_metrics(summary: StudySummary) -> dict:
@@ -221,7 +133,11 @@ def main(argv=None) -> None:
         raise PipelineError(f"{runs / 'study.json'} has the arms {', '.join(record.arms)}, params.yaml asks for "
                             f"{', '.join(a.name for a in params.arms)}; {_NOT_TRAINED}")
     cache = repo_root() / CACHE
-    evals = evaluate_study(params, record, runs, data, cache)
+    records = read_records(runs, record)
+    d = params.data
+    _, labels, _ = load_subset(data, "test", d.test_limit, d.subset_seed)
+    evals = evaluations(records, labels, params.report.top_confusions)
+    print(f"{len(evals)} checkpoints of {len(records)} runs, from their records", flush=True)
     # statsmodels' Holm runs a full garbage collection per call: with what is loaded
     # so far frozen out of the collector, each takes milliseconds, not a tenth of a second
     gc.freeze()
@@ -233,7 +149,7 @@ def main(argv=None) -> None:
                            params.report.top_confusions, labels, facts,
                            {a.name: {k: show(v) for k, v in a.axes.items()} for a in params.arms},
                            best_on="validation" if params.data.val_split else "test",
-                           **(last_epochs_estimates(runs, record, last_k) if last_k > 1 else {}))
+                           **(last_epochs_estimates(records, record, last_k) if last_k > 1 else {}))
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
         for (arm, seed, which), (ev, predictions, filters) in evals.items():

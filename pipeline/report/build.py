@@ -20,7 +20,8 @@ import numpy as np
 
 from pipeline.core import stats
 from pipeline.core.config import Params
-from pipeline.core.contracts import DiagnosticsRecord, HistoryRow
+from pipeline.core.contracts import DiagnosticsRecord
+from pipeline.core.jobs import HistoryRow
 from pipeline.core.study import StudyRecord
 from pipeline.evaluate.contracts import LAST_CHECKPOINT, CheckpointEval, Predictions, StudySummary
 

@@ -1,8 +1,8 @@
 """Stage `report`: the study's results as reports/<study>/report.md and one self-contained report.html.
 
 Reads what the earlier stages wrote (runs/study.json, evaluation/summary.json
-and the per-run predictions and filters, runs/*/history.csv, diagnostics.json,
-the prepared test images) and answers at a glance: did each arm help, by how
+and the per-run predictions and filters, runs/*/history.csv, the first seed's
+diagnostics from its record, the prepared test images) and answers at a glance: did each arm help, by how
 much, how sure are we, and on which classes.
 
 `load_inputs()` reads the files; `build_report()` (pipeline.report.build) is a
@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.config import load_params
-from pipeline.core.contracts import DiagnosticsRecord, read_history, read_json, run_dir
+from pipeline.core.contracts import read_history, read_json, run_dir
 from pipeline.core.dataset import load_manifest, load_split, stratified_subset
 from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path
-from pipeline.core.provenance import code_version, dvc_experiment, repo_root
+from pipeline.core.provenance import code_version, dvc_experiment, public, repo_root
+from pipeline.core.record import FILE as RECORD, ArmRecord
 from pipeline.core.study import StudyRecord
 from pipeline.evaluate.contracts import CheckpointEval, Predictions, StudySummary
 from pipeline.report.build import Inputs, Report, build_report
@@ -55,9 +56,7 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
     histories, diagnostics, predictions, filters = {}, {}, {}, {}
     for arm in record.arms:
         histories[arm] = {s: read_history(run_dir(runs, arm, s) / "history.csv") for s in record.seeds}
-        diag = run_dir(runs, arm, first) / "diagnostics.json"
-        diagnostics[arm] = (read_json(diag, DiagnosticsRecord, "run `dvc repro train` again") if diag.exists()
-                            else None)
+        diagnostics[arm] = ArmRecord.load(run_dir(runs, arm, first) / RECORD).meta.diagnostics
         src = run_dir(evaluation, arm, first)
         try:
             predictions[arm] = Predictions.load(src / "last_predictions.npz")
@@ -103,7 +102,8 @@ def _tracking(study: str, record: StudyRecord) -> dict[str, str]:
     from pipeline.tracking.journal import Journal
 
     journal = Journal()
-    return {"Tracking URI": journal.uri, "Experiment": study, "Parent run (tracking key)": record.tracking_key}
+    return {"Tracking URI": public(journal.uri), "Experiment": study,
+            "Parent run (tracking key)": record.tracking_key}
 
 
 def draw_figures(report: Report, cache: Path | None) -> dict[str, bytes]:

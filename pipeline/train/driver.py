@@ -13,13 +13,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.contracts import ArmFiles, DiagnosticsRecord, RunMetrics, read_history, read_json, run_dir
-from pipeline.core.contracts import write_history
+from pipeline.core.contracts import Checkpoint, RunMetrics, history_csv, run_dir
 from pipeline.core.errors import PipelineError
+from pipeline.core.io import atomic_path, clone_file
 from pipeline.core.jobs import Epoch, Failed, Finished, JobSpec, Lost, Placed, Usage
 from pipeline.core.provenance import Provenance
+from pipeline.core.record import FILE as RECORD, ArmRecord
 from pipeline.train.armstore import ArmStore, StateWriter
-from pipeline.train.plan import plan
+from pipeline.train.plan import Identity, plan
 
 MAX_LOST = 3  # a job whose workers die this often fails the study
 LOCK_POLL_S = 1.0  # how often a job whose arm another process trains asks again, when nothing else runs
@@ -27,14 +28,22 @@ LOCK_POLL_S = 1.0  # how often a job whose arm another process trains asks again
 
 @dataclass(frozen=True)
 class Outcome:
-    """A job done in this execution: trained, or restored from the arm cache."""
+    """A job done in this execution: trained, restored from the arm store, or (no
+    weights on this machine) from its committed record."""
 
     spec: JobSpec
-    metrics: RunMetrics
-    files: ArmFiles
-    folder: Path  # its arm cache entry
+    record: ArmRecord
+    folder: Path | None  # its arm store entry; None when only its record is here
     restored: bool
     wall_seconds: float = 0.0
+
+    @property
+    def metrics(self) -> RunMetrics:
+        return RunMetrics.from_history(self.record.meta.history)
+
+    @property
+    def weights(self) -> bool:
+        return self.folder is not None
 
 
 @dataclass
@@ -49,9 +58,11 @@ class _Running:
 
 class Driver:
     def __init__(self, store: ArmStore, runs: Path, engine, observers, provenance: Provenance,
-                 device_type: str, retrain: bool = False):
+                 identity: Identity, study: str, retrain: bool = False, committed: dict[str, Path] | None = None):
         self.store, self.runs, self.engine, self.observers = store, runs, engine, observers
-        self.provenance, self.device_type, self.retrain = provenance, device_type, retrain
+        self.provenance, self.identity, self.study, self.retrain = provenance, identity, study, retrain
+        self.device_type = identity.device_type
+        self.committed = committed or {}  # fingerprint -> its committed record (reports/*/records/)
         self.outcomes: dict[tuple[str, int], Outcome] = {}
         self.planned = 0  # jobs given to run()
         self.running: dict[str, _Running] = {}
@@ -61,7 +72,8 @@ class Driver:
         """Every job of `jobs`; then those the observers add (seeds on demand), until none."""
         while jobs:
             self.planned += len(jobs)
-            self.observers.planned(plan(jobs, self.store.done_fps(), self.store.saved_fps(), self.retrain))
+            self.observers.planned(plan(jobs, self.store.done_fps(), self.store.saved_fps(), self.retrain,
+                                        self.committed))
             self._run(list(jobs))
             jobs = self.observers.more()
 
@@ -97,7 +109,11 @@ class Driver:
         try:
             entry = None if self.retrain else self.store.done(spec.fp)
             if entry is not None:
-                self._restore(spec, *entry)
+                self._restore(spec, entry[0])
+                lock.release()
+                return True
+            if not self.retrain and spec.fp in self.committed:
+                self._from_record(spec, self.committed[spec.fp])
                 lock.release()
                 return True
             state = self.store.load_state(spec.fp, self.device_type)
@@ -152,35 +168,40 @@ class Driver:
             self.running.pop(job.spec.fp, None)
 
     def _finish(self, job: _Running, done: Finished) -> None:
-        from pipeline.arm.job import checkpoint
-
         spec, p = job.spec, self.provenance
-        metrics = RunMetrics.from_history(done.history)
-        manifest = {"trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "device": self.device_type, "code_version": p.code_version}
+        trained_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        record = ArmRecord.of(done, fingerprint=spec.fp, identity=self.identity.of(spec.cfg, spec.seed), arm=spec.arm,
+                              seed=spec.seed, cfg=spec.cfg, trained_at=trained_at, code_version=p.code_version,
+                              machine=done.machine)
+        manifest = {"trained_at": trained_at, "device": self.device_type, "code_version": p.code_version,
+                    "arm": spec.arm, "seed": spec.seed}
         with self.store.finish(spec.fp, manifest) as tmp:
             for file, weights, epoch in (("model.pt", done.model, spec.cfg.epochs),
                                          ("best.pt", done.best_state, done.best_epoch)):
                 if weights is not None and (file == "model.pt" or spec.cfg.keep_best):
-                    checkpoint(weights, spec, epoch, p.code_version, p.dvc_experiment, p.data_sha256,
-                               p.example()).save(tmp / file)
-            write_history(tmp / "history.csv", done.history)
-            (tmp / "diagnostics.json").write_text(DiagnosticsRecord.model_validate(done.diagnostics)
-                                                  .model_dump_json() + "\n")
-            (tmp / "metrics.json").write_text(metrics.model_dump_json(indent=2) + "\n")
+                    checkpoint(weights, spec, epoch, p).save(tmp / file)
+            record.save(tmp / RECORD)
         self.store.drop_state(spec.fp)
-        folder, files = self.store.done(spec.fp)
-        ArmStore.restore(folder, run_dir(self.runs, spec.arm, spec.seed))
+        folder, _ = self.store.done(spec.fp)
         self._release(job)
-        self._done(Outcome(spec, metrics, files, folder, restored=False,
-                           wall_seconds=time.monotonic() - job.started))
+        self._restore(spec, folder, restored=False, wall_seconds=time.monotonic() - job.started)
 
-    def _restore(self, spec: JobSpec, folder: Path, files: ArmFiles) -> None:
-        """A finished arm x seed with this fingerprint exists: link it in, do not train it again."""
-        metrics = read_json(folder / "metrics.json", RunMetrics, "the arm cache entry is damaged")
-        read_history(folder / "history.csv")
-        ArmStore.restore(folder, run_dir(self.runs, spec.arm, spec.seed))
-        self._done(Outcome(spec, metrics, files, folder, restored=True))
+    def _restore(self, spec: JobSpec, folder: Path, restored: bool = True, wall_seconds: float = 0.0) -> None:
+        """A finished arm x seed with this fingerprint is in the store: copy it into runs/."""
+        record = ArmRecord.load(folder / RECORD, spec.fp)
+        ArmStore.restore(folder, run_dir(self.runs, spec.arm, spec.seed), views(record))
+        self.store.used(spec.fp, self.study)
+        self._done(Outcome(spec, record, folder, restored, wall_seconds))
+
+    def _from_record(self, spec: JobSpec, path: Path) -> None:
+        """No weights here, but the record is committed: it is all the evaluation and the report need."""
+        record = ArmRecord.load(path, spec.fp)
+        with atomic_path(run_dir(self.runs, spec.arm, spec.seed)) as tmp:
+            tmp.mkdir()
+            clone_file(path, tmp / RECORD)
+            for name, text in views(record).items():
+                (tmp / name).write_text(text)
+        self._done(Outcome(spec, record, None, restored=True))
 
     def _done(self, outcome: Outcome) -> None:
         self.outcomes[(outcome.spec.arm, outcome.spec.seed)] = outcome
@@ -199,6 +220,19 @@ class Driver:
             except Exception as exc:  # noqa: BLE001  reported in the line the user reads
                 stopped.append(f"{job.spec.label} could not be closed cleanly ({exc})")
         return stopped
+
+
+def views(record: ArmRecord) -> dict[str, str]:
+    """What runs/<arm>/seed=<k>/ shows of a record besides it, for reading and plotting."""
+    return {"history.csv": history_csv(record.meta.history),
+            "metrics.json": RunMetrics.from_history(record.meta.history).model_dump_json(indent=2) + "\n"}
+
+
+def checkpoint(weights: dict, spec: JobSpec, epoch: int, p: Provenance) -> Checkpoint:
+    """A checkpoint that loads with `torch.load(weights_only=True)` and says what made it."""
+    return Checkpoint(model=weights, model_name=spec.cfg.model, config=spec.cfg.model_dump(), arm=spec.arm,
+                      seed=spec.seed, epoch=epoch, example=p.example(), code_version=p.code_version,
+                      dvc_experiment=p.dvc_experiment, data_sha256=p.data_sha256)
 
 
 def with_threads(spec: JobSpec) -> JobSpec:

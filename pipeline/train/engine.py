@@ -26,9 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from pipeline.core.contracts import TrainState
 from pipeline.core.errors import PipelineError
-from pipeline.core.jobs import Data, Epoch, Event, Failed, Finished, JobSpec, Lost, Placed, Usage
+from pipeline.core.jobs import Data, Epoch, Event, Failed, Finished, JobSpec, Lost, Placed, TrainState, Usage
 
 GPU_JOBS_MAX = 8  # jobs sharing one GPU at most
 GIB = 1 << 30
@@ -62,9 +61,22 @@ def with_usage(events: Iterator, device: str) -> Iterator:
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.reset_peak_memory_stats()
     for event in events:
+        if isinstance(event, Finished):
+            event.machine = machine(device)
         yield event
         if isinstance(event, Epoch):
             yield Usage(system_metrics(device))
+
+
+def machine(device: str) -> str:
+    """This machine's CPU, and the GPU when `device` is one: where a run trained."""
+    from pipeline.core.hardware import cpu_name
+
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{torch.cuda.get_device_name(device)}, {cpu_name()}"
+    return cpu_name()
 
 
 class LocalEngine:
@@ -162,13 +174,20 @@ class Devices:
 
 
 def _probe() -> Devices:
-    """Run on a worker with a share of a GPU."""
+    """What the node it runs on trains with: its GPU (run with a share of one), else its CPU."""
     import torch
 
     if not torch.cuda.is_available():
-        return Devices()
+        return cpu_devices()
     return Devices("cuda", bool(torch.cuda.is_bf16_supported(including_emulation=False)),
                    int(torch.cuda.get_device_properties(0).total_memory))
+
+
+def cpu_devices() -> Devices:
+    """This machine's CPU: whether it computes bf16 natively (pipeline.core.hardware)."""
+    from pipeline.core.hardware import native_bf16
+
+    return Devices("cpu", bool(native_bf16()))
 
 
 # Where one of these exists an NVIDIA driver may be present (Linux, WSL); elsewhere
@@ -181,12 +200,12 @@ def local_devices(setting: str) -> tuple[str, Devices]:
     torch is imported only where an NVIDIA driver may be present."""
     if setting == "cpu" or (setting == "auto" and sys.platform.startswith("linux")
                             and not any(map(os.path.exists, _NVIDIA_SIGNS))):
-        return "cpu", Devices()
+        return "cpu", cpu_devices()
     from pipeline.arm.loop import resolve_device
 
     device = resolve_device(setting)
     if device.type != "cuda":
-        return str(device), Devices()
+        return str(device), cpu_devices()
     import torch
 
     return str(device), Devices("cuda", bool(torch.cuda.is_bf16_supported(including_emulation=False)),
@@ -225,7 +244,7 @@ def connect(address: str | None) -> Devices:
         else:
             _join(ray, address, hint, opts)
     if address not in _DEVICES:
-        _DEVICES[address] = weakest(probe_gpu_nodes())
+        _DEVICES[address] = weakest(probe_nodes())
     return _DEVICES[address]
 
 
@@ -296,24 +315,31 @@ def _ray_output(thread: threading.Thread):
                 os.close(saved)
 
 
-def probe_gpu_nodes() -> list[Devices]:
-    """What each live node with GPUs has, probed on that node (with a small share of
-    a GPU, not a whole one: the GPUs may be packed with other studies' jobs)."""
+def probe_nodes() -> list[Devices]:
+    """What each live node has, probed on that node: a node with GPUs with a small
+    share of one, not a whole one (the GPUs may be packed with other studies' jobs),
+    any other with no resources at all."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    probe = ray.remote(num_gpus=1 / GPU_JOBS_MAX, num_cpus=0)(_probe)
-    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) >= 1 / GPU_JOBS_MAX]
-    return ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
-                    for node in nodes])
+    refs = []
+    for n in ray.nodes():
+        if not n.get("Alive"):
+            continue
+        gpu = n["Resources"].get("GPU", 0) >= 1 / GPU_JOBS_MAX
+        probe = ray.remote(num_gpus=1 / GPU_JOBS_MAX if gpu else 0, num_cpus=0)(_probe)
+        refs.append(probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                    .remote())
+    return ray.get(refs)
 
 
 def weakest(found: list[Devices]) -> Devices:
     """The devices every job can count on, wherever Ray places it: cuda if any node
-    has a GPU, bf16 only if all of them have it, and the smallest GPU's memory."""
+    has a GPU, bf16 only if all of them (GPUs, else CPUs) have it, and the smallest
+    GPU's memory."""
     cuda = [d for d in found if d.type == "cuda"]
     if not cuda:
-        return Devices()
+        return Devices("cpu", bool(found) and all(d.bf16 for d in found))
     return Devices("cuda", all(d.bf16 for d in cuda), min(d.gpu_memory for d in cuda))
 
 

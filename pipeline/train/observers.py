@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pipeline.core.config import Arm, Params
-from pipeline.core.contracts import CHECKPOINTS, HistoryRow, read_history
-from pipeline.core.jobs import JobSpec
+from pipeline.core.contracts import CHECKPOINTS, run_dir
+from pipeline.core.jobs import HistoryRow, JobSpec
 from pipeline.core.provenance import Provenance
 from pipeline.train.plan import Plan, more_seeds, tested_accuracy, widest_interval
 
@@ -62,8 +62,9 @@ class Tracking(Observer):
     same run; a restored one gets a run of its own, pointing to the run that
     trained it (which holds its models)."""
 
-    def __init__(self, journal, parent: str, study: str, arms: dict[str, Arm], provenance: Provenance):
+    def __init__(self, journal, parent: str, study: str, arms: dict[str, Arm], provenance: Provenance, runs):
         self.journal, self.parent, self.study, self.arms, self.p = journal, parent, study, arms, provenance
+        self.runs = runs
         self.keys: dict[tuple[str, int], tuple[str, str | None]] = {}  # (arm, seed) -> (run key, model key)
         self._open: dict[str, str] = {}  # fingerprint -> run key of a job training now
 
@@ -104,8 +105,9 @@ class Tracking(Observer):
     def done(self, o) -> None:
         spec = o.spec
         if o.restored:
-            key = self._child(spec, {"restored": "true", "trained_at": o.files.trained_at})
-            for row in read_history(o.folder / "history.csv"):
+            key = self._child(spec, {"restored": "true", "trained_at": o.record.meta.trained_at,
+                                     **({} if o.weights else {"weights": "not on this machine"})})
+            for row in o.record.meta.history:
                 self._metrics(key, row)
             last = self.journal.arm_run(spec.fp)
             model_key = last["key"] if last is not None and not last["open"] else None
@@ -116,8 +118,8 @@ class Tracking(Observer):
                     self.journal.model(key, o.folder / file, which)
             self.journal.set_arm_run(spec.fp, key, open=False)
         self.journal.metrics(key, {f"final_{k}": v for k, v in o.metrics.named().items()})
-        for name in ("history.csv", "metrics.json", "diagnostics.json"):
-            self.journal.artifact(key, o.folder / name)
+        for name in ("history.csv", "record.npz"):
+            self.journal.artifact(key, run_dir(self.runs, spec.arm, spec.seed) / name)
         self.journal.end(key)
         self.keys[(spec.arm, spec.seed)] = (key, model_key)
 
@@ -139,7 +141,7 @@ class SeedsOnDemand(Observer):
 
     def done(self, outcome) -> None:
         self.results[(outcome.spec.arm, outcome.spec.seed)] = tested_accuracy(
-            outcome.metrics, lambda: read_history(outcome.folder / "history.csv"), self.params.report.mean_of_last)
+            outcome.metrics, lambda: outcome.record.meta.history, self.params.report.mean_of_last)
 
     def more(self) -> list[JobSpec]:
         sp = self.params.seed_plan

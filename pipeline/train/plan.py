@@ -11,17 +11,16 @@ torchvision and numpy, and the device type.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.core import stats
 from pipeline.core.config import Params, SeedPlan, TrainConfig, resolve_precision
-from pipeline.core.contracts import HistoryRow, RunMetrics
-from pipeline.core.jobs import JobSpec
+from pipeline.core.contracts import RunMetrics
+from pipeline.core.jobs import HistoryRow, JobSpec
 from pipeline.core.provenance import arm_code
+from pipeline.core.record import fingerprint_of
 
 
 @dataclass(frozen=True)
@@ -33,11 +32,13 @@ class Identity:
     device_type: str
     code: Callable[[str, str], str] = field(default=arm_code, compare=False)  # (model, aug) -> digest
 
+    def of(self, cfg: TrainConfig, seed: int) -> dict:
+        """What an arm x seed's fingerprint hashes (kept in its record)."""
+        return {"config": cfg.model_dump(), "seed": seed, "data": self.data_id, "code": self.code(cfg.model, cfg.aug),
+                "versions": self.versions, "device": self.device_type}
+
     def fingerprint(self, cfg: TrainConfig, seed: int) -> str:
-        blob = json.dumps({"config": cfg.model_dump(), "seed": seed, "data": self.data_id,
-                           "code": self.code(cfg.model, cfg.aug), "versions": self.versions,
-                           "device": self.device_type}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return fingerprint_of(self.of(cfg, seed))
 
 
 def jobs_for(params: Params, seeds: Sequence[int], identity: Identity, device: str,
@@ -58,21 +59,29 @@ class Plan:
     """What an execution does with each of its jobs (`jobs`, in their order)."""
 
     jobs: tuple[JobSpec, ...]
-    restore: tuple[JobSpec, ...]  # finished in the arm cache
+    restore: tuple[JobSpec, ...]  # finished in the arm store
+    recorded: tuple[JobSpec, ...]  # not in the store, but its record is committed: no weights here, nothing trains
     resume: tuple[JobSpec, ...]  # an interrupted run's state is saved: it goes on from there
     train: tuple[JobSpec, ...]  # from the first epoch
 
     @property
     def to_train(self) -> tuple[JobSpec, ...]:
-        return tuple(j for j in self.jobs if j not in self.restore)
+        return self.resume + self.train
 
 
-def plan(jobs: Sequence[JobSpec], done: Collection[str], saved: Collection[str], retrain: bool = False) -> Plan:
-    """`done`: the fingerprints finished in the arm cache; `saved`: those with a saved
-    state. With `retrain`, every job trains from its first epoch."""
-    restore = tuple(j for j in jobs if not retrain and j.fp in done)
-    resume = tuple(j for j in jobs if not retrain and j.fp not in done and j.fp in saved)
-    return Plan(tuple(jobs), restore, resume, tuple(j for j in jobs if j not in restore and j not in resume))
+def plan(jobs: Sequence[JobSpec], done: Collection[str], saved: Collection[str], retrain: bool = False,
+         recorded: Collection[str] = ()) -> Plan:
+    """`done`: the fingerprints finished in the arm store; `recorded`: those whose
+    record is committed; `saved`: those with a saved state. With `retrain`, every job
+    trains from its first epoch."""
+    def first(*have):
+        return lambda j: not retrain and any(j.fp in h for h in have)
+
+    restore = tuple(filter(first(done), jobs))
+    recorded_ = tuple(j for j in jobs if j not in restore and first(recorded)(j))
+    resume = tuple(j for j in jobs if j not in restore + recorded_ and first(saved)(j))
+    return Plan(tuple(jobs), restore, recorded_, resume,
+                tuple(j for j in jobs if j not in restore + recorded_ + resume))
 
 
 # --------------------------------------------------------------------------- seeds on demand

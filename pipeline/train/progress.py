@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from pipeline.core.config import Params
-from pipeline.core.contracts import HistoryRow
+from pipeline.core.jobs import HistoryRow
 from pipeline.core.jobs import JobSpec
 from pipeline.train.observers import Observer
 from pipeline.train.plan import Plan
@@ -69,7 +69,8 @@ class Progress(Observer):
         epochs = "/".join(map(str, sorted({a.train.epochs for a in p.arms})))
         print(f"study {p.study}: {len(p.arms)} arm(s) x {len(p.seeds)} seed(s){on_demand} x {epochs} epoch(s) on "
               f"{self.device}, {self.engine.slots} at a time ({self.engine.name}); {len(plan.to_train)} to train, "
-              f"{len(plan.restore)} in the arm cache", flush=True)
+              f"{len(plan.restore)} in the arm cache" + (f", {len(plan.recorded)} from committed records"
+                                                         if plan.recorded else ""), flush=True)
         if self.enabled and self.total:
             from tqdm import tqdm
 
@@ -163,9 +164,11 @@ class Progress(Observer):
     def done(self, o) -> None:
         m, spec = o.metrics, o.spec
         if o.restored:
-            self._say(f"{spec.label}: restored from the arm cache ({spec.fp[:12]}; trained {o.files.trained_at} on "
-                      f"{o.files.device} in {m.train_seconds:.1f} s): {m.held_out} acc {m.acc:.4f}, "
-                      f"train acc {m.train_acc:.4f}, gap {m.gap:+.4f}")
+            meta = o.record.meta
+            source = "restored from the arm cache" if o.weights else "from its committed record (no weights here)"
+            self._say(f"{spec.label}: {source} ({spec.fp[:12]}; trained {meta.trained_at} on "
+                      f"{meta.machine or meta.identity['device']} in {m.train_seconds:.1f} s): {m.held_out} acc "
+                      f"{m.acc:.4f}, train acc {m.train_acc:.4f}, gap {m.gap:+.4f}")
             return
         if spec.fp in self.jobs:
             self.jobs[spec.fp].state = "done"

@@ -122,7 +122,9 @@ def devices(params: Params):
     address = cluster_address(params.run.cluster)
     if address:  # the cluster decides the device: cuda if it has GPUs (unless params say cpu)
         found = connect(address)
-        return ("cpu", Devices()) if params.run.device == "cpu" else (found.type, found)
+        if params.run.device == "cpu" and found.type == "cuda":  # the CPUs of a GPU cluster: bf16 unknown
+            return "cpu", Devices("cpu", False)
+        return found.type, found
     return local_devices(params.run.device)
 
 
@@ -141,9 +143,15 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     params = load_params(args.params)  # every arm is validated before anything trains
+    from pipeline.core.analysis import check_study
+
+    strays = check_study(repo_root(), params)  # said first: this run is not what the study's plan registered
+    if strays:
+        print(strays, flush=True)
     # cuBLAS reads this when CUDA starts; deterministic arms need it
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    from pipeline.train.armstore import ArmStore
+    from pipeline.core import record
+    from pipeline.train.armstore import LEGACY, ArmStore, store_path
     from pipeline.train.driver import Driver
     from pipeline.train.engine import cluster_address, make_engine
     from pipeline.train.observers import Observers, SeedsOnDemand, Tracking
@@ -156,8 +164,12 @@ def main(argv=None) -> None:
     # deterministic kernels are set by each job (pipeline.arm.job), where they run
     data, manifest, data_id = load_data(Path(args.data), params)
     root = repo_root()
-    store = ArmStore(root)
+    store = ArmStore(store_path(root))
+    moved = store.take_over(root)
+    if moved:
+        print(f"took over {moved} finished arm(s) from {LEGACY}/ into the arm store {store.root}", flush=True)
     store.sweep()
+    committed = record.committed(root)
     identity = Identity(data_id=data_id, versions=library_versions(), device_type=device_type)
     provenance = Provenance(
         code_version=code_version(), dvc_experiment=dvc_experiment(), data_name=manifest.name,
@@ -170,7 +182,8 @@ def main(argv=None) -> None:
         return jobs_for(params, seeds, identity, device, found.bf16)
 
     jobs = study_jobs(params.seeds)
-    first = plan(jobs, store.done_fps(), store.saved_fps(), args.retrain)
+    print(precision_line(params, jobs, found), flush=True)
+    first = plan(jobs, store.done_fps(), store.saved_fps(), args.retrain, committed)
 
     # a signal ends the study with one line, the jobs cancelled, their saved states kept and
     # the MLflow runs ended as KILLED
@@ -182,7 +195,7 @@ def main(argv=None) -> None:
     try:
         if not args.no_mlflow:
             journal, parent = _parent_run(root, params, provenance)
-            tracking = Tracking(journal, parent, params.study, {a.name: a for a in params.arms}, provenance)
+            tracking = Tracking(journal, parent, params.study, {a.name: a for a in params.arms}, provenance, runs)
         if first.to_train and importing is None:
             importing = import_torch_beside()
         progress = Progress(params, device, len(data.train_y), len(data.test_y),
@@ -191,8 +204,8 @@ def main(argv=None) -> None:
                              progress.step, sizing=jobs)
         progress.engine = engine
         _set_signals(_on_signal)  # again: Ray's start sets a SIGTERM handler of its own
-        driver = Driver(store, runs, engine, Observers(progress, tracking, seeds), provenance, device_type,
-                        args.retrain)
+        driver = Driver(store, runs, engine, Observers(progress, tracking, seeds), provenance, identity,
+                        params.study, args.retrain, committed)
         driver.run(jobs)
     except BaseException as exc:
         _set_signals(_note_signal)  # a second Ctrl-C must not cut the clean-up short
@@ -226,17 +239,24 @@ def main(argv=None) -> None:
             signal.signal(sig, handler)
 
     arm_names = [a.name for a in params.arms]
+    no_weights = [o.spec.label for o in driver.outcomes.values() if not o.weights]
+    if no_weights:
+        print(f"{len(no_weights)} run(s) have no weights on this machine, only their committed records "
+              f"({', '.join(no_weights[:6])}{', ...' if len(no_weights) > 6 else ''}): the evaluation and the report "
+              f"are whole; MLflow gets their metrics but no logged model, and report.register_model cannot pick "
+              f"them", flush=True)
     metrics = {k: o.metrics for k, o in driver.outcomes.items()}
     summary = summarize(metrics, arm_names, seeds.seeds, params.study)
     write_json(args.metrics, summary)
     write_curves(Path(args.curves), runs, arm_names, seeds.seeds)
     keys = tracking.keys if tracking is not None else {}
-    record = StudyRecord(
+    study = StudyRecord(
         study=params.study, arms=arm_names, seeds=seeds.seeds, seeds_reason=seeds.reason, tracking_key=parent,
-        device=device, runs=[_study_run(driver.outcomes[(a, s)], *keys.get((a, s), (None, None)))
-                             for a in arm_names for s in seeds.seeds])
+        device=device, precision={j.arm: j.cfg.precision for j in jobs},
+        runs=[_study_run(driver.outcomes[(a, s)], *keys.get((a, s), (None, None)))
+              for a in arm_names for s in seeds.seeds])
     with atomic_path(runs / "study.json") as tmp:
-        tmp.write_text(record.model_dump_json(indent=1) + "\n")
+        tmp.write_text(study.model_dump_json(indent=1) + "\n")
     if journal is not None:
         journal.artifact(parent, args.metrics)
         journal.tags(parent, {"seeds": seeds.seeds, "seeds_reason": seeds.reason})
@@ -249,9 +269,29 @@ def main(argv=None) -> None:
 
 
 def _study_run(o, key: str | None, model_key: str | None) -> StudyRun:
-    return StudyRun(arm=o.spec.arm, seed=o.spec.seed, restored=o.restored, fingerprint=o.spec.fp,
-                    wall_seconds=o.wall_seconds, trained_at=o.files.trained_at, code_version=o.files.code_version,
-                    tracking_key=key, model_key=model_key)
+    meta = o.record.meta
+    return StudyRun(arm=o.spec.arm, seed=o.spec.seed, restored=o.restored, weights=o.weights, fingerprint=o.spec.fp,
+                    wall_seconds=o.wall_seconds, trained_at=meta.trained_at, code_version=meta.code_version,
+                    machine=meta.machine, tracking_key=key, model_key=model_key)
+
+
+def precision_line(params: Params, jobs, found) -> str:
+    """What each arm trains in, said first: `auto` is resolved here, once per study."""
+    from pipeline.core.hardware import cpu_name, native_bf16
+
+    chosen = {j.arm: j.cfg.precision for j in jobs}
+    given = {a.name: a.train.precision for a in params.arms}
+    text = ", ".join(dict.fromkeys(chosen.values())) if len(set(chosen.values())) == 1 else \
+        ", ".join(f"{a} {p}" for a, p in chosen.items())
+    why = ""
+    if "auto" in given.values():
+        if found.type == "cuda":
+            why = f" (auto: the GPU {'computes' if found.bf16 else 'lacks'} bf16 natively)"
+        elif found.bf16:
+            why = f" (auto: this CPU, {cpu_name()}, computes bf16 natively: {native_bf16() or 'every node'})"
+        else:
+            why = f" (auto: this CPU, {cpu_name()}, has no native bf16; -S precision=bf16 would emulate it)"
+    return f"precision: {text}{why}"
 
 
 def _parent_run(root: Path, params: Params, p: Provenance):

@@ -1,2 +1,2 @@
 """The augmentation regimes, one module each: `DRAWS` (uniforms per image) and
-`apply(x, u, c)` (pipeline.arm.augment). Their names: pipeline.core.config.AUGMENTATIONS."""
+`apply(x, u, c)` (pipeline.arm.augment). A new regime is a new file here, and nothing else."""

@@ -1,0 +1,103 @@
+"""Analysis plans (reports/<study>/plan.yaml, pipeline.core.analysis) from the command line.
+
+    python -m pipeline.plans fill reports/dropout/plan.yaml   # arms, code, versions, data, fingerprints, power
+    python -m pipeline.plans check                            # the freeze: exit 1 if code a plan needs moved
+    python -m pipeline.plans status                           # each plan: runs recorded, precedence
+
+Write a plan's question, params, families, margin and power inputs by hand, `fill`
+it on the machine with the data, commit it, and only then train the study.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.core import analysis
+from pipeline.core.errors import PipelineError, cli
+from pipeline.core.io import write_text
+from pipeline.core.provenance import library_versions, repo_root
+
+
+def fill(path: Path, data: Path) -> analysis.AnalysisPlan:
+    """The plan at `path` with what follows from its params, this code and the data."""
+    from pipeline.arms import PINNED, digests, study_jobs
+    from pipeline.core import stats
+
+    plan = analysis.read(path)
+    params = plan.parsed()
+    if params.study != plan.study:
+        raise PipelineError(f"{path}: its params name the study {params.study!r}, the plan {plan.study!r}")
+    if params.seed_plan is not None:
+        raise PipelineError(f"{path}: a plan lists its seeds; seeds on demand stop by the data")
+    jobs = study_jobs(params, data)
+    power = []
+    for row in plan.power:
+        # Holm's first step: what the smallest p of the family must pass
+        threshold = plan.alpha / (plan.primary.size or len(plan.primary.hypotheses))
+        n = len(params.seeds)
+        if row.test == "equivalence":
+            if plan.equivalence_margin is None:
+                raise PipelineError(f"{path}: an equivalence power row needs equivalence_margin")
+            p = stats._tost_power(row.sd[0] / 100, row.sd[1] / 100, n, n, plan.equivalence_margin / 100, threshold,
+                                  20_000)
+        else:
+            p = stats.welch_power_sds(row.sd[0], row.sd[1], n, row.effect, threshold)
+        power.append(row.model_copy(update={"threshold": round(threshold, 6), "power": round(p, 3)}))
+    from pipeline.train.stage import load_data
+
+    _, _, data_id = load_data(data, params)
+    return plan.model_copy(update={
+        "arms": [a.name for a in params.arms], "seeds": list(params.seeds),
+        "precision": {j.arm: j.cfg.precision for j in jobs}, "device": jobs[0].device.split(":")[0],
+        "code": digests(params), "versions": library_versions(PINNED), "data": data_id,
+        "fingerprints": {j.label: j.fp for j in jobs}, "power": power})
+
+
+def dump(plan: analysis.AnalysisPlan) -> str:
+    import yaml
+
+    header = (f"# The analysis plan of the study {plan.study}, committed before it trains (pipeline.core.analysis).\n"
+              f"# Filled by `python -m pipeline.plans fill`; CI freezes the code and versions it names until\n"
+              f"# every run's record is committed under records/, or the plan is withdrawn.\n")
+    return header + yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False, width=100, allow_unicode=True)
+
+
+@cli
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.plans", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("fill", help="fill a plan in from its params, this code and the data")
+    p.add_argument("plan", type=Path)
+    p.add_argument("--data", type=Path, default=Path("data/prepared"))
+    sub.add_parser("check", help="exit 1 if a registered, incomplete study's code or versions moved")
+    sub.add_parser("status", help="each plan: runs recorded, and whether it came before them")
+    args = ap.parse_args(argv)
+    root = repo_root()
+    if args.command == "fill":
+        plan = fill(args.plan, args.data)
+        write_text(args.plan, dump(plan))
+        print(f"{args.plan}: {len(plan.arms)} arms x {len(plan.seeds)} seeds; power: "
+              + "; ".join(f"{r.hypothesis} {r.power:.0%} at {r.threshold:.4g}" for r in plan.power))
+        return
+    failed = False
+    for path, plan in analysis.committed(root):
+        rel = path.relative_to(root)
+        if args.command == "check":
+            problems = analysis.frozen_problems(root, plan)
+            if problems:
+                failed = True
+                print(f"{rel}: frozen, and the code moved: {'; '.join(problems)}. Put it back, or withdraw the plan "
+                      f"(status: withdrawn, withdrawn_because: why) in its own commit", file=sys.stderr)
+            else:
+                print(f"{rel}: ok")
+        else:
+            done = len(analysis.recorded(root, plan))
+            word, why = analysis.precedence(root, plan.study, plan.runs())
+            print(f"{rel}: {plan.status}, {done} of {len(plan.fingerprints)} runs recorded; {word} ({why})")
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
