@@ -18,6 +18,7 @@ the pinned versions, the data, every run's fingerprint). Three things read it:
 """
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 from typing import Literal
@@ -60,6 +61,7 @@ class AnalysisPlan(Contract):
     question: str
     params: dict  # the study's params.yaml keys
     history: str | None = None  # what was seen before this plan (settings chosen, seeds used)
+    supersedes: str | None = None  # the earlier reports this study's report replaces, and why
     estimator: str
     alpha: float = 0.05
     primary: Family
@@ -79,9 +81,10 @@ class AnalysisPlan(Contract):
     fingerprints: dict[str, str] = {}  # "<arm> seed=<k>" -> fingerprint
 
     def parsed(self) -> Params:
-        """The study's params, whose seeds are the study's own."""
+        """The study's params: the study itself (its report is reports/<study>/)."""
         seeds = self.params.get("seeds")
-        return parse_params(self.params, tuple(seeds) if isinstance(seeds, list) else tuple(self.seeds))
+        params = parse_params(self.params, tuple(seeds) if isinstance(seeds, list) else tuple(self.seeds))
+        return dataclasses.replace(params, variant=())
 
     def runs(self) -> list[tuple[str, int]]:
         return [(a, s) for a in self.arms for s in self.seeds]

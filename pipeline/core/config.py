@@ -15,6 +15,7 @@ jobs) say where and how arms run, never what they compute.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -336,24 +337,37 @@ def resolve_precision(precision: str, device_type: str, bf16: bool) -> str:
 def load_params(path: str | Path = "params.yaml") -> Params:
     raw = read_yaml(path)
     try:
-        return parse_params(raw, _planned_seeds(Path(path), raw))
+        planned = _planned(Path(path), raw)
+        params = parse_params(raw, tuple(planned["seeds"]) if planned else STUDY_SEEDS)
+        return as_planned(params, parse_params(planned["params"], tuple(planned["seeds"]))) if planned else params
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}{_since_commit(Path(path), raw)}") from None
 
 
-def _planned_seeds(path: Path, raw: Any) -> tuple[int, ...]:
-    """The seeds of the study's analysis plan (reports/<study>/plan.yaml beside params.yaml),
-    else STUDY_SEEDS: a run with those seeds is the study itself."""
+def as_planned(params: Params, planned: Params) -> Params:
+    """`params` as its study's own run (no variant: reports/<study>/) when it trains what
+    the study's analysis plan registered: the same arms, configs, seeds and data subset."""
+    same = ([(a.name, a.train) for a in params.arms] == [(a.name, a.train) for a in planned.arms]
+            and params.seeds == planned.seeds and params.seed_plan is None
+            and all(getattr(params.data, k) == getattr(planned.data, k)
+                    for k in ("train_limit", "test_limit", "subset_seed", "val_split")))
+    return dataclasses.replace(params, variant=()) if same else params
+
+
+def _planned(path: Path, raw: Any) -> dict | None:
+    """The study's analysis plan (reports/<study>/plan.yaml beside params.yaml), its
+    seeds and params, or None."""
     if not isinstance(raw, dict):
-        return STUDY_SEEDS
+        return None
     study = raw.get("study") or raw.get("preset") or "simple_cnn"
     plan = path.resolve().parent / "reports" / str(study) / "plan.yaml"
     try:
-        seeds = read_yaml(plan).get("seeds") if plan.is_file() else None
+        found = read_yaml(plan) if plan.is_file() else None
     except Exception:  # noqa: BLE001  a damaged plan is reported where plans are read
-        seeds = None
+        return None
+    seeds = found.get("seeds") if isinstance(found, dict) else None
     ok = isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)
-    return tuple(seeds) if ok else STUDY_SEEDS
+    return found if ok and isinstance(found.get("params"), dict) else None
 
 
 def _since_commit(path: Path, raw: Any) -> str:

@@ -1,8 +1,8 @@
 """An arm x seed's record: everything the evaluation and the report need of a
 finished run, small enough to commit (about 0.1 MB), bound to what made it.
 
-    record.npz   arrays: last_pred, last_confidence (and best_pred, best_confidence
-                 when the best checkpoint is kept), filters; and `meta`, one JSON
+    record.npz   arrays: last_pred (uint8), last_confidence (float16; and best_pred,
+                 best_confidence when the best checkpoint is kept), filters; and `meta`, one JSON
                  string (RecordMeta): the run's identity (what its fingerprint
                  hashes), history, diagnostics and each checkpoint's clean numbers.
 
@@ -87,7 +87,8 @@ class ArmRecord:
         arrays = {"filters": np.asarray(done.filters, np.float32)}
         for which, ev in done.evaluated.items():
             arrays[f"{which}_pred"] = np.asarray(ev.test_pred, np.uint8)
-            arrays[f"{which}_confidence"] = np.asarray(ev.test_confidence, np.float32)
+            # 3 significant digits are what a gallery shows, at half float32's size in git
+            arrays[f"{which}_confidence"] = np.asarray(ev.test_confidence, np.float16)
         meta = RecordMeta(
             fingerprint=fingerprint, identity=identity, arm=arm, seed=seed, config=cfg, trained_at=trained_at,
             code_version=code_version, machine=machine, history=list(done.history),
