@@ -18,7 +18,7 @@ import gc
 
 import numpy as np
 
-from pipeline.core.stats import per_class_over_seeds, significant
+from pipeline.core.stats import per_class_over_seeds, per_class_power, significant
 
 BASE = np.linspace(0.55, 0.85, 10)  # a class accuracy per class, as CIFAR-10's spread
 
@@ -54,6 +54,13 @@ def main() -> None:
             power = sum(marked(*study(rng, effect, seeds, spread))[3] for _ in range(args.power_n)) / args.power_n
             print(f"{1 / spread:>8.2f} to {spread:<5.2f} {seeds:>5} {fwe:>18.4f} {np.sqrt(0.05 * 0.95 / args.n):>6.4f} "
                   f"{f'+{size * 100:.0f} pts':>7} {power:>6.3f}")
+    print("\npower for a +7-point class effect at realistic per-class seed SDs (equal over the classes), "
+          f"{args.power_n} studies each:")
+    print(f"{'seed SD (points)':>17} {'seeds':>5} {'power':>6}")
+    for sd in (1, 2, 3):
+        for seeds in (6, 12):
+            power = per_class_power(sd / 100, seeds, 0.07, studies=args.power_n, cached=False)
+            print(f"{sd:>17} {seeds:>5} {power:>6.3f}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, float]] | None = None,
                 images_per_class: int = 100, data_name: str = "CIFAR-10 (JPEG mirror)", seed: int = 0,
                 knobs: dict[str, dict] | None = None, best: bool = False, best_on: str = "test",
-                estimates: dict[str, list[float]] | None = None) -> build.Inputs:
+                estimates: dict[str, list[float]] | None = None, primary: str | None = None,
+                margin: float | None = None) -> build.Inputs:
     """A study whose arm x seed test accuracies are `accs` (per-class accuracies
     around them, shifted by `class_shift[arm][class]`), as the evaluate stage
     would summarise it; with `best`, a best checkpoint (epoch 2) beside the last; with
@@ -75,7 +76,7 @@ def fake_inputs(accs: dict[str, list[float]], class_shift: dict[str, dict[int, f
                            receptive_field=10, layers=[]) for a in arms}
     declared = {"estimates": estimates, "estimate": "the mean test accuracy of the last 2 epochs"} if estimates else {}
     summary = core.compare(evals, arms, seeds, arms[0], 0.95, 200, 6, labels, facts, axes, best_on=best_on,
-                           **declared)
+                           primary=primary, margin=margin, **declared)
     history = [HistoryRow(epoch=e, train_loss=1.0 / e, train_acc=0.5 + 0.1 * e, test_loss=1.0 / e,
                           test_acc=0.4 + 0.1 * e, lr=1e-3, epoch_seconds=1.0, images_per_second=100.0)
                for e in (1, 2, 3)]
@@ -293,9 +294,9 @@ def test_a_crossed_study_shows_each_factor_within_the_others_and_their_interacti
     # the report opens on the answer: every effect and interaction in one table, and the interaction plot
     summary = Tables(page).tables["summary-table"]
     assert summary[0][:2] == ["Effect", "Other factors at"] and len(summary) == 1 + len(s.effects) + 1
-    assert summary[1][0] == "aug=standard vs none" and summary[1][4] == "helped"
-    assert summary[2][4] == "no significant difference"
-    assert summary[-1][0] == "interaction: aug=standard x dropout=0.5" and summary[-1][4] == "depends"
+    assert summary[1][0] == "aug=standard vs none" and summary[1][5] == "helped"
+    assert summary[2][5] == "no significant difference"
+    assert summary[-1][0] == "interaction: aug=standard x dropout=0.5" and summary[-1][5] == "depends"
     assert page.index('id="summary-table"') < page.index("<h2>2. ")
     assert "figures/interaction.png" in md.split("## 2. ")[0]
     assert "Each factor within the others" in md
@@ -478,32 +479,70 @@ def test_a_checkpoint_chosen_on_the_test_set_is_described_never_tested():
     assert "chosen by validation accuracy; described, never tested" in render(inp)[1]
 
 
+CROSSED = {"aug=none,dropout=0.0": [0.70, 0.71, 0.70], "aug=standard,dropout=0.0": [0.73, 0.74, 0.72],
+           "aug=none,dropout=0.5": [0.72, 0.73, 0.72], "aug=standard,dropout=0.5": [0.72, 0.72, 0.73]}
+
+
 def test_one_hypothesis_has_one_adjusted_p_wherever_it_is_quoted():
-    """A crossed 2 x 2 study: the family is fixed by the design (3 arms vs the baseline,
-    2 effects between other arms, 1 interaction), Holm adjusts over all six, and an
-    effect that is also a comparison with the baseline quotes the same p."""
-    inp = fake_inputs({"aug=none,dropout=0.0": [0.70, 0.71, 0.70], "aug=standard,dropout=0.0": [0.73, 0.74, 0.72],
-                       "aug=none,dropout=0.5": [0.72, 0.73, 0.72], "aug=standard,dropout=0.5": [0.72, 0.72, 0.73]})
+    """A crossed 2 x 2 study: the family is fixed by the design (each factor's effect
+    within the other, 2 + 2, and 1 interaction), Holm adjusts over all five, an effect
+    that is also a comparison with the baseline quotes the same p, and the diagonal
+    arm (both factors changed) is described, not tested."""
+    inp = fake_inputs(CROSSED)
     s = inp.summary
     last = s.checkpoints["last"].comparisons
-    assert len(s.family) == 6 and len(set(s.family)) == 6
-    assert "aug=standard,dropout=0.5 vs aug=none,dropout=0.5" in s.family
-    raw = [c.welch.p for c in last.values()] + [e.test_acc.p for e in s.effects if e.reference_arm != s.baseline]
-    raw += [i.contrast.p for i in s.interactions]
+    assert len(s.family) == 5 and len(set(s.family)) == 5 and [f.name for f in s.families] == ["the study's"]
+    assert not [h for h in s.family if "aug=standard,dropout=0.5 vs aug=none,dropout=0.0" in h]  # no diagonal
+    diagonal = last["aug=standard,dropout=0.5"]
+    assert diagonal.p_adjusted is None and diagonal.family is None and "not a hypothesis" in diagonal.verdict
+    raw = [e.test_acc.p for e in s.effects] + [i.contrast.p for i in s.interactions]
+    assert sorted(e.p_adjusted for e in s.effects) + [s.interactions[0].p_adjusted] != []
     expected = sorted(stats.adjust(raw, "holm"))
-    quoted = sorted([c.p_adjusted for c in last.values()] +
-                    [e.p_adjusted for e in s.effects if e.reference_arm != s.baseline] +
-                    [i.p_adjusted for i in s.interactions])
+    quoted = sorted([e.p_adjusted for e in s.effects] + [i.p_adjusted for i in s.interactions])
     assert quoted == pytest.approx(expected)
     for e in s.effects:
         if e.reference_arm == s.baseline:
             assert e.p_adjusted == last[e.arm].p_adjusted and e.verdict == last[e.arm].verdict
     md, page = render(inp)
-    assert all(name in md for name in s.family) and "Holm adjusts over all of them" in md
+    assert all(name in md for name in s.family)
     for e in s.effects:  # the effects table quotes the family's p
         row = next(r for r in Tables(page).tables["effects-table"][1:]
                    if r[1] == f"{e.value} vs {e.reference}" and r[2] == ", ".join(f"{k}={v}" for k, v in e.at.items()))
         assert row[5] == stats.format_p(e.p_adjusted)
+
+
+def test_a_primary_factor_makes_its_effects_a_family_of_their_own():
+    """report.primary: aug's effects within each dropout are the primary family (Holm
+    over 2), the dropout effects and the interaction a secondary family (Holm over 3);
+    power is stated at the threshold each comparison faces."""
+    s = fake_inputs(CROSSED, primary="aug").summary
+    assert [(f.name, len(f.hypotheses)) for f in s.families] == [("primary", 2), ("secondary", 3)]
+    assert s.families[0].hypotheses == ["aug=standard vs aug=none at dropout=0.0",
+                                        "aug=standard vs aug=none at dropout=0.5"]
+    aug = [e for e in s.effects if e.factor == "aug"]
+    assert [e.p_adjusted for e in aug] == pytest.approx(stats.adjust([e.test_acc.p for e in aug], "holm"))
+    rest = [e for e in s.effects if e.factor == "dropout"]
+    raw = [e.test_acc.p for e in rest] + [s.interactions[0].contrast.p]
+    assert [e.p_adjusted for e in rest] + [s.interactions[0].p_adjusted] == pytest.approx(stats.adjust(raw, "holm"))
+    assert {e.family for e in aug} == {"primary"} and s.interactions[0].family == "secondary"
+    c = s.checkpoints["last"].comparisons["aug=standard,dropout=0.0"]
+    assert c.family == "primary" and c.power.alpha == pytest.approx(0.05 / 2)
+
+
+def test_an_equivalence_margin_adds_a_three_way_answer_to_each_tested_difference():
+    """report.equivalence_margin 1 point: arms within it are equivalent, arms 5 points
+    apart differ, three noisy seeds a side cannot tell (TOST, Holm within the family)."""
+    near = {"aug=none": [0.700, 0.702, 0.698, 0.701, 0.699, 0.700],
+            "aug=standard": [0.701, 0.699, 0.700, 0.702, 0.698, 0.700]}
+    far = {"aug=none": near["aug=none"], "aug=standard": [0.75, 0.752, 0.748, 0.751, 0.749, 0.75]}
+    few = {"aug=none": [0.70, 0.72, 0.68], "aug=standard": [0.71, 0.69, 0.73]}
+    for accs, answer in ((near, "equivalent"), (far, "differs"), (few, "inconclusive")):
+        inp = fake_inputs(accs, estimates=accs, margin=1.0)  # tested exactly on these accuracies
+        c = inp.summary.checkpoints["last"].comparisons["aug=standard"]
+        assert c.answer == answer, (answer, c)
+        assert c.equivalence.margin == 0.01 and c.equivalence_p_adjusted == pytest.approx(c.equivalence.p)
+        md, _ = render(inp)
+        assert f"Within +-1 point: **{answer}**" in md and "within +-1 point" in md, md[:3000]
 
 
 def test_a_declared_estimate_is_what_every_answer_tests_and_quotes():
@@ -570,30 +609,50 @@ def test_with_few_seeds_the_report_says_its_verdicts_rest_on_normality():
     assert "cannot go below p = 0.1, so every significant verdict here rests on" in render(three)[0]
     six = fake_inputs({"aug=none": [0.70, 0.71, 0.72] * 2, "aug=standard": [0.74, 0.75, 0.76] * 2})
     assert "permutation test" not in render(six)[0]
-    # 4 seeds: 2/70 = 0.029 passes alpha alone, not Holm's first threshold over a 2 x 2 study's 6 hypotheses
+    # 4 seeds: 2/70 = 0.029 passes alpha alone, not Holm's first threshold over a 2 x 2 study's 5 hypotheses
     crossed = fake_inputs({"aug=none,dropout=0.0": [0.70, 0.71, 0.70, 0.72], "aug=standard,dropout=0.0": [0.76] * 4,
                            "aug=none,dropout=0.5": [0.72] * 4, "aug=standard,dropout=0.5": [0.72, 0.73, 0.72, 0.71]})
-    assert len(crossed.summary.family) == 6 and "cannot go below p = 0.029" in render(crossed)[0]
+    assert len(crossed.summary.family) == 5 and "cannot go below p = 0.029" in render(crossed)[0]
 
 
-def test_the_default_dropouts_criterion_comes_before_any_result():
-    """The simple_cnn recipe does not state its dropout rate: the report says how the
-    preset's rate was chosen (a criterion fixed before its study ran) before any number."""
+def test_the_default_dropouts_history_comes_before_any_result():
+    """The simple_cnn recipe does not state its dropout rate: the report tells, before
+    any number, that the preset's rate was chosen after test results had been seen."""
     md, _ = render(fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.74, 0.75, 0.76]}))
     headline = md.split("## 1. Headline")[1]
     choice = headline.index("**The preset's choices.** The recipe does not state its dropout rate.")
-    assert "written down before the default study ran picks (models/simple\\_cnn.py)" in headline
+    assert "each time after test results had been seen" in headline
     assert choice < headline.index("**The hypothesis.**") < headline.index("**aug=standard** vs")
     assert not re.search(r"\d\.\d+%", headline[:choice])  # no accuracy before it
 
 
 def test_the_report_states_its_hypothesis_and_one_arm_claims_no_test():
     md, _ = render(fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.74, 0.75, 0.76]}))
-    assert "**The hypothesis.** Fixed by the study's design before any result: aug=standard vs aug=none, tested " \
-           "once" in md
+    assert "**The hypothesis.** aug=standard vs aug=none. Each is tested once" in md
+    # no plan: no claim that anything was fixed before the results
+    assert "**No analysis plan.**" in md and "before any result" not in md.lower().replace("fixed before any result",
+                                                                                         "")
+    assert "fixed before any result" not in md.lower()
     md, _ = render(fake_inputs({"aug=none": [0.70, 0.71, 0.72]}))
     assert "With one arm there is no comparison, so no test." in md
     assert "Welch" not in md.split("## 2. ")[1].split("## 3. ")[0] and "bootstrap" not in md
+
+
+def test_fixed_before_any_result_is_said_only_when_git_says_so():
+    """The report's claim follows the plan's precedence (pipeline.core.analysis, from git
+    ancestry): said when every record descends from the plan, refused otherwise."""
+    import dataclasses
+
+    inp = fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.74, 0.75, 0.76]})
+    fixed = dataclasses.replace(inp, precedence=("fixed before any result", "the plan's last change (abc) is an "
+                                                 "ancestor of the commit that added each of the 6 records"),
+                                plan="reports/made-up/plan.yaml", supersedes="an earlier report")
+    md = render(fixed)[0]
+    assert "**Fixed before any result.** The analysis plan reports/made-up/plan.yaml: the plan's last change" in md
+    assert "This report supersedes an earlier report." in md
+    for word in ("plan written after results", "records not committed", "no plan"):
+        md = render(dataclasses.replace(fixed, precedence=(word, "why")))[0]
+        assert "fixed before any result" not in md.lower(), word
 
 
 def test_the_report_ships_every_seeds_results_for_an_audit():

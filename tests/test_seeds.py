@@ -162,3 +162,25 @@ def test_the_time_a_study_takes_is_measured_on_its_first_real_steps(capsys, monk
         progress.step(100)
     said = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("about")]
     assert said == ["about 8 s of training (400 img/s measured on its first steps of aug=none seed=0)"], said
+
+
+def test_the_false_claim_rate_quoted_for_seeds_on_demand_is_the_rules_own():
+    """The README quotes how often seeds on demand calls two equal arms different (the
+    rule's stopping depends on the spread the test then uses); the train stage's own
+    rule, simulated anew, agrees within Monte Carlo error."""
+    import re
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from seeds_on_demand_error import false_positive_rate
+
+    quoted = re.search(r'the verdict says "significant"\s+in (\d+\.\d)% of studies instead of 5%',
+                       (REPO / "README.md").read_text())
+    assert quoted, "the README no longer quotes the rate"
+    studies = 3000
+    rate = false_positive_rate(3, 10, 1.0, 1.0, studies, seed=7)
+    se = (rate * (1 - rate) / studies) ** 0.5
+    assert abs(rate - float(quoted.group(1)) / 100) < 3 * se + 0.002, (rate, quoted.group(1))
+    assert rate > 0.05  # above the nominal rate: why a confirmatory study lists its seeds

@@ -414,7 +414,7 @@ def test_verdicts():
     iv = Interval(estimate=0.0184, low=0.009, high=0.028, confidence=0.95)
     assert verdict(iv, 0.003, 0.05) == "+1.84 points (95% CI +0.90 to +2.80), significant (p = 0.003)"
     assert verdict(iv, 0.006, 0.05, adjusted="Holm") == \
-        "+1.84 points (95% CI +0.90 to +2.80), significant (Holm-adjusted p = 0.006)"
+        "+1.84 points (unadjusted 95% CI +0.90 to +2.80), significant (Holm-adjusted p = 0.006)"
     v = verdict(Interval(estimate=-0.002, low=-0.011, high=0.007, confidence=0.95), 0.61, 0.05)
     assert v == "-0.20 points (95% CI -1.10 to +0.70), not significant (p = 0.61)" and "\u2212" not in v
     w = welch([0.81], [0.78, 0.79])
@@ -510,3 +510,20 @@ def test_factor_effects_compare_each_value_within_every_combination_of_the_other
     assert [(i.value, i.other_value) for i in interactions] == [("standard", "0.25"), ("standard", "0.5")]
     one_axis = {a: {"aug": v["aug"]} for a, v in axes.items() if v["dropout"] == "0.0"}
     assert factor_effects({a: rows[a] for a in one_axis}, one_axis, "aug=none,dropout=0.0", 0.95, acc) == ([], [])
+
+
+def test_the_per_class_power_simulation_runs_the_per_class_tests_own_arithmetic():
+    """The fast path the power simulation takes (no result objects, Holm in numpy) gives
+    the adjusted p-values per_class_over_seeds gives; the power falls as the per-class
+    seed SD grows and rises with seeds."""
+    from pipeline.core.stats import _class_tests, _holm, per_class_over_seeds, per_class_power
+
+    rng = np.random.default_rng(5)
+    for seeds in (3, 6, 12):
+        a, b = rng.normal(0.7, 0.02, (seeds, 10)), rng.normal(0.7, 0.02, (seeds, 10))
+        a[:, 4] += 0.05
+        slow = [c.p_adjusted for c in per_class_over_seeds(a, b)]
+        assert _holm(_class_tests(a, b)[3]) == pytest.approx(slow, rel=1e-12)
+    at = {sd: per_class_power(sd, 6, 0.07, cached=False) for sd in (0.01, 0.03)}
+    assert at[0.01] > 0.95 and at[0.03] < 0.75  # a 7-point class effect at realistic SDs
+    assert per_class_power(0.03, 12, 0.07, cached=False) > at[0.03]

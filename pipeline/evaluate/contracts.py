@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pipeline.core.contracts import Contract
-from pipeline.core.stats import Bootstrap, ClassDiff, Contrast, McNemar, MeanCI, Power, Welch
+from pipeline.core.stats import Bootstrap, ClassDiff, Contrast, Equivalence, McNemar, MeanCI, Power, Welch
 
 
 class Confusion(Contract):
@@ -55,17 +55,28 @@ class ArmSummary(Contract):
     top_confusions: list[Confusion]
 
 
-class Comparison(Contract):
+class Tested(Contract):
+    """What a hypothesis of the study was decided by: its family (None: described, not
+    tested), the p adjusted within that family, and with an equivalence margin the
+    equivalence test (TOST), its own adjusted p and the three-way answer."""
+
+    family: str | None = None
+    p_adjusted: float | None = None  # Holm within its family (= the p alone in a family of one)
+    verdict: str = ""
+    equivalence: Equivalence | None = None
+    equivalence_p_adjusted: float | None = None
+    answer: str | None = None  # equivalent, differs or inconclusive (with report.equivalence_margin)
+
+
+class Comparison(Tested):
     """One arm against the baseline."""
 
     welch: Welch  # test accuracy over seeds: does the recipe differ?
-    p_adjusted: float | None  # Holm over the study's family (= welch.p alone); None where not tested (best)
-    power: Power
+    power: Power  # at the threshold the comparison faces (Holm's first over its family)
     per_class: tuple[ClassDiff, ...]  # per-class accuracy over seeds (t, variance moderated), Holm over the classes
     # over test images (do these trained models differ?); the last checkpoint only
     paired_bootstrap: Bootstrap | None
     mcnemar_per_seed: list[McNemar]
-    verdict: str
 
 
 class CheckpointSummary(Contract):
@@ -85,7 +96,7 @@ class ModelFacts(Contract):
     layers: list[dict]
 
 
-class Effect(Contract):
+class Effect(Tested):
     """One factor's value against its reference value, the other factors held at `at`
     (a study with several axes): arm - reference_arm, over seeds, last checkpoint."""
 
@@ -97,11 +108,14 @@ class Effect(Contract):
     reference_arm: str
     test_acc: Welch
     gap_clean: Welch  # clean train-test gap, arm - reference arm
-    p_adjusted: float | None  # Holm over the study's family
-    verdict: str
+
+    @property
+    def label(self) -> str:
+        at = ", ".join(f"{k}={v}" for k, v in self.at.items())
+        return f"{self.factor}={self.value} vs {self.factor}={self.reference}" + (f" at {at}" if at else "")
 
 
-class Interaction(Contract):
+class Interaction(Tested):
     """Whether `factor`'s effect (value vs reference) differs between two values of
     `other`: (a1 b1 - a0 b1) - (a1 b0 - a0 b0) over seeds, test accuracy."""
 
@@ -113,11 +127,17 @@ class Interaction(Contract):
     other_reference: str
     at: dict[str, str]  # any further axes' values
     contrast: Contrast
-    p_adjusted: float | None  # Holm over the study's family
-    verdict: str
 
 
 LAST_CHECKPOINT = "the last checkpoint's test accuracy"
+
+
+class Family(Contract):
+    """Hypotheses adjusted together (Holm), fixed by the study's design and params."""
+
+    name: str  # "primary", "secondary", or "the study's" (one family)
+    hypotheses: list[str]
+    threshold: float  # Holm's first: what the smallest p of the family must pass (alpha / its size)
 
 
 class StudySummary(Contract):
@@ -127,7 +147,9 @@ class StudySummary(Contract):
     baseline: str
     confidence: float
     correction: str  # how p-values of several comparisons are adjusted
-    family: list[str] = []  # the hypotheses adjusted together, fixed by the study's design
+    family: list[str] = []  # every hypothesis of the study, family by family
+    families: list[Family] = []
+    equivalence_margin: float | None = None  # points (report.equivalence_margin)
     best_on: Literal["test", "validation"] = "test"  # what the best checkpoint was chosen on
     # each run's accuracy the hypotheses are tested on (report.mean_of_last): per arm its
     # values in the seeds' order, and their mean over seeds

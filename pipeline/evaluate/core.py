@@ -14,6 +14,7 @@ from pipeline.evaluate.contracts import (
     Comparison,
     Confusion,
     Effect,
+    Family,
     Interaction,
     ModelFacts,
     Predictions,
@@ -24,6 +25,8 @@ CORRECTION = "holm"  # family-wise: no spurious claim in the study's family, nor
 TARGET_DIFFERENCE = 0.01  # the difference (1 point) whose seed count the power analysis states
 BEST_UNTESTED = {"test": "the checkpoint was chosen on the test set",
                  "validation": "chosen on validation; the study's hypotheses are tested at the last checkpoint"}
+NOT_A_HYPOTHESIS = ("not a hypothesis of the study: this arm differs from the baseline in more than one factor "
+                    "(the effects within the other factors are tested)")
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
@@ -107,8 +110,7 @@ def factor_effects(rows: dict[str, list[CheckpointEval]], axes: dict[str, dict[s
                     continue
                 effects.append(Effect(factor=factor, value=v, reference=ref[factor], at=at_combo, arm=arm,
                                       reference_arm=ref_arm, test_acc=stats.welch(acc[arm], acc[ref_arm], confidence),
-                                      gap_clean=stats.welch(gap[arm], gap[ref_arm], confidence),
-                                      p_adjusted=None, verdict=""))
+                                      gap_clean=stats.welch(gap[arm], gap[ref_arm], confidence)))
     interactions: list[Interaction] = []
     names = list(varying)
     for i, factor in enumerate(names):
@@ -126,7 +128,7 @@ def factor_effects(rows: dict[str, list[CheckpointEval]], axes: dict[str, dict[s
                         c = stats.contrast([acc[a] for a in four], (1, -1, -1, 1), confidence)
                         interactions.append(Interaction(factor=factor, value=v, reference=ref[factor], other=other,
                                                         other_value=ov, other_reference=ref[other], at=at_combo,
-                                                        contrast=c, p_adjusted=None, verdict=""))
+                                                        contrast=c))
     return effects, interactions
 
 
@@ -142,11 +144,23 @@ def interaction_label(i: Interaction) -> str:
             f"{at} (interaction)")
 
 
+def families(keys: list, effects: list[Effect], primary: str | None) -> dict[str, list]:
+    """The study's hypotheses in their families: with a primary factor (a crossed study's
+    report.primary), its effects within the others are the primary family and every
+    other effect and interaction the secondary one; otherwise one family."""
+    if primary is None or not effects:
+        return {"the study's": keys}
+    factor = {(e.arm, e.reference_arm): e.factor for e in effects}
+    first = [k for k in keys if factor.get(k) == primary]
+    return {"primary": first, "secondary": [k for k in keys if k not in first]}
+
+
 def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]], arms: list[str], seeds: list[int],
             baseline: str, confidence: float, bootstrap: int, top_n: int, labels: np.ndarray,
             facts: dict[str, ModelFacts], axes: dict[str, dict[str, str]] | None = None,
             best_on: str = "test", estimates: dict[str, list[float]] | None = None,
-            estimate: str = LAST_CHECKPOINT) -> StudySummary:
+            estimate: str = LAST_CHECKPOINT, primary: str | None = None,
+            margin: float | None = None) -> StudySummary:
     """Statistics across seeds per arm, and each arm against the baseline.
 
     The hypotheses are tested at the last checkpoint, the one fixed before training,
@@ -155,32 +169,58 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]
     The best checkpoint's differences are described (with intervals) and never
     tested: chosen on the test set (`best_on` "test") they are optimistic; chosen on
     validation ("validation"), a second p for the same hypothesis would still
-    double its chances. The study's family is fixed by its design
-    before any result is seen: every arm against the baseline, every factor effect
-    between two other arms (a study with several axes) and every interaction, each
-    distinct pair of arms once. Welch's t over seeds on the estimate, Holm over the
-    whole family: one adjusted p per hypothesis, quoted wherever it appears. Per
-    class (exploratory, its own family per comparison): a t over seeds whose variance
-    is raised to the classes' common one where below it, Holm over the classes. Over test images (do
-    these trained models differ?): the stratified paired bootstrap and McNemar per seed.
+    double its chances. The study's hypotheses are fixed by its design and params
+    before any result is seen: with one axis, every arm against the baseline; with
+    several, every factor's effect within each combination of the others and every
+    interaction (an arm that differs from the baseline in more than one factor is
+    described, not tested: nobody asks that question). Welch's t over seeds on the
+    estimate, Holm within each family (`families`): one adjusted p per hypothesis,
+    quoted wherever it appears. With `margin` (points), each tested difference is
+    also tested for equivalence (TOST), its p adjusted with Holm within the same
+    family. Power is stated at the threshold a comparison faces: Holm's first, alpha
+    over its family's size. Exploratory, each set apart: per class (a t over seeds
+    whose variance is raised to the classes' common one where below it, Holm over the
+    classes), and over test images (do these trained models differ?) the stratified
+    paired bootstrap and McNemar per seed.
     """
     alpha = 1 - confidence
     last = {a: [evals[(a, s, "last")][0] for s in seeds] for a in arms}
     acc = estimates or {a: [r.test_acc for r in last[a]] for a in arms}
     others = [a for a in arms if a != baseline]
     effects, interactions = factor_effects(last, axes or {}, baseline, confidence, acc)
-    # the family: each pair of arms once (an effect whose reference is the baseline is that arm's comparison)
-    pairs = {(a, baseline): stats.welch(acc[a], acc[baseline], confidence) for a in others}
-    for e in effects:
-        pairs.setdefault((e.arm, e.reference_arm), e.test_acc)
+    # the hypotheses: each pair of arms once (an effect whose reference is the baseline is that arm's comparison)
+    if effects or interactions:
+        pairs = {}
+        for e in effects:
+            pairs.setdefault((e.arm, e.reference_arm), e.test_acc)
+    else:
+        pairs = {(a, baseline): stats.welch(acc[a], acc[baseline], confidence) for a in others}
     keys = list(pairs) + list(range(len(interactions)))  # a pair of arms, or an interaction's index
-    family = [f"{k[0]} vs {k[1]}" if isinstance(k, tuple) else interaction_label(interactions[k]) for k in keys]
-    q = dict(zip(keys, stats.adjust([pairs[k].p if isinstance(k, tuple) else interactions[k].contrast.p
-                                     for k in keys], CORRECTION)))
-    word = "Holm" if len(keys) > 1 else None
+    label = {k: (interaction_label(interactions[k]) if isinstance(k, int) else
+                 next((e.label for e in effects if (e.arm, e.reference_arm) == k), f"{k[0]} vs {k[1]}"))
+             for k in keys}
+    grouped = {name: ks for name, ks in families(keys, effects, primary).items() if ks}
+    fam = {k: name for name, ks in grouped.items() for k in ks}
+    size = {name: len(ks) for name, ks in grouped.items()}
+    q, qe, tost = {}, {}, {}
+    for name, ks in grouped.items():
+        q.update(zip(ks, stats.adjust([pairs[k].p if isinstance(k, tuple) else interactions[k].contrast.p
+                                       for k in ks], CORRECTION)))
+        if margin is not None:
+            for k in ks:
+                if isinstance(k, tuple):
+                    tost[k] = stats.tost(acc[k[0]], acc[k[1]], margin / 100, alpha)
+            tested = [k for k in ks if k in tost]
+            qe.update(zip(tested, stats.adjust([tost[k].p for k in tested], CORRECTION)))
 
     def decided(interval, reason, key):
-        return {"p_adjusted": q[key], "verdict": stats.verdict(interval, q[key], alpha, reason, word)}
+        word = "Holm" if size[fam[key]] > 1 else None
+        out = {"family": fam[key], "p_adjusted": q[key],
+               "verdict": stats.verdict(interval, q[key], alpha, reason, word)}
+        if key in tost:
+            out.update(equivalence=tost[key], equivalence_p_adjusted=qe[key],
+                       answer=stats.equivalence_verdict(qe[key], q[key], alpha))
+        return out
 
     effects = [e.model_copy(update=decided(e.test_acc.ci, e.test_acc.reason, (e.arm, e.reference_arm)))
                for e in effects]
@@ -198,12 +238,17 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]
         comparisons = {}
         for a in others:
             correct = np.stack([evals[(a, s, which)][1].correct for s in seeds])
-            w = pairs[(a, baseline)] if tested else stats.welch(at[a], at[baseline], confidence)
-            said = decided(w.ci, w.reason, (a, baseline)) if tested else \
-                {"p_adjusted": None, "verdict": stats.described(w.ci, w.reason, BEST_UNTESTED[best_on])}
+            key = (a, baseline)
+            w = pairs[key] if tested and key in pairs else stats.welch(at[a], at[baseline], confidence)
+            if tested and key in pairs:
+                said = decided(w.ci, w.reason, key)
+            else:
+                said = {"verdict": stats.described(w.ci, w.reason, BEST_UNTESTED[best_on] if not tested
+                                                   else NOT_A_HYPOTHESIS)}
+            faced = alpha / size[fam[key]] if key in fam else alpha
             comparisons[a] = Comparison(
                 welch=w, **said,
-                power=stats.power(at[a], at[baseline], alpha, TARGET_DIFFERENCE),
+                power=stats.power(at[a], at[baseline], faced, TARGET_DIFFERENCE),
                 per_class=stats.per_class_over_seeds(np.array([r.per_class_acc for r in rows[a]]), base_class,
                                                      confidence, CORRECTION) if tested else (),
                 paired_bootstrap=stats.paired_bootstrap(correct, base_correct, n_resamples=bootstrap,
@@ -213,11 +258,15 @@ def compare(evals: dict[tuple[str, int, str], tuple[CheckpointEval, Predictions]
                 if tested else [])
         out[which] = CheckpointSummary(arms={a: _arm_summary(rows[a], confidence, top_n) for a in arms},
                                        comparisons=comparisons)
-    return StudySummary(baseline=baseline, confidence=confidence, family=family, best_on=best_on, estimate=estimate,
+    fams = [Family(name=name, hypotheses=[label[k] for k in ks], threshold=alpha / len(ks))
+            for name, ks in grouped.items()]
+    described = "; ".join(f"{f.name} family of {len(f.hypotheses)}" for f in fams)
+    return StudySummary(baseline=baseline, confidence=confidence, family=[h for f in fams for h in f.hypotheses],
+                        families=fams, equivalence_margin=margin, best_on=best_on, estimate=estimate,
                         estimates=acc, tested={a: stats.mean_ci(acc[a], confidence) for a in arms},
-                        correction=f"{CORRECTION} over the study's family of {len(family)} hypothesis(es), tested "
-                                   f"on {estimate}; per class, {CORRECTION} over the {len(CLASSES)} classes "
-                                   f"of each comparison",
+                        correction=f"{CORRECTION} within each family ({described}), tested on {estimate}; "
+                                   f"per class (exploratory), {CORRECTION} over the {len(CLASSES)} classes of each "
+                                   f"comparison",
                         seeds=list(seeds), classes=list(CLASSES), checkpoints=out, model_facts=facts,
                         effects=effects, interactions=interactions)
 

@@ -149,6 +149,7 @@ def main(argv=None) -> None:
                            params.report.top_confusions, labels, facts,
                            {a.name: {k: show(v) for k, v in a.axes.items()} for a in params.arms},
                            best_on="validation" if params.data.val_split else "test",
+                           primary=params.report.primary, margin=params.report.equivalence_margin,
                            **(last_epochs_estimates(records, record, last_k) if last_k > 1 else {}))
     with atomic_path(args.out) as tmp:
         tmp.mkdir()

@@ -143,6 +143,10 @@ class Inputs:
     dvc_experiment: str
     generated: str
     data_encoding: str | None = None  # "JPEG quality 75, 4:2:0 chroma subsampling"; lossy data changes accuracies
+    # whether the study's analysis plan came before its results (pipeline.core.analysis.precedence)
+    precedence: tuple[str, str] = ("no plan", "no analysis plan")
+    plan: str | None = None  # its path, e.g. reports/dropout/plan.yaml
+    supersedes: str | None = None  # what earlier reports this one replaces (the plan says)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -264,13 +268,16 @@ def _headline(ctx: _Ctx) -> list:
     several axes, a table of each factor's effects and their interactions with the
     interaction plot; then what the numbers do not show."""
     inp, base, n = ctx.inp, ctx.baseline, len(ctx.seeds)
+    precisions = ", ".join(dict.fromkeys(inp.record.precision.values()
+                                         or [a.train.precision for a in inp.params.arms]))
     blocks = [para("Study ", ("b", inp.params.study), f" (preset {inp.params.preset}) on ", ("b", inp.data_name),
                    f" ({inp.data_encoding})" if inp.data_encoding else "",
                    f": {plural(len(ctx.arms), 'arm')} x {plural(n, 'seed')} ({', '.join(map(str, ctx.seeds))}), "
-                   "baseline ", ("b", base), f", each trained {_budget(ctx)}. Each run's accuracy is "
-                   f"{inp.summary.estimate}, on {count(len(inp.predictions[base].label))} test images (fixed "
-                   f"before the run: report.mean_of_last); differences over seeds with "
-                   f"{ctx.clabel.replace('CI', 'intervals')}. Seeds: {inp.record.seeds_reason}.")]
+                   "baseline ", ("b", base), f", each trained {_budget(ctx)} in {precisions} on "
+                   f"{inp.record.device}. Each run's accuracy is "
+                   f"{inp.summary.estimate}, on {count(len(inp.predictions[base].label))} test images; differences "
+                   f"over seeds with {ctx.clabel.replace('CI', 'intervals')}. Seeds: {inp.record.seeds_reason}."),
+              _plan_status(inp)]
     if inp.params.rationale:
         blocks.append(para(("b", "The preset's choices."), " " + inp.params.rationale))
     if inp.params.variant:
@@ -280,15 +287,7 @@ def _headline(ctx: _Ctx) -> list:
         blocks.append(Warn(SINGLE_SEED_WARNING))
     if not ctx.others:
         blocks.append(para("Only one arm: there is nothing to compare with the baseline."))
-    family = inp.summary.family
-    if len(family) > 1:
-        blocks.append(para(("b", "The hypotheses."), f" Fixed by the study's design before any result: "
-                           f"{'; '.join(family)}. Each is tested once, on {inp.summary.estimate} (Welch's t "
-                           "over seeds; an interaction, a Welch contrast of its four arms), and Holm adjusts over "
-                           "all of them: the p quoted for a hypothesis is the same wherever it appears."))
-    elif family:
-        blocks.append(para(("b", "The hypothesis."), f" Fixed by the study's design before any result: {family[0]}, "
-                           f"tested once, on {inp.summary.estimate} (Welch's t over seeds)."))
+    blocks.extend(_hypotheses(ctx))
     if inp.summary.effects:
         blocks.extend(_summary(ctx))
     else:
@@ -296,6 +295,83 @@ def _headline(ctx: _Ctx) -> list:
     if ctx.others:
         blocks.append(para(("b", "What this does not show."), " " + _limits(ctx)))
     return blocks
+
+
+PLAN_WORDS = {
+    "fixed before any result": "Fixed before any result",
+    "plan written after results": "Not preregistered",
+    "records not committed": "Preregistration not yet checkable",
+    "no plan": "No analysis plan",
+}
+
+
+def _plan_status(inp: Inputs) -> Para:
+    """Whether the hypotheses, estimator and seeds were fixed before the results (git
+    ancestry of the plan and of every record, pipeline.core.analysis.precedence)."""
+    word, why = inp.precedence
+    if word == "no plan":
+        text = (f" This study's hypotheses, estimator and seeds were not registered before it ran ({why}): read "
+                "its p-values as those of an exploratory analysis.")
+    else:
+        text = f" The analysis plan {inp.plan}: {why}."
+    if inp.supersedes:
+        text += f" This report supersedes {inp.supersedes}."
+    return para(("b", f"{PLAN_WORDS[word]}."), text, tone="good" if word == "fixed before any result" else "neutral")
+
+
+def _family_of(ctx: _Ctx, name: str | None):
+    return next((f for f in ctx.inp.summary.families if f.name == name), None)
+
+
+def _holm(ctx: _Ctx, name: str | None) -> str:
+    """', Holm over the primary family's 3 hypotheses' (nothing for a family of one)."""
+    f = _family_of(ctx, name)
+    if f is None or len(f.hypotheses) < 2:
+        return ""
+    return f", Holm over the {f.name} family's {len(f.hypotheses)} hypotheses".replace("the the study's family's",
+                                                                                      "the study's")
+
+
+def _hypotheses(ctx: _Ctx) -> list:
+    s = ctx.inp.summary
+    blocks = []
+    for f in s.families:
+        title = (("The hypotheses" if len(f.hypotheses) > 1 else "The hypothesis") if f.name == "the study's"
+                 else f"The {f.name} family")
+        role = {"primary": "what the study answers", "secondary": "tested too, labelled secondary, with its "
+                "own correction"}.get(f.name, "")
+        blocks.append(para(("b", f"{title}."), (f" {role.capitalize()}: " if role else " ")
+                           + f"{'; '.join(f.hypotheses)}. Each is tested once, on {s.estimate} (Welch's t over "
+                           "seeds; an interaction, a Welch contrast of its four arms)"
+                           + (f", and Holm adjusts within this family (the smallest p must pass "
+                              f"{f.threshold:.3g}): the p quoted for a hypothesis is the same wherever it appears."
+                              if len(f.hypotheses) > 1 else ".")))
+    if s.equivalence_margin is not None:
+        blocks.append(para(("b", "Equivalence."), f" Each tested difference is also tested for equivalence within "
+                           f"+-{s.equivalence_margin:g} point (two one-sided Welch tests, Holm within the same "
+                           "family): equivalent when that test passes, differs when it does not and the "
+                           "difference is significant, inconclusive otherwise."))
+    if s.effects and ctx.others:
+        blocks.append(para("An arm that differs from the baseline in more than one factor is described, not "
+                           "tested: its difference mixes the factors' effects, which the family tests one by one."))
+    if ctx.others:
+        blocks.append(para(("b", "Exploratory."), " The per-class tests, the per-image tests of these trained "
+                           "models (paired bootstrap, McNemar), the best checkpoint, the learning curves and "
+                           "everything after section 2 describe; none of them is a hypothesis of the study."))
+    return blocks
+
+
+def _equivalence_parts(ctx: _Ctx, t) -> list:
+    """' Within +-1 point: equivalent (equivalence test p < 0.001; 90% CI ...; its power 88%).'"""
+    e = t.equivalence
+    if e is None:
+        return []
+    power = f"; its power at the margin, at the observed SDs, {e.power * 100:.0f}%" if e.power is not None else ""
+    ci = (f"{stats.points(e.ci.estimate)} points, {e.ci.confidence * 100:g}% CI {stats.points(e.ci.low)} to "
+          f"{stats.points(e.ci.high)}" if e.ci.defined else "no interval")
+    holm = "Holm-adjusted " if _holm(ctx, t.family) else ""
+    return [f" Within +-{100 * e.margin:g} point: ", ("b", t.answer),
+            f" (two one-sided tests, {holm}{stats.p_phrase(t.equivalence_p_adjusted, ctx.alpha)}; {ci}{power})."]
 
 
 def _answer(ctx: _Ctx, arm: str) -> Para:
@@ -307,7 +383,8 @@ def _answer(ctx: _Ctx, arm: str) -> Para:
     parts = [("b", arm), " vs ", ("b", ctx.baseline), ": ", ("b", answer),
              f", {pct(ctx.inp.summary.accuracy(arm).mean)}% "
              f"vs {pct(ctx.inp.summary.accuracy(ctx.baseline).mean)}%: ", ("b", c.verdict), " (Welch's t over seeds"
-             + (f", Holm over the study's {len(ctx.inp.summary.family)} hypotheses" if ctx.adjusted else "") + ")."]
+             + _holm(ctx, c.family) + ")."]
+    parts += _equivalence_parts(ctx, c)
     if c.welch.ci.defined and not sig:
         parts.append(" " + _power_sentence(c.power, ctx.alpha))
     if stats.significant(c.paired_bootstrap.p, ctx.alpha) and not sig:
@@ -324,21 +401,25 @@ def _summary(ctx: _Ctx) -> list:
     """A study with several axes: every factor's effect within the others, then every
     interaction, in one table; the interaction plot beside it."""
     s = ctx.inp.summary
-    rows = [[f"{e.factor}={e.value} vs {e.reference}", _where(e.at), diff_ci(e.test_acc.ci),
-             stats.format_p(e.p_adjusted, ctx.alpha), _effect_word(e.test_acc, e.p_adjusted, ctx.alpha)]
+    rows = [[f"{e.factor}={e.value} vs {e.reference}", _where(e.at), e.family or "-", diff_ci(e.test_acc.ci),
+             stats.format_p(e.p_adjusted, ctx.alpha), _effect_word(e.test_acc, e.p_adjusted, ctx.alpha)
+             + (f"; {e.answer} within +-{s.equivalence_margin:g}" if e.answer else "")]
             for e in s.effects]
-    rows += [[f"interaction: {i.factor}={i.value} x {i.other}={i.other_value}", _where(i.at), diff_ci(i.contrast.ci),
-              stats.format_p(i.p_adjusted, ctx.alpha), "depends" if stats.significant(i.p_adjusted, ctx.alpha) else
-              "no significant dependence"] for i in s.interactions]
+    rows += [[f"interaction: {i.factor}={i.value} x {i.other}={i.other_value}", _where(i.at), i.family or "-",
+              diff_ci(i.contrast.ci), stats.format_p(i.p_adjusted, ctx.alpha),
+              "depends" if stats.significant(i.p_adjusted, ctx.alpha) else "no significant dependence"]
+             for i in s.interactions]
     levels = {k: list(dict.fromkeys(str(a.axes[k]) for a in ctx.inp.params.arms)) for k in ctx.inp.params.arms[0].axes}
     means = {a.name: (100 * s.accuracy(a.name).mean, 100 * (s.accuracy(a.name).ci.half_width or 0.0))
              for a in ctx.inp.params.arms}
-    return [Table(["Effect", "Other factors at", f"Δ test acc, points [{ctx.clabel}]", "p (Holm)", "Answer"], rows,
-                  {2, 3}, "summary-table",
+    sizes = "; ".join(f"{f.name}: {len(f.hypotheses)}" for f in s.families)
+    return [Table(["Effect", "Other factors at", "Family", f"Δ test acc, points [unadjusted {ctx.clabel}]",
+                   "p (Holm)", "Answer"], rows, {3, 4}, "summary-table",
                   "Each factor's value against the baseline's value of it, every other factor the same, and whether "
                   "one factor's effect depends on another (interaction: the effect at the other factor's value "
-                  "minus at its reference), in points over seeds. Holm adjusts over the study's family of "
-                  f"{len(s.family)} hypotheses. Section 2 has the tests' details."),
+                  "minus at its reference), in points over seeds. Holm adjusts within each family "
+                  f"({sizes}); the intervals are not adjusted, so one may exclude 0 where the adjusted p does "
+                  "not pass. Section 2 has the tests' details."),
             Figure("interaction", "interaction_plot",
                    {"levels": levels, "axes": {a.name: {k: str(v) for k, v in a.axes.items()}
                                                for a in ctx.inp.params.arms}, "means": means},
@@ -391,9 +472,11 @@ def _power_sentence(p: stats.Power, alpha: float) -> str:
         return ""
     need = (f"; a difference of {stats.points(p.target, signed=False)} points would need about "
             f"{p.seeds_for_target} seeds per arm" if p.seeds_for_target else "")
+    faced = (f"at the threshold it faces, {p.alpha:.3g} (Holm's first over its family)" if p.alpha < alpha
+             else f"alpha {p.alpha:g}")
     out = (f"Not detecting a difference is not evidence of none: with {p.n_per_arm} seeds per arm and the observed "
            f"seed SD of {stats.points(p.sd, signed=False)} points, this study could detect (power "
-           f"{p.power * 100:g}%, alpha {alpha:g}, two-sample t-test) only differences of "
+           f"{p.power * 100:g}%, {faced}, two-sample t-test) only differences of "
            f"{stats.points(p.detectable, signed=False)} points or more{need}.")
     if p.welch_power is not None:
         out += f" Welch's test, which the verdicts use, finds that difference in {p.welch_power * 100:.0f}% of studies "
@@ -435,27 +518,34 @@ def _ablation(ctx: _Ctx) -> list:
                     "authors reported it), clean = the trained model re-evaluated on the training "
                     "set in eval mode without augmentation.")]
     if ctx.others:
-        crow = []
+        crow, xrow = [], []
+        margin = s.equivalence_margin
         for arm in ctx.others:
             c = last.comparisons[arm]
             w, b = c.welch, c.paired_bootstrap
             mc = "; ".join(f"s{s}: {m.b01}/{m.b10}, {stats.p_phrase(m.p, ctx.alpha)}"
                            for s, m in zip(ctx.seeds, c.mcnemar_per_seed))
-            word = "yes" if stats.significant(c.p_adjusted, ctx.alpha) else "no"
+            word = ("yes" if stats.significant(c.p_adjusted, ctx.alpha) else "no") if c.family else "not tested"
             detect = stats.points(c.power.detectable, signed=False) if c.power.detectable is not None else "n/a"
             crow.append([arm, diff_ci(w.ci), stats.format_p(w.p, ctx.alpha)]
                         + ([stats.format_p(c.p_adjusted, ctx.alpha)] if ctx.adjusted else [])
-                        + [word, detect, diff_ci(b.diff), stats.format_p(b.p, ctx.alpha), mc])
-        ccols = (["Arm", f"Δ {'tested' if own else 'test'} acc over seeds (Welch) [{ctx.clabel}]", "p (Welch)"]
-                 + (["p (Holm)"] if ctx.adjusted else [])
-                 + ["significant", "detectable Δ (80% power)",
-                    f"Δ on these models' test images (bootstrap) [{ctx.clabel}]", "p (bootstrap)",
-                    "McNemar per seed: b01/b10, p"])
-        blocks.append(Table(ccols, crow, set(range(1, len(ccols) - 1)), "delta-table",
+                        + [word, detect] + ([c.answer or "-"] if margin is not None else []))
+            xrow.append([arm, diff_ci(b.diff), stats.format_p(b.p, ctx.alpha), mc])
+        ccols = (["Arm", f"Δ {'tested' if own else 'test'} acc over seeds (Welch) [unadjusted {ctx.clabel}]",
+                  "p (Welch)"] + (["p (Holm)"] if ctx.adjusted else [])
+                 + ["significant", "detectable Δ (80% power, at the threshold faced)"]
+                 + ([f"within +-{margin:g} (TOST)"] if margin is not None else []))
+        blocks.append(Table(ccols, crow, set(range(1, len(ccols))), "delta-table",
                             f"Arm - baseline ({base}), in points (1 point = 1% accuracy). 'significant' applies "
-                            f"p < {ctx.alpha:g} to the " + ("Holm-adjusted p" if ctx.adjusted else "Welch p") +
-                            ". b01 = images the arm gets wrong and the baseline right; b10 = the arm right and "
-                            "the baseline wrong."))
+                            f"p < {ctx.alpha:g} to the " + ("Holm-adjusted p (within the hypothesis' family)"
+                                                           if ctx.adjusted else "Welch p")
+                            + "; the interval is not adjusted. 'not tested': the arm differs from the baseline "
+                            "in more than one factor."))
+        blocks.append(Table(["Arm", f"Δ on these models' test images (bootstrap) [{ctx.clabel}]", "p (bootstrap)",
+                             "McNemar per seed: b01/b10, p"], xrow, {1, 2}, "images-table",
+                            "Exploratory, not adjusted for multiplicity, and not about the recipe: whether these "
+                            "particular trained models differ on this test set. b01 = images the arm gets wrong and "
+                            "the baseline right; b10 = the arm right and the baseline wrong."))
         resamples = next(iter(last.comparisons.values())).paired_bootstrap.n_resamples
         blocks.append(para(("b", "Methods."),
                            f" Per arm: mean over seeds with a Student-t {ctx.clabel}. Against the baseline: Welch's "
@@ -559,6 +649,27 @@ def _normality_note(ctx: _Ctx) -> str:
             "significant verdict here rests on the t-test's assumption that seed accuracies are normal.")
 
 
+PER_CLASS_EFFECT = 0.07  # the class difference whose chance of being starred the report states
+
+
+def _per_class_power(ctx: _Ctx) -> str:
+    """How often a 7-point difference in one class would be starred at this study's
+    seeds and its own per-class seed SD (the baseline's, net of the test images'
+    binomial noise), simulated."""
+    rows = np.array([r.per_class_acc for r in ctx.inp.per_seed if r.arm == ctx.baseline and r.checkpoint == "last"])
+    if len(rows) < 2:
+        return ""
+    per_class_images = len(ctx.inp.predictions[ctx.baseline].label) / len(ctx.inp.summary.classes)
+    noise = rows.mean(0) * (1 - rows.mean(0)) / per_class_images
+    seed_sd = float(np.sqrt(max(np.mean(rows.var(0, ddof=1) - noise), 0.0)))
+    power = stats.per_class_power(seed_sd, len(rows), PER_CLASS_EFFECT, images=int(per_class_images),
+                                  base=rows.mean(0), alpha=ctx.alpha)
+    return (f"With {len(rows)} seeds per arm and this study's per-class seed SD of {stats.points(seed_sd, signed=False)} "
+            f"points (besides the test images' own noise), a {100 * PER_CLASS_EFFECT:g}-point difference in one class "
+            f"is starred in about {power * 100:.0f}% of studies (simulated): an unstarred class is not evidence of "
+            "no difference.")
+
+
 def _per_class(ctx: _Ctx) -> list:
     classes, last = ctx.inp.summary.classes, ctx.last
     per_arm = {arm: last.arms[arm].per_class_acc for arm in ctx.arms}
@@ -572,7 +683,10 @@ def _per_class(ctx: _Ctx) -> list:
             + [diff_ci(by_class[a][k].diff) + (" *" if marks[a][k]["significant"] else "") for a in ctx.others]
             + [stats.format_p(by_class[a][k].p_adjusted, ctx.alpha) for a in ctx.others]
             for k, name in enumerate(classes)]
-    blocks = [Figure("per_class", "per_class_bars", {"classes": classes, "per_arm": per_arm,
+    blocks = [para(("b", "Exploratory."), f" Per class, {len(classes)} tests per comparison with their own "
+                   "correction: a starred class is a lead for another study, not a finding of this one. "
+                   + _per_class_power(ctx)),
+              Figure("per_class", "per_class_bars", {"classes": classes, "per_arm": per_arm,
                                                     "colours": arm_colours(ctx.arms)},
                      "Per-class test accuracy per arm", "Per-class test accuracy, mean over seeds.")]
     if ctx.others:

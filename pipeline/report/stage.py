@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core import analysis
 from pipeline.core.config import load_params
 from pipeline.core.contracts import read_history, read_json, run_dir
 from pipeline.core.dataset import load_manifest, load_split, stratified_subset
@@ -75,6 +76,13 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
     if params.data.train_limit is not None:
         n_train = min(n_train, params.data.train_limit)
     n_train -= round(params.data.val_split * n_train)  # held out for validation
+    root = repo_root()
+    if params.variant:
+        precedence = ("no plan", f"this run is not the study {params.study} itself, which its plan registers")
+    else:
+        precedence = analysis.precedence(root, params.study, [(a, s) for a in record.arms for s in record.seeds])
+    plan = root / "reports" / params.study / analysis.FILE
+    supersedes = analysis.read(plan).supersedes if plan.exists() and not params.variant else None
     return Inputs(
         params=params, params_text=params_path.read_text(), record=record, summary=summary,
         histories=histories, diagnostics=diagnostics, predictions=predictions, per_seed=per_seed, filters=filters,
@@ -82,7 +90,9 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
         data_encoding=manifest.encoding,
         tracking=_tracking(params.study, record),
         code_version=code_version(), dvc_experiment=dvc_experiment(),
-        generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+        generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        precedence=precedence, plan=f"reports/{params.study}/{analysis.FILE}" if plan.exists() else None,
+        supersedes=supersedes)
 
 
 class _Indexed:
