@@ -6,6 +6,11 @@ pick its kernels, and evaluates `--images` images; median images/s over
 `--repeat` rounds. Random pixels train as fast as real ones, so no data is needed.
 
     python bench/precision.py --models simple_cnn cnn4 --images 10000 --repeat 3
+
+With `--full data/prepared` it instead times one whole simple_cnn run per precision
+as a study trains it (pipeline.arm.job: 30 epochs on every training image, each epoch
+evaluated on the test set, both checkpoints evaluated at the end), aug standard,
+dropout 0.25, seed 0.
 """
 from __future__ import annotations
 
@@ -53,13 +58,39 @@ def rates(preset: str, precision: str, images: int, warmup: int, repeat: int) ->
     return statistics.median(train), statistics.median(ev)
 
 
+def full_run(data: Path, precision: str) -> tuple[float, float, float]:
+    """(wall seconds, training seconds, final test accuracy) of one whole run."""
+    from pipeline.arm.job import run_job
+    from pipeline.core.dataset import load_subset
+    from pipeline.core.jobs import Data, Finished, JobSpec
+
+    cfg = parse_params({"preset": "simple_cnn", "precision": precision, "aug": "standard", "seeds": [0]}).arms[0].train
+    tx, ty, _ = load_subset(data, "train", None, 0)
+    vx, vy, _ = load_subset(data, "test", None, 0)
+    t0 = time.perf_counter()
+    done = [e for e in run_job(JobSpec("aug=standard", 0, cfg, "bench", "cpu", "auto"), Data("bench", tx, ty, vx, vy),
+                               None) if isinstance(e, Finished)][0]
+    wall = time.perf_counter() - t0
+    return wall, sum(r.epoch_seconds for r in done.history), done.history[-1].test_acc
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["simple_cnn", "cnn4"], help="presets to time")
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--warmup", type=int, default=1_024)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--full", type=Path, help="prepared data: time one whole 30-epoch run per precision instead")
     args = ap.parse_args(argv)
+    if args.full:
+        print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads, native bf16: {native_bf16() or 'none'}; "
+              f"torch {torch.__version__}; simple_cnn, aug standard, 30 epochs, seed 0")
+        print("| precision | wall (min) | training steps (min) | test acc, last epoch |")
+        print("| --- | ---: | ---: | ---: |")
+        for precision in ("fp32", "bf16"):
+            wall, steps, acc = full_run(args.full, precision)
+            print(f"| {precision} | {wall / 60:.1f} | {steps / 60:.1f} | {acc:.4f} |", flush=True)
+        return
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads, native bf16: {native_bf16() or 'none'}; "
           f"torch {torch.__version__}; {args.images:,} images, median of {args.repeat}")
     print("| model | precision | train img/s | eval img/s |")
