@@ -19,6 +19,55 @@ from pipeline.core.io import write_text
 from pipeline.core.provenance import library_versions, repo_root
 
 
+def fingerprints_now(plan: analysis.AnalysisPlan, code_root: Path | None = None) -> dict[str, str]:
+    """Each planned run's fingerprint as the code (at `code_root`) and libraries here would give it."""
+    from pipeline.core.provenance import arm_code, library_versions
+    from pipeline.core.record import fingerprint_of
+    from pipeline.train.plan import Identity
+
+    params = plan.parsed()
+    code = (lambda m, a: arm_code(m, a, code_root)) if code_root else arm_code
+    identity = Identity(data_id=plan.data, versions=library_versions(), device_type=plan.device, code=code)
+    out = {}
+    for arm in params.arms:
+        cfg = arm.train.model_copy(update={"precision": plan.precision.get(arm.name, arm.train.precision)})
+        for seed in plan.seeds:
+            out[f"{arm.name} seed={seed}"] = fingerprint_of(identity.of(cfg, seed))
+    return out
+
+
+def frozen_problems(root: Path, plan: analysis.AnalysisPlan, code_root: Path | None = None) -> list[str]:
+    """Why this code (at `code_root`, default this package's) would not train the runs
+    the plan registered (empty: it would, or the study is complete or withdrawn, and
+    nothing is frozen)."""
+    from pipeline.arms import PINNED
+    from pipeline.core.provenance import arm_code
+
+    if plan.status != "registered":
+        return []
+    left = [k for k in plan.fingerprints if k not in analysis.recorded(root, plan)]
+    if not left:
+        return []
+    problems = []
+    for name, digest in plan.code.items():
+        model, aug = name.split("+")
+        now = arm_code(model, aug, code_root) if code_root else arm_code(model, aug)
+        if now != digest:
+            problems.append(f"the code {name} arms run has digest {now[:12]}, the plan registered {digest[:12]}")
+    versions = library_versions(tuple(plan.versions) or PINNED)
+    for lib, v in plan.versions.items():
+        if versions.get(lib) != v:
+            problems.append(f"{lib} is {versions.get(lib)}, the plan registered {v}")
+    now = fingerprints_now(plan, code_root)
+    moved = [k for k in left if now.get(k) != plan.fingerprints[k]]
+    if moved and not problems:
+        problems.append(f"{len(moved)} fingerprint(s) moved although code and versions did not (the config a "
+                        f"fingerprint hashes changed), e.g. {moved[0]}")
+    if problems:
+        problems.append(f"{len(left)} of its {len(plan.fingerprints)} runs are still to train")
+    return problems
+
+
 def fill(path: Path, data: Path) -> analysis.AnalysisPlan:
     """The plan at `path` with what follows from its params, this code and the data."""
     from pipeline.arms import PINNED, digests, study_jobs
@@ -84,7 +133,7 @@ def main(argv=None) -> None:
     for path, plan in analysis.committed(root):
         rel = path.relative_to(root)
         if args.command == "check":
-            problems = analysis.frozen_problems(root, plan)
+            problems = frozen_problems(root, plan)
             if problems:
                 failed = True
                 print(f"{rel}: frozen, and the code moved: {'; '.join(problems)}. Put it back, or withdraw the plan "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import plans
 from pipeline.core import analysis
 from tests.conftest import REPO, env, run
 
@@ -16,10 +17,10 @@ from tests.conftest import REPO, env, run
 def test_no_registered_study_is_silently_retrained():
     """The freeze, on this repository: while a registered plan's study is incomplete,
     the arm code and pinned versions it names are the ones here."""
-    plans = analysis.committed(REPO)
-    assert {p.parent.name for p, _ in plans} >= {"dropout", "precision", "simple_cnn"}
-    for path, plan in plans:
-        assert analysis.frozen_problems(REPO, plan) == [], path
+    registered = analysis.committed(REPO)
+    assert {p.parent.name for p, _ in registered} >= {"dropout", "precision", "simple_cnn"}
+    for path, plan in registered:
+        assert plans.frozen_problems(REPO, plan) == [], path
 
 
 def _copy_tree(tmp_path: Path) -> Path:
@@ -59,10 +60,10 @@ def test_the_freeze_fails_on_a_change_of_the_training_step_and_not_of_storage(tm
 def test_the_freeze_names_a_version_that_moved_and_lifts_for_a_withdrawn_plan():
     _, plan = analysis.for_study(REPO, "dropout")
     moved = plan.model_copy(update={"versions": {**plan.versions, "numpy": "0.0.1"}})
-    problems = analysis.frozen_problems(REPO, moved)
+    problems = plans.frozen_problems(REPO, moved)
     assert any("numpy is" in p and "the plan registered 0.0.1" in p for p in problems), problems
     withdrawn = moved.model_copy(update={"status": "withdrawn", "withdrawn_because": "a test"})
-    assert analysis.frozen_problems(REPO, withdrawn) == []
+    assert plans.frozen_problems(REPO, withdrawn) == []
 
 
 def _git_repo(tmp_path: Path) -> Path:

@@ -6,9 +6,9 @@ and exploratory analyses, any equivalence margin, the power of each primary test
 at the threshold it faces) and what its arms are made of (the arm-code digests,
 the pinned versions, the data, every run's fingerprint). Three things read it:
 
-- `python -m pipeline.plans check` (and the test suite): while a registered plan's
-  study is incomplete, the code and versions it names must not change, or the
-  runs still to train would not be the runs it registered (the freeze);
+- `python -m pipeline.plans check` (and the test suite; pipeline.plans): while a
+  registered plan's study is incomplete, the code and versions it names must not
+  change, or the runs still to train would not be the runs it registered (the freeze);
 - the report: "fixed before any result" only when the plan's last commit is an
   ancestor of the commit that added each of the study's records (git ancestry,
   not timestamps); otherwise it says the plan came after results, or that there
@@ -112,26 +112,6 @@ def for_study(root: Path, name: str) -> tuple[Path, AnalysisPlan] | None:
     return (path, read(path)) if path.exists() else None
 
 
-# --------------------------------------------------------------------------- the freeze
-
-
-def fingerprints_now(plan: AnalysisPlan, code_root: Path | None = None) -> dict[str, str]:
-    """Each planned run's fingerprint as the code (at `code_root`) and libraries here would give it."""
-    from pipeline.core.provenance import arm_code, library_versions
-    from pipeline.core.record import fingerprint_of
-    from pipeline.train.plan import Identity
-
-    params = plan.parsed()
-    code = (lambda m, a: arm_code(m, a, code_root)) if code_root else arm_code
-    identity = Identity(data_id=plan.data, versions=library_versions(), device_type=plan.device, code=code)
-    out = {}
-    for arm in params.arms:
-        cfg = arm.train.model_copy(update={"precision": plan.precision.get(arm.name, arm.train.precision)})
-        for seed in plan.seeds:
-            out[f"{arm.name} seed={seed}"] = fingerprint_of(identity.of(cfg, seed))
-    return out
-
-
 def recorded(root: Path, plan: AnalysisPlan) -> dict[str, Path]:
     """The plan's runs whose records are committed under reports/<study>/records/ with the planned fingerprint."""
     from pipeline.core.record import ArmRecord
@@ -146,38 +126,6 @@ def recorded(root: Path, plan: AnalysisPlan) -> dict[str, Path]:
         except Exception:  # noqa: BLE001  unreadable: not recorded
             continue
     return out
-
-
-def frozen_problems(root: Path, plan: AnalysisPlan, code_root: Path | None = None) -> list[str]:
-    """Why this code (at `code_root`, default this package's) would not train the runs
-    the plan registered (empty: it would, or the study is complete or withdrawn, and
-    nothing is frozen)."""
-    from pipeline.arms import PINNED
-    from pipeline.core.provenance import arm_code, library_versions
-
-    if plan.status != "registered":
-        return []
-    left = [k for k in plan.fingerprints if k not in recorded(root, plan)]
-    if not left:
-        return []
-    problems = []
-    for name, digest in plan.code.items():
-        model, aug = name.split("+")
-        now = arm_code(model, aug, code_root) if code_root else arm_code(model, aug)
-        if now != digest:
-            problems.append(f"the code {name} arms run has digest {now[:12]}, the plan registered {digest[:12]}")
-    versions = library_versions(tuple(plan.versions) or PINNED)
-    for lib, v in plan.versions.items():
-        if versions.get(lib) != v:
-            problems.append(f"{lib} is {versions.get(lib)}, the plan registered {v}")
-    now = fingerprints_now(plan, code_root)
-    moved = [k for k in left if now.get(k) != plan.fingerprints[k]]
-    if moved and not problems:
-        problems.append(f"{len(moved)} fingerprint(s) moved although code and versions did not (the config a "
-                        f"fingerprint hashes changed), e.g. {moved[0]}")
-    if problems:
-        problems.append(f"{len(left)} of its {len(plan.fingerprints)} runs are still to train")
-    return problems
 
 
 # --------------------------------------------------------------------------- precedence
