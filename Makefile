@@ -33,11 +33,10 @@ $(CHROMIUM):
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q -n auto --dist loadgroup --durations=15
 
-# Every experiment's answer in a few columns: each arm's test accuracy (%), each
-# difference to the baseline (points) and its adjusted p, and the params that differ.
+# Every experiment's answer, a block per study in 100 columns: each arm's accuracy (%),
+# each tested hypothesis' difference (points), adjusted p and answer (pipeline/results.py).
 results: $(STAMP)
-	dvc exp show --only-changed --keep 'Experiment|Created|.*/(test_acc|delta|p_adj)$$' \
-	  --drop 'runs|evaluation|data/|pipeline/|models|metrics/|plots/|reports'
+	$(PY) -m pipeline.results
 
 # Browse every run: the address printed for a study opens its runs table in MLflow's
 # model-training view (http://127.0.0.1:5000/#/experiments/<id>?workflowType=machine_learning).

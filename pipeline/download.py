@@ -38,7 +38,7 @@ STALL_BYTES = 64 << 10  # however often the server sends a byte or two
 RETRY_WAIT_S = 2.0  # wait before the n-th retry: n * RETRY_WAIT_S seconds
 
 _BY_HAND = ("download it by hand, then set data.url to its local path and data.sha256 to its checksum "
-            "(see 'Data' in the README)")
+            "(see 'Data' in docs/usage.md)")
 
 
 class _Dropped(Exception):
@@ -263,7 +263,7 @@ def fetch(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha256: 
         raise PipelineError(f"checksum mismatch for {url}: expected {algo} {expected} (data.{algo}), got {got}; "
                             f"the download is corrupt, or data.url names another archive than data.{algo} "
                             f"describes: set data.sha256 (it wins over data.md5) to that archive's checksum, "
-                            f"or {other} to null (see 'Data' in the README for offline use)")
+                            f"or {other} to null (see 'Data' in docs/usage.md for offline use)")
     if not algo:
         print(f"warning: data.sha256 and data.md5 are both null, so {url} is unverified; "
               f"its sha256 is {got} (set data.sha256 to pin it)", file=sys.stderr)

@@ -117,7 +117,7 @@ def test_checksum_mismatch_leaves_nothing(tmp_path, source, capsys):
     line = _error_line(capsys)
     assert line.startswith(f"error: checksum mismatch for {source}: expected sha256 {WRONG} (data.sha256), "
                            f"got {SHA256}; ")
-    assert "data.sha256" in line and "data.md5" in line and "README" in line  # both keys, and where to read more
+    assert "data.sha256" in line and "data.md5" in line and "docs/usage.md" in line  # both keys, where to read more
     _folder_is(out_dir, [])
 
 

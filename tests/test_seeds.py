@@ -177,8 +177,8 @@ def test_the_false_claim_rate_quoted_for_seeds_on_demand_is_the_rules_own():
     from seeds_on_demand_error import false_positive_rate
 
     quoted = re.search(r'the verdict says "significant"\s+in (\d+\.\d)% of studies instead of 5%',
-                       (REPO / "README.md").read_text())
-    assert quoted, "the README no longer quotes the rate"
+                       (REPO / "docs" / "usage.md").read_text())
+    assert quoted, "docs/usage.md no longer quotes the rate"
     studies = 3000
     rate = false_positive_rate(3, 10, 1.0, 1.0, studies, seed=7)
     se = (rate * (1 - rate) / studies) ** 0.5

@@ -277,20 +277,33 @@ def headline(summary: StudySummary, arms: list[str], intervals: bool = False) ->
     MLflow parent run): per arm `<arm>/test_acc` (mean over seeds of the tested accuracy),
     and per arm compared with the baseline `<arm>/delta` (arm - baseline, in points:
     accuracies are in %) and `<arm>/p_adj`, the p the verdict decides on
-    (Holm-adjusted when there are several comparisons); with `intervals`, the
-    difference's `ci_low` and `ci_high` too (kept out of `dvc exp show`'s few columns)."""
+    (Holm-adjusted within its family), and with an equivalence margin `<arm>/p_equiv`,
+    the equivalence test's adjusted p; with `intervals`, the difference's `ci_low` and
+    `ci_high` too (kept out of `dvc exp show`'s few columns). A crossed study adds each
+    tested effect and interaction under its own name (`aug=standard@dropout=0.5/p_adj`,
+    `aug=standard x dropout=0.5/p_adj`): every hypothesis' p, as the report quotes it."""
     last = summary.checkpoints["last"]
     out: dict[str, float | int] = {}
+
+    def tested(name: str, diff, t) -> None:
+        out[f"{name}/delta"] = round(100 * diff.estimate, 2)
+        if intervals and diff.defined:
+            out[f"{name}/ci_low"] = round(100 * diff.low, 2)
+            out[f"{name}/ci_high"] = round(100 * diff.high, 2)
+        if t.p_adjusted is not None:
+            out[f"{name}/p_adj"] = float(f"{t.p_adjusted:.4g}")
+        if t.equivalence_p_adjusted is not None:
+            out[f"{name}/p_equiv"] = float(f"{t.equivalence_p_adjusted:.4g}")
+
     for arm in arms:
         out[f"{arm}/test_acc"] = round(100 * summary.accuracy(arm).mean, 2)
         c = last.comparisons.get(arm)
-        if c is None:
-            continue
-        out[f"{arm}/delta"] = round(100 * c.welch.diff, 2)
-        if intervals and c.welch.ci.defined:
-            out[f"{arm}/ci_low"] = round(100 * c.welch.ci.low, 2)
-            out[f"{arm}/ci_high"] = round(100 * c.welch.ci.high, 2)
-        if c.p_adjusted is not None:
-            out[f"{arm}/p_adj"] = float(f"{c.p_adjusted:.4g}")
+        if c is not None:
+            tested(arm, c.welch.ci, c)
+    for e in summary.effects:
+        tested(f"{e.factor}={e.value}@" + ",".join(f"{k}={v}" for k, v in e.at.items()), e.test_acc.ci, e)
+    for i in summary.interactions:
+        at = "".join(f"@{k}={v}" for k, v in i.at.items())
+        tested(f"{i.factor}={i.value} x {i.other}={i.other_value}{at}", i.contrast.ci, i)
     out["n_seeds"] = len(summary.seeds)
     return out

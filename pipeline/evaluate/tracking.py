@@ -15,8 +15,8 @@ DESCRIPTION_MAX = 5000  # characters of a tag's value every MLflow store keeps
 
 
 def mlflow_name(arm: str) -> str:
-    """An arm's name as MLflow takes it in a metric or tag name (no '=' or ',')."""
-    return arm.replace("=", ":").replace(",", " ")
+    """An arm's name as MLflow takes it in a metric or tag name (no '=', ',' or '@')."""
+    return arm.replace("=", ":").replace(",", " ").replace("@", " at ")
 
 
 def parent_headline(summary: StudySummary, arms: list[str]) -> tuple[dict[str, float], dict[str, str]]:
@@ -27,6 +27,7 @@ def parent_headline(summary: StudySummary, arms: list[str]) -> tuple[dict[str, f
     for arm in arms:
         metrics[f"{mlflow_name(arm)}/gap_clean"] = round(100 * last.arms[arm].gap_clean.mean, 2)
     tags = {f"verdict/{mlflow_name(arm)}": c.verdict for arm, c in last.comparisons.items()}
+    tags.update({f"equivalence/{mlflow_name(arm)}": c.answer for arm, c in last.comparisons.items() if c.answer})
     return metrics, tags
 
 
