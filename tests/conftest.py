@@ -184,6 +184,39 @@ def wait_for_saved_epochs(root: Path, proc: subprocess.Popen, n: int = 1, timeou
         time.sleep(0.05)
 
 
+def epochs_printed(out: str) -> dict[str, list[int]]:
+    """Per run label ("aug=none seed=0"), the epochs the train stage reported training, in order."""
+    import re
+
+    found: dict[str, list[int]] = {}
+    for label, epoch in re.findall(r"^(.+ seed=\d+) epoch (\d+)/\d+:", out, re.M):
+        found.setdefault(label, []).append(int(epoch))
+    return found
+
+
+def assert_trained_fresh(out: str, runs: int, epochs: int) -> None:
+    """Every one of `runs` runs trained here, from its first epoch to its last: none was
+    restored from the arm store or resumed (what a --retrain comparison relies on)."""
+    assert "restored from the arm cache" not in out and "resuming after epoch" not in out, out[-3000:]
+    printed = epochs_printed(out)
+    assert len(printed) == runs and all(e == list(range(1, epochs + 1)) for e in printed.values()), printed
+
+
+def assert_resumed(out: str, epochs: int) -> dict[str, int]:
+    """Each run that said it resumes after epoch k trained exactly epochs k+1..`epochs`
+    after saying so (not again from epoch 1); returns {label: k}."""
+    import re
+
+    resumed = {}
+    for m in re.finditer(r"^(.+? seed=\d+): (?:.*; )?resuming after epoch (\d+)", out, re.M):
+        label, k = m.group(1), int(m.group(2))
+        after = epochs_printed(out[m.end():]).get(label, [])
+        assert after == list(range(k + 1, epochs + 1)), (label, k, after)
+        resumed[label] = k
+    assert resumed, out[-3000:]
+    return resumed
+
+
 def run_queue(proj: Path, jobs: int = 2, timeout: float = 600, extra_env: dict | None = None) -> str:
     """`dvc queue start -j jobs` and wait until every queued experiment ended; `dvc queue status`."""
     run(f"dvc queue start -j {jobs}", proj, extra_env=extra_env)

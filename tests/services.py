@@ -72,17 +72,27 @@ def start_postgres() -> tuple[str, callable]:
 
 
 def start_mlflow_server(backend: str, artifacts: Path, log: Path, start_s: float = 90,
-                        port: int | None = None) -> tuple[str, callable]:
+                        port: int | None = None, auth: tuple[str, str] | None = None) -> tuple[str, callable]:
     """`mlflow server` on 127.0.0.1 with `backend` as its store, serving artifacts from
-    `artifacts`: (base URL, stop)."""
+    `artifacts`: (base URL, stop). With `auth` (user, password), MLflow's basic-auth app
+    guards it, that user its admin, every other request refused."""
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    extra = []
+    if auth:
+        ini = log.parent / "basic_auth.ini"
+        ini.write_text(f"[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                       f"database_uri = sqlite:///{log.parent / 'basic_auth.db'}\nadmin_username = {auth[0]}\n"
+                       f"admin_password = {auth[1]}\n"
+                       f"authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
+        extra = ["--app-name", "basic-auth"]
     with open(log, "w") as out:
         proc = subprocess.Popen([mlflow_bin, "server", "--backend-store-uri", backend, "--artifacts-destination",
-                                 str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                 str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                                 *extra], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop():
         if proc.poll() is None:

@@ -312,3 +312,22 @@ def test_a_study_found_whole_in_the_arm_cache_never_imports_torch(small_project)
                                                       "device": "cpu"}))
     failed = _train(proj, blocked)
     assert failed.returncode != 0 and "torch was imported" in failed.stdout + failed.stderr
+
+
+def test_the_fingerprint_covers_the_datas_identity(prepared):
+    """Other prepared arrays, another subset of them, or another validation split are
+    other data: the same arm x seed gets another fingerprint for each."""
+    from pipeline.core.config import parse_params
+    from pipeline.train.plan import Identity
+    from pipeline.train.stage import load_data
+
+    ids = []
+    for data in ({}, {"train_limit": 60}, {"train_limit": 60, "subset_seed": 1}, {"test_limit": 30},
+                 {"val_split": 0.2}):
+        params = parse_params({"seeds": [0], "epochs": 1, "data": data})
+        ids.append(load_data(prepared, params)[2])
+    cfg = parse_params({"seeds": [0]}).arms[0].train
+    fps = {Identity(data_id=i, versions={}, device_type="cpu").fingerprint(cfg, 0) for i in ids}
+    assert len(fps) == len(ids)
+    other = {**ids[0], "data_sha256": "0" * 64}  # the same subset of other arrays
+    assert Identity(data_id=other, versions={}, device_type="cpu").fingerprint(cfg, 0) not in fps

@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, descendants, env, make_project, run, run_queue, wait_for_saved_epochs
+from tests.conftest import (REPO, assert_resumed, assert_trained_fresh, descendants, env, make_project, run, run_queue,
+                            wait_for_saved_epochs)
 from tests.services import ray_client_env, start_ray_head
 
 # one worker runs these in turn (pytest -n): they share the test services' Ray cluster
@@ -45,6 +46,7 @@ def test_parallel_jobs_on_ray_give_the_results_of_one_process(tmp_path, prepared
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": [0, 1], "epochs": 2, "batch_size": 32}))
     out = _train(tmp_path, "local", ["--retrain"], data=prepared).communicate(timeout=600)[0]
     assert "1 at a time (this process)" in out, out
+    assert_trained_fresh(out, runs=4, epochs=2)
     for arm in ("aug=none", "aug=standard"):
         for seed in (0, 1):
             _same_run(tmp_path / "ray" / arm / f"seed={seed}", tmp_path / "local" / arm / f"seed={seed}")
@@ -67,6 +69,7 @@ def test_RAY_ADDRESS_sends_the_study_to_a_running_cluster(tmp_path, prepared):
     assert f"(Ray cluster {address} (" in out, out
     out = _train(tmp_path, "local", ["--retrain"], data=prepared).communicate(timeout=600)[0]
     assert "1 at a time (this process)" in out, out
+    assert_trained_fresh(out, runs=2, epochs=1)
     for arm in ("aug=none", "aug=standard"):
         _same_run(tmp_path / "ray" / arm / "seed=0", tmp_path / "local" / arm / "seed=0")
 
@@ -115,7 +118,8 @@ def test_a_node_that_dies_mid_arm_loses_nothing(tmp_path, prepared):
         os.kill(frozen[0], signal.SIGKILL)  # a frozen worker cannot see its node die
         out = proc.communicate(timeout=600)[0]
         assert proc.returncode == 0, out
-        assert "on another worker" in out and "resuming after epoch" in out, out
+        assert "on another worker" in out, out
+        assert_resumed(out, 8)  # on the second node, the epochs after the saved one
     finally:
         for pid in frozen:
             with contextlib.suppress(ProcessLookupError):
@@ -124,6 +128,7 @@ def test_a_node_that_dies_mid_arm_loses_nothing(tmp_path, prepared):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": [0], "aug": "standard", "epochs": 8,
                                                           "batch_size": 16}))
     out = _train(tmp_path, "fresh", ["--retrain"], data=prepared).communicate(timeout=600)[0]
+    assert_trained_fresh(out, runs=1, epochs=8)
     _same_run(tmp_path / "runs" / "aug=standard" / "seed=0", tmp_path / "fresh" / "aug=standard" / "seed=0")
 
 
@@ -145,8 +150,10 @@ def test_a_worker_process_killed_mid_arm_loses_nothing(tmp_path, prepared):
         proc.wait()
     assert proc.returncode == 0, out
     assert "WorkerCrashedError" in out and "on another worker" in out, out
+    assert_resumed(out, 40)  # the killed job went on from its saved epoch, not from epoch 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    _train(tmp_path, "fresh", ["--retrain"], data=prepared).communicate(timeout=600)
+    fresh = _train(tmp_path, "fresh", ["--retrain"], data=prepared).communicate(timeout=600)[0]
+    assert_trained_fresh(fresh, runs=2, epochs=40)
     for seed in (0, 1):
         _same_run(tmp_path / "runs" / "aug=standard" / f"seed={seed}",
                   tmp_path / "fresh" / "aug=standard" / f"seed={seed}")

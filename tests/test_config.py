@@ -1,6 +1,7 @@
 """params.yaml: presets, axes, knobs, arm names, and one-line errors for bad input."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -147,7 +148,9 @@ def test_yaml_1_2_floats(tmp_path):
     ({"preset": "dilated_net", "knobs": {"dilation": 7}}, "knobs.dilation = 7: expected one of 1, 2, 3, 4"),
     ({"knobs": [1]}, "knobs = [1]: expected a mapping"),
     ([1, 2], "expected a mapping"),
-    ({"study": "."}, "study = '.': expected a name of up to 100 letters, digits, '.', '_' or '-' that starts with"),
+    ({"study": "."}, "study = '.': expected a name of up to 100 letters, digits, '.', '_' or '-' (100 bytes in"),
+    ({"study": "\u00e9" * 60}, "(100 bytes in UTF-8)"),  # 60 letters, 120 bytes: no report folder could hold it
+    ({"knobs": {"width": 1e-9}}, "knobs.width = 1e-09: expected"),  # layers of one channel: not meant
     ({"study": ".."}, "study = '..': expected a name"),
     ({"study": ""}, "study = '': expected a name"),
     ({"study": ".hidden"}, "study = '.hidden': expected a name"),
@@ -270,3 +273,33 @@ def test_a_presets_fixed_knob_applies_only_where_the_model_has_it():
     assert parse_params({"seeds": [0], "knobs": {"dropout": 0.3}}).arms[0].train.knobs["dropout"] == 0.3
     with pytest.raises(ConfigError, match="model resnet18 has no knob 'dropout'"):
         parse_params({"seeds": [0], "model": "resnet18", "knobs": {"dropout": 0.3}})
+
+
+def test_names_fit_the_file_system_and_say_what_ran():
+    """A long seed list names its folder by a count and a digest (the list is in the
+    report); a subset limit above the data's size is the whole split, named by what ran."""
+    from pipeline.core.config import fit_to_data
+
+    many = parse_params({"seeds": list(range(0, 256, 4))})
+    assert re.fullmatch(r"simple_cnn,seeds=64x[0-9a-f]{8}", many.report_name)
+    assert len(parse_params({"seeds": list(range(1000, 1064))}).report_name.encode()) <= 255  # a range
+    big = parse_params({"data": {"train_limit": 999_999, "test_limit": 500}})
+    assert big.report_name == "simple_cnn,train_limit=999999,test_limit=500"
+    fitted = fit_to_data(big, 50_000, 10_000)
+    assert fitted.data.train_limit is None and fitted.report_name == "simple_cnn,test_limit=500"
+    assert fit_to_data(parse_params({"data": {"train_limit": 60_000}}), 50_000, 10_000).report_name == "simple_cnn"
+
+
+def test_a_study_no_one_can_mean_asks_for_a_flag_and_says_how_long(tmp_path, prepared):
+    from pipeline.core.config import too_large
+    from tests.conftest import env
+
+    params = parse_params({"seeds": list(range(10_000))})
+    said = too_large(params, 50_000)
+    assert said and "20,000 runs (2 arm(s) x 10,000 seeds), about 4,167 h" in said and "--large" in said
+    assert too_large(parse_params({"seeds": list(range(12))}), 50_000) is None
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seeds": list(range(600))}))
+    out = subprocess.run([sys.executable, "-m", "pipeline.train", "--data", str(prepared), "--no-mlflow"],
+                         cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "CIFAR_ABLATE_LARGE=1" in out.stderr, out.stderr
+    assert not (tmp_path / "runs").exists()

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from pipeline.train.armstore import read_state
-from tests.conftest import BIN, TRACKING_ON, env, flush_tracking, make_project, mlflow_runs, run
+from tests.conftest import (BIN, TRACKING_ON, assert_resumed, env, flush_tracking, make_project, mlflow_runs,
+                            run)
 
 pytestmark = pytest.mark.slow
 
@@ -48,8 +49,9 @@ def reference(trained):
 DVC_RWLOCK = "Unable to read RWLock-file '.dvc/tmp/rwlock'"
 
 
-def _kill_when(proj, marker: str, after_s: float = 0.3, cmd=("dvc", "repro")) -> str:
-    """Start `dvc repro`, kill -9 its whole process group once `marker` is printed.
+def _kill_when(proj, marker: str, after_s: float = 0.3, cmd=("dvc", "repro"), until=None) -> str:
+    """Start `dvc repro`, kill -9 its whole process group once `marker` is printed (and
+    `until()` holds, when given).
 
     DVC writes its lock table (.dvc/tmp/rwlock) in place: a kill in that instant
     leaves it empty, and DVC then refuses to start. Where it does, this does what
@@ -62,6 +64,9 @@ def _kill_when(proj, marker: str, after_s: float = 0.3, cmd=("dvc", "repro")) ->
             seen.append(line)
             if marker in line:
                 time.sleep(after_s)
+                deadline = time.monotonic() + 120
+                while until is not None and not until() and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
         proc.wait()
@@ -78,7 +83,8 @@ def test_kill_9_at_every_stage_and_at_the_end_of_an_arm(tmp_path, reference):
     proj = make_project(tmp_path)
     outputs = [
         _kill_when(proj, "Running stage 'untar'", 0.5),
-        _kill_when(proj, "epoch 1/2", 0.0),  # mid-arm: its state after epoch 1 is saved
+        # mid-arm, once its state after epoch 1 is on disk (it is written in the background)
+        _kill_when(proj, "epoch 1/2", 0.0, until=lambda: list(proj.glob(".arm-cache/*/state.pt"))),
         _kill_when(proj, "seed=0: test acc", 0.0),  # an arm just finished
         _kill_when(proj, "Running stage 'evaluate'", 1.5),
         _kill_when(proj, "Running stage 'report'", 1.5),
@@ -88,6 +94,11 @@ def test_kill_9_at_every_stage_and_at_the_end_of_an_arm(tmp_path, reference):
         (proj / ".dvc" / "tmp" / "rwlock").unlink()
         final = run("dvc repro", proj)
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    # the arm killed mid-way resumed (in the kill run after it, or here) after its saved epoch
+    assert any("resuming after epoch 1" in text for text in outputs[2:] + [final.stdout])
+    for text in outputs[2:] + [final.stdout]:
+        if "resuming after epoch" in text:
+            assert_resumed(text, 2)
     _no_traceback(*outputs, final.stdout, final.stderr)
     assert _results(proj) == reference
     # nothing a killed run left: no temporaries anywhere, no state of a finished arm
@@ -274,7 +285,8 @@ def test_editing_the_files_you_work_on_never_changes_a_logged_record(tmp_path):
         torch.save(saved, weights)
     out = run("python -m pipeline.tracking flush", proj)
     warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and f"{store_history} (run aug=none seed=0" in warnings[0], out.stderr
+    shown = store_history.relative_to(proj)  # paths under the repository are shown relative to it
+    assert len(warnings) == 1 and f"{shown} (run aug=none seed=0" in warnings[0], out.stderr
     assert "changed after it was logged" in warnings[0]
     refused = run(f"python {tmp_path / 'load.py'} {uri} {tmp_path / 'again.pt'}", proj, check=False)
     assert refused.returncode != 0 and "were changed after it was logged" in refused.stderr

@@ -182,6 +182,7 @@ def test_table_numbers_equal_the_summary_in_both_renderings():
     last = inp.summary.checkpoints["last"]
     acc = Tables(page).tables["acc-table"]
     assert acc[1:] == md_table(md, "| Arm | n seeds")[1:]
+    assert len(acc) == 3 and all(len(row) == 2 + len(build.METRICS) for row in acc[1:])
     for row in acc[1:]:
         entry = last.arms[row[0].removesuffix(" (baseline)")]
         for cell, (key, _) in zip(row[2:], build.METRICS):
@@ -191,9 +192,11 @@ def test_table_numbers_equal_the_summary_in_both_renderings():
     assert delta[1:] == md_table(md, "| Arm | Δ test acc")[1:]
     c = last.comparisons["aug=standard"]
     shown = [float(x) for x in re.findall(r"[+-]?\d+\.\d{2}", delta[1][1])]
+    assert len(shown) == 3  # the numbers compared: a difference and its interval, not "n/a"
     assert all(close(s, v) for s, v in zip(shown, (c.welch.diff, c.welch.ci.low, c.welch.ci.high)))
-    assert delta[1][2] == core.stats.format_p(c.welch.p)
+    assert re.fullmatch(r"[<\d. ]+", delta[1][2]) and delta[1][2] == core.stats.format_p(c.welch.p)
     classes = Tables(page).tables["class-table"]
+    assert len(classes) == 1 + len(CLASSES)
     for k, row in enumerate(classes[1:]):
         assert row[0] == CLASSES[k]
         assert close(float(row[1]), last.arms["aug=none"].per_class_acc[k])
@@ -503,6 +506,13 @@ def test_one_hypothesis_has_one_adjusted_p_wherever_it_is_quoted():
     for e in s.effects:
         if e.reference_arm == s.baseline:
             assert e.p_adjusted == last[e.arm].p_adjusted and e.verdict == last[e.arm].verdict
+    heads = core.headline(s, list(CROSSED))  # metrics/study.json, make results, the MLflow parent run
+    for e in s.effects:
+        key = f"{e.factor}={e.value}@" + ",".join(f"{k}={v}" for k, v in e.at.items()) + "/p_adj"
+        assert stats.format_p(heads[key]) == stats.format_p(e.p_adjusted), key
+    (i,) = s.interactions
+    assert stats.format_p(heads["aug=standard x dropout=0.5/p_adj"]) == stats.format_p(i.p_adjusted)
+    assert "aug=standard,dropout=0.5/p_adj" not in heads  # the diagonal arm: not a hypothesis
     md, page = render(inp)
     assert all(name in md for name in s.family)
     for e in s.effects:  # the effects table quotes the family's p
@@ -697,3 +707,41 @@ def test_a_study_with_validation_images_chooses_on_them_and_says_so(tmp_path, pr
     assert "val_split 0.2 (held out of training)" in page and "Validation accuracy per epoch" in page
     assert "on 80 training images" in page  # 100 less the 20 held out
     assert (p["reports"] / "results.csv").read_text().count("\n") == 1 + 2  # header, last and best
+
+
+def test_make_results_fits_100_columns_with_three_studies():
+    """Three studies (one crossed, with long arm names, one with an equivalence margin),
+    as `dvc exp show --json` lists them: a block per study, arms down the side,
+    accuracy in percent with one decimal, p with two significant figures, the answer."""
+    from pipeline import results
+
+    crossed = fake_inputs(CROSSED, primary="aug")
+    precision = fake_inputs({"aug=none": [0.700, 0.702, 0.698], "aug=standard": [0.701, 0.699, 0.700]},
+                            estimates={"aug=none": [0.700, 0.702, 0.698], "aug=standard": [0.701, 0.699, 0.700]},
+                            margin=1.0)
+    plain = fake_inputs({"aug=none": [0.70, 0.71, 0.72], "aug=standard": [0.74, 0.75, 0.76]})
+
+    def exp(name, study, inp):
+        return {"rev": name, "name": name, "data": {
+            "params": {"params.yaml": {"data": {"study": study}}},
+            "metrics": {"metrics/study.json": {"data": core.headline(inp.summary, list(inp.summary.estimates))}}}}
+
+    shown = [{**exp("workspace", "dropout", crossed), "experiments": [
+        {"revs": [exp("exp-1", "precision", precision)]}, {"revs": [exp("exp-2", "simple_cnn", plain)]}]}]
+    text = results.render(shown)
+    assert max(map(len, text.splitlines())) <= 100, text
+    assert [line.split(" [")[0] for line in text.splitlines() if line and not line.startswith(" ")] == \
+        ["dropout", "precision", "simple_cnn"]
+    s = crossed.summary
+    e = next(e for e in s.effects if e.factor == "aug")
+    row = next(line for line in text.splitlines() if line.strip().startswith("aug=standard@dropout=0.0 "))
+    assert row.split()[-len(_answer_words(e)):] == _answer_words(e)
+    assert f" {stats.format_p(e.p_adjusted)} " in row or "< 0.001" in row
+    assert re.search(r"^  aug=standard +\d+\.\d$", text, re.M)
+    assert "equivalent" in text
+
+
+def _answer_words(e) -> list[str]:
+    from pipeline.results import _answer
+
+    return _answer(100 * e.test_acc.diff, e.p_adjusted).split()

@@ -120,6 +120,10 @@ def test_a_signal_stops_the_study_in_one_line_and_keeps_what_it_saved(tmp_path, 
         label, _, epoch = first.strip().partition(": resuming after epoch ")
         assert label in ("aug=none seed=0", "aug=none seed=1") and epoch.isdigit(), first
         assert f"; {label} resumes after epoch {epoch};" in last, (first, last)
+        line = again.stdout.readline()  # and it trains on from there, not from epoch 1
+        while line and not line.startswith(f"{label} epoch "):
+            line = again.stdout.readline()
+        assert line.startswith(f"{label} epoch {int(epoch) + 1}/200:"), line
     finally:
         again.terminate()
         again.communicate(timeout=180)

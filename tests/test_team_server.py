@@ -82,3 +82,55 @@ def test_a_study_is_recorded_on_a_team_server_with_postgresql(tmp_path, team_ser
     out = run(f"python -c \"{code}\" {team_server} {exp['experiment_id']}", proj)
     n_models, shape = out.stdout.split(" ", 1)
     assert int(n_models) == 8 and "torch.Size([2, 10])" in shape  # last and best of each arm x seed
+
+
+def test_a_server_with_authentication_takes_a_study_with_its_credentials_and_refuses_others(tmp_path):
+    """MLflow's basic-auth app in front of the store: with the account's credentials in
+    MLFLOW_TRACKING_USERNAME/PASSWORD the study arrives; with a wrong password the
+    flush stops at once with one line, and nothing is sent."""
+    from tests.services import start_mlflow_server
+
+    uri = os.environ.get("CIFAR_ABLATE_TEST_POSTGRES")
+    stop_pg = None
+    if not uri:
+        from tests.services import start_postgres
+
+        uri, stop_pg = start_postgres()
+    password = uuid.uuid4().hex
+    base, stop = start_mlflow_server(uri, tmp_path / "artifacts", tmp_path / "mlflow.log",
+                                     auth=("team-admin", password))
+    try:
+        study = f"auth-study-{uuid.uuid4().hex[:8]}"
+        proj = make_project(tmp_path, seeds=[0], epochs=1, study=study)
+        wrong = {"MLFLOW_TRACKING_URI": base, "MLFLOW_TRACKING_USERNAME": "team-admin",
+                 "MLFLOW_TRACKING_PASSWORD": "not-it"}
+        run("dvc repro", proj, extra_env=wrong)
+        refused = run("python -m pipeline.tracking flush --timeout 30", proj, check=False, extra_env=wrong)
+        lines = [x for x in refused.stderr.splitlines() if x.strip()]
+        assert refused.returncode == 1 and len(lines) == 1, refused.stdout + refused.stderr
+        assert "refused these credentials" in lines[0] and "MLFLOW_TRACKING_PASSWORD" in lines[0]
+        assert password not in refused.stdout + refused.stderr
+        right = {**wrong, "MLFLOW_TRACKING_PASSWORD": password}
+        run("python -m pipeline.tracking flush", proj, extra_env=right)
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={study}")
+        import base64
+
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"team-admin:{password}".encode()).decode())
+        with urllib.request.urlopen(req, timeout=30) as r:
+            exp = json.loads(r.read())["experiment"]
+        runs = _api_auth(base, {"experiment_ids": [exp["experiment_id"]]}, password)
+        assert len(runs) == 3 and all(r["info"]["status"] == "FINISHED" for r in runs)  # a parent, 2 children
+    finally:
+        stop()
+        if stop_pg:
+            stop_pg()
+
+
+def _api_auth(base: str, body: dict, password: str) -> list:
+    import base64
+
+    req = urllib.request.Request(base + "/api/2.0/mlflow/runs/search", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": "Basic " + base64.
+                                          b64encode(f"team-admin:{password}".encode()).decode()})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read()).get("runs", [])

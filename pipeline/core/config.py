@@ -16,6 +16,7 @@ jobs) say where and how arms run, never what they compute.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from pipeline.core.schema import (
     bad,
     check_section,
     check_value,
+    data_section,
+    dotted,
     field_type,
     integer,
     number,
@@ -90,6 +93,7 @@ TOP_KEYS = ("study", "preset", "seeds", "data", "report", "knobs") + RUN_KEYS + 
 # the seeds a study's own report stands for (params.yaml's default); a run with other
 # seeds writes its report beside it
 STUDY_SEEDS = tuple(range(6))
+NAME_BYTES = 200  # of a report folder's name: file systems allow 255 per component
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,11 @@ class Params:
         """reports/<this>/: the study's name, and what differs when the run is not the
         study itself, e.g. `simple_cnn,train_limit=2000,epochs=2,seeds=0+1`: a quick or
         partial run never overwrites the study's own report."""
-        return ",".join((self.study, *self.variant))
+        name = ",".join((self.study, *self.variant))
+        if len(name.encode()) > NAME_BYTES:  # a file name's limit: what differs, by a digest (in full in the report)
+            digest = hashlib.sha256(",".join(self.variant).encode()).hexdigest()[:12]
+            name = f"{self.study},variant-{digest}"
+        return name
 
     @property
     def baseline(self) -> Arm:
@@ -153,11 +161,12 @@ def parse_params(raw: Any, study_seeds: tuple[int, ...] = STUDY_SEEDS) -> Params
     preset = check_value("preset", Literal[tuple(presets())], raw.get("preset", "simple_cnn"))
     study = preset if raw.get("study") is None else raw["study"]
     # a folder name (reports/<study>/) and an MLflow experiment: never ".", "..", hidden or empty
-    if not isinstance(study, str) or not re.fullmatch(r"[A-Za-z0-9][\w.\-]{0,99}", study):
-        raise bad("study", study, "a name of up to 100 letters, digits, '.', '_' or '-' that starts with a letter "
-                                  "or digit, or null (the preset's name)")
+    if (not isinstance(study, str) or not re.fullmatch(r"[A-Za-z0-9][\w.\-]{0,99}", study)
+            or len(study.encode()) > 100):
+        raise bad("study", study, "a name of up to 100 letters, digits, '.', '_' or '-' (100 bytes in UTF-8) that "
+                                  "starts with a letter or digit, or null (the preset's name)")
     seeds, seed_plan = _seeds(raw.get("seeds", list(study_seeds)))
-    data = check_section(DataConfig, "data", raw.get("data"))
+    data = data_section(raw.get("data"))
     recipe = presets()[preset]
     if data.val_split is None:  # the preset's (a recipe that chooses its best checkpoint on validation), else 0
         data = data.model_copy(update={"val_split": float(recipe.get("val_split", 0.0))})
@@ -243,7 +252,13 @@ def variant(raw: dict, recipe: dict, axes: dict[str, list], knob_axes: dict, dat
         out += [f"seeds={plan.min}to{plan.max}", f"halfwidth={plan.halfwidth:g}"]
     elif seeds != tuple(study_seeds):
         contiguous = len(seeds) > 2 and seeds == tuple(range(seeds[0], seeds[0] + len(seeds)))
-        out.append(f"seeds={seeds[0]}-{seeds[-1]}" if contiguous else "seeds=" + "+".join(map(str, seeds)))
+        listed = "+".join(map(str, seeds))
+        if contiguous:
+            out.append(f"seeds={seeds[0]}-{seeds[-1]}")
+        elif len(listed) <= 40:
+            out.append(f"seeds={listed}")
+        else:  # a long list: its count and a digest in the name, the list itself in the report
+            out.append(f"seeds={len(seeds)}x{hashlib.sha256(listed.encode()).hexdigest()[:8]}")
     return tuple(out)
 
 
@@ -335,13 +350,48 @@ def resolve_precision(precision: str, device_type: str, bf16: bool) -> str:
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    raw = read_yaml(path)
+    """params.yaml, validated; under DVC, as the run read it when it started (a second
+    `dvc exp run` may have rewritten the file since: pipeline.core.workspace)."""
+    from pipeline.core.workspace import params_for_run
+
+    raw = read_yaml(params_for_run(path))
     try:
         planned = _planned(Path(path), raw)
         params = parse_params(raw, tuple(planned["seeds"]) if planned else STUDY_SEEDS)
         return as_planned(params, parse_params(planned["params"], tuple(planned["seeds"]))) if planned else params
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}{_since_commit(Path(path), raw)}") from None
+
+
+def fit_to_data(params: Params, n_train: int, n_test: int) -> Params:
+    """`params` for data of these sizes: a subset limit at or above a split's size takes
+    the whole split, and the report is named by what ran (no `train_limit=999999`)."""
+    d = params.data
+    drop = {k for k, n in (("train_limit", n_train), ("test_limit", n_test)) if getattr(d, k) is not None
+            and getattr(d, k) >= n}
+    if not drop:
+        return params
+    data = d.model_copy(update=dict.fromkeys(drop))
+    variant = [v for v in params.variant if v.split("=")[0] not in drop]
+    if data.train_limit is None and data.test_limit is None and not any(v.startswith("val_split=") for v in variant):
+        variant = [v for v in variant if not v.startswith("subset_seed=")]
+    return dataclasses.replace(params, data=data, variant=tuple(variant))
+
+
+LARGE_RUNS = 1_000  # arm x seed runs in one study beyond which it must be asked for (--large)
+NOMINAL_RATE = 2_000  # images/s: simple_cnn in fp32 on a 2-core CPU, to say how long a large study would take
+
+
+def too_large(params: Params, n_train: int) -> str | None:
+    """Why a study is larger than anyone can mean without saying so, with its time at a nominal rate, or None."""
+    seeds = params.seed_plan.max if params.seed_plan else len(params.seeds)
+    runs = len(params.arms) * seeds
+    if runs <= LARGE_RUNS:
+        return None
+    hours = sum(a.train.epochs for a in params.arms) * seeds * n_train / NOMINAL_RATE / 3600
+    return (f"this study trains {runs:,} runs ({len(params.arms)} arm(s) x {seeds:,} seeds), about {hours:,.0f} h at "
+            f"{NOMINAL_RATE:,} images/s (simple_cnn in fp32 on a 2-core CPU; larger models take longer); if that "
+            f"is meant, run it with CIFAR_ABLATE_LARGE=1 (python -m pipeline.train --large)")
 
 
 def as_planned(params: Params, planned: Params) -> Params:
@@ -387,19 +437,12 @@ def _since_commit(path: Path, raw: Any) -> str:
         before = YAML(typ="safe", pure=True).load(committed.stdout)
     except Exception:  # noqa: BLE001  no git, not tracked, not YAML: nothing to add
         return ""
-    now, then = _dotted(raw), _dotted(before)
+    now, then = dotted(raw), dotted(before)
     changed = [k for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k)]
     if not changed:
         return ""
+    back = " ".join(f"'{k}={show(then[k]) if then.get(k) is not None else 'null'}'" for k in changed[:8])
     return (f"; {path} now holds values its last commit does not ({', '.join(changed[:8])}"
             f"{', ...' if len(changed) > 8 else ''}: `dvc exp run -S` writes them before the stage runs); "
-            f"`git checkout {path}` restores it")
-
-
-def _dotted(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d} if prefix else {}
-    out = {}
-    for k, v in d.items():
-        out.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
+            f"put back only those, with the committed comments and layout and your other edits kept: "
+            f"`python -m pipeline.params set --layout-from HEAD {back}`")

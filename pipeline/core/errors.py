@@ -13,11 +13,32 @@ class PipelineError(Exception):
     """Bad input or environment: printed as one line, exit status 2, no traceback."""
 
 
+class _Public:
+    """A text stream that writes what may be published (pipeline.core.provenance.public):
+    URIs without credentials, paths relative to the repository."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from pipeline.core.provenance import public
+
+        self._stream.write(public(text))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def cli(main):
-    """Wrap a stage's `main()` so a PipelineError becomes one line on stderr and exit 2."""
+    """Wrap a stage's `main()`: what it prints is made publishable (no credentials, no
+    local paths), and a PipelineError becomes one line on stderr and exit 2."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        saved = sys.stdout, sys.stderr
+        if not isinstance(sys.stdout, _Public):
+            sys.stdout, sys.stderr = _Public(sys.stdout), _Public(sys.stderr)
         try:
             return main(argv)
         except PipelineError as exc:
@@ -26,6 +47,8 @@ def cli(main):
         except OSError as exc:  # full disk, read-only folder, missing file
             print(f"error: {os_error(exc)}", file=sys.stderr)
             raise SystemExit(2) from None
+        finally:
+            sys.stdout, sys.stderr = saved
 
     return wrapper
 

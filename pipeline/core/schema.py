@@ -103,7 +103,7 @@ class SeedPlan(BaseModel):
     `halfwidth` points, or `max` seeds ran. It stops on the interval, never on a p-value,
     yet the stopping depends on the observed spread, and so does the final test: on
     equal arms of seed SD 1 point (min 3, max 10, halfwidth 1) 6.3% of studies are
-    "significant", not 5% (README; bench/seeds_on_demand_error.py)."""
+    "significant", not 5% (docs/usage.md; bench/seeds_on_demand_error.py)."""
 
     model_config = STRICT
 
@@ -131,11 +131,14 @@ class RunSettings(BaseModel):
 # --------------------------------------------------------------------------- YAML
 
 
+MAX_DEPTH = 20  # of mappings and lists in a params file: params.yaml needs 3
+
+
 def read_yaml(path: str | Path) -> Any:
     """YAML 1.2, as DVC reads params.yaml (so `1e-3` is a number, `yes` a string)."""
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
-    from ruamel.yaml.events import AliasEvent
+    from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent
 
     path = Path(path)
     try:
@@ -145,12 +148,20 @@ def read_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it ({exc})") from None
     yaml = YAML(typ="safe", pure=True)
+    depth = 0
     try:
         for event in yaml.parse(text):  # an alias can expand a few kB into gigabytes: none is taken
             if isinstance(event, AliasEvent):
                 raise ConfigError(f"{path}: line {event.start_mark.line + 1}: a YAML alias (*{event.anchor}); "
                                   f"params take plain values, written out")
+            depth += isinstance(event, CollectionStartEvent) - isinstance(event, CollectionEndEvent)
+            if depth > MAX_DEPTH:  # before the loader recurses that deep
+                raise ConfigError(f"{path}: line {event.start_mark.line + 1}: values nested more than {MAX_DEPTH} "
+                                  f"levels deep; params nest a few levels (data.url, knobs.dropout)")
         return yaml.load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deep to read; params nest a few levels (data.url, knobs.dropout)") \
+            from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}" if mark else ""
@@ -262,11 +273,42 @@ def check_value(key: str, tp, v: Any):
 
 
 def load_data_config(path: str | Path = "params.yaml") -> DataConfig:
-    """Only the `data` section, for the data stages."""
-    raw = read_yaml(path) or {}
+    """Only the `data` section, for the data stages (under DVC, as the run started: load_params)."""
+    from pipeline.core.workspace import params_for_run
+
+    raw = read_yaml(params_for_run(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys")
     try:
-        return check_section(DataConfig, "data", raw.get("data"))
+        return data_section(raw.get("data"))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def data_section(raw: Any) -> DataConfig:
+    """params.yaml's `data`, checked; a URL that carries credentials is refused: DVC would
+    write it into dvc.lock, and every report and MLflow run would show it."""
+    from urllib.parse import urlsplit
+
+    data = check_section(DataConfig, "data", raw)
+    try:
+        parts = urlsplit(data.url)
+        userinfo = parts.username is not None or parts.password is not None
+    except ValueError:
+        userinfo = False
+    if userinfo:
+        raise ConfigError(f"data.url carries credentials (the user:password@ part of {parts.scheme}://...@"
+                          f"{parts.hostname}): DVC would write them into dvc.lock and the reports would show them; "
+                          f"give the URL without them and put them in ~/.netrc (machine {parts.hostname} login USER "
+                          f"password PASSWORD; NETRC names another file), which the download reads")
+    return data
+
+
+def dotted(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{"data.url": ..., "lr": ...}: a params mapping's leaves by their dotted keys."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d} if prefix else {}
+    out = {}
+    for k, v in d.items():
+        out.update(dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out

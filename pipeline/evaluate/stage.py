@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.config import load_params
+from pipeline.core.config import fit_to_data, load_params
 from pipeline.core.contracts import read_json, run_dir
-from pipeline.core.dataset import load_subset
+from pipeline.core.dataset import load_manifest, load_subset
 from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path, write_json
 from pipeline.core.provenance import code_digest, repo_root
@@ -128,6 +128,8 @@ def main(argv=None) -> None:
 
     params = load_params(args.params)
     runs, data = Path(args.runs), Path(args.data)
+    counts = load_manifest(data).splits
+    params = fit_to_data(params, counts["train"].count, counts["test"].count)
     record = read_json(runs / "study.json", StudyRecord, _NOT_TRAINED)
     if record.arms != [a.name for a in params.arms]:
         raise PipelineError(f"{runs / 'study.json'} has the arms {', '.join(record.arms)}, params.yaml asks for "

@@ -664,7 +664,8 @@ def _per_class_power(ctx: _Ctx) -> str:
     seed_sd = float(np.sqrt(max(np.mean(rows.var(0, ddof=1) - noise), 0.0)))
     power = stats.per_class_power(seed_sd, len(rows), PER_CLASS_EFFECT, images=int(per_class_images),
                                   base=rows.mean(0), alpha=ctx.alpha)
-    return (f"With {len(rows)} seeds per arm and this study's per-class seed SD of {stats.points(seed_sd, signed=False)} "
+    sd = stats.points(seed_sd, signed=False)
+    return (f"With {len(rows)} seeds per arm and this study's per-class seed SD of {sd} "
             f"points (besides the test images' own noise), a {100 * PER_CLASS_EFFECT:g}-point difference in one class "
             f"is starred in about {power * 100:.0f}% of studies (simulated): an unstarred class is not evidence of "
             "no difference.")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core import analysis
-from pipeline.core.config import load_params
+from pipeline.core.config import fit_to_data, load_params
 from pipeline.core.contracts import read_history, read_json, run_dir
 from pipeline.core.dataset import load_manifest, load_split, stratified_subset
 from pipeline.core.errors import PipelineError, cli
@@ -32,6 +32,7 @@ from pipeline.core.io import atomic_path
 from pipeline.core.provenance import code_version, dvc_experiment, public, repo_root
 from pipeline.core.record import FILE as RECORD, ArmRecord
 from pipeline.core.study import StudyRecord
+from pipeline.core.workspace import changed_under_run, params_for_run
 from pipeline.evaluate.contracts import CheckpointEval, Predictions, StudySummary
 from pipeline.report.build import Inputs, Report, build_report
 
@@ -42,7 +43,8 @@ _NOT_EVALUATED = "run `dvc repro evaluate` first"
 def load_inputs(params_path, data, runs, evaluation) -> Inputs:
     """Everything the report shows, read from the stages' outputs (one-line errors if missing)."""
     params_path, data, runs, evaluation = map(Path, (params_path, data, runs, evaluation))
-    params = load_params(params_path)
+    counts = load_manifest(data).splits
+    params = fit_to_data(load_params(params_path), counts["train"].count, counts["test"].count)
     record = read_json(runs / "study.json", StudyRecord, "run `dvc repro train` first")
     if not evaluation.is_dir():
         raise PipelineError(f"no evaluation at {evaluation}: the folder does not exist; {_NOT_EVALUATED}")
@@ -84,7 +86,7 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
     plan = root / "reports" / params.study / analysis.FILE
     supersedes = analysis.read(plan).supersedes if plan.exists() and not params.variant else None
     return Inputs(
-        params=params, params_text=params_path.read_text(), record=record, summary=summary,
+        params=params, params_text=public(params_for_run(params_path).read_text()), record=record, summary=summary,
         histories=histories, diagnostics=diagnostics, predictions=predictions, per_seed=per_seed, filters=filters,
         test_images=_Indexed(x, idx), data_name=manifest.name, data_sha256=manifest.data_sha256, n_train=n_train,
         data_encoding=manifest.encoding,
@@ -203,6 +205,13 @@ def main(argv=None) -> None:
         journal.flush_in_background()
         journal.warn_if_unavailable()
     print(answer(inputs, out / "report.html"))
+    moved = changed_under_run(args.params)
+    if moved:
+        back = " ".join(f"'{k}={v}'" for k, v in moved.items())
+        print(f"warning: {args.params} changed while this run went on ({', '.join(moved)}: another `dvc exp run` "
+              f"wrote it and was refused); this run used the values it started with. DVC may then fail to record "
+              f"this experiment ('NoneType' object is not subscriptable): put the file back with `python -m "
+              f"pipeline.params set {back}` and record it with `dvc exp save`", file=sys.stderr)
 
 
 def answer(inputs: Inputs, report: Path) -> str:

@@ -289,6 +289,20 @@ def _store_fault(exc: BaseException) -> bool:
     return any(f in text for f in _STORE_FAULTS)
 
 
+_REFUSED = ("401", "403", "unauthorized", "unauthenticated", "permission_denied", "forbidden")
+
+
+def refused(exc: BaseException) -> str | None:
+    """One line when the tracking server refused this client's credentials (retrying
+    would not help), else None."""
+    text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None).lower()
+    if not any(word in text for word in _REFUSED):
+        return None
+    return ("the tracking server refused these credentials (missing or wrong): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to an account of its basic-auth app (never in the URI); the records wait in "
+            "the journal")
+
+
 def _reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
@@ -329,6 +343,10 @@ def _flush_while_needed(f: "Flusher", lock, watch: int | None, give_up_s: float,
                 f._client, f._experiments, f._checked = None, {}, set()
                 now = time.monotonic()
                 failing_since = failing_since or now
+                if refused(exc):
+                    _status(f, refused(exc))
+                    print(f"giving up: {refused(exc)}", flush=True)
+                    return False
                 _status(f, _reason(exc))
                 watched = watch is not None and pid_alive(watch)
                 if not watched and now - failing_since > give_up_s:

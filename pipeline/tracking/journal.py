@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.io import clone_file, sha256_file
-from pipeline.core.provenance import repo_root
+from pipeline.core.provenance import public, repo_root
 
 DB_NAME = "mlflow.db"
 ARTIFACTS = "mlartifacts"
@@ -70,10 +70,10 @@ class Journal:
     def start(self, experiment: str, name: str, *, tags: dict[str, Any], parent: str | None = None,
               description: str | None = None, key: str | None = None) -> str:
         key = key or new_key()
-        tags = {k: str(v) for k, v in tags.items()}
+        tags = {k: public(str(v)) for k, v in tags.items()}
         tags.update(pid=str(os.getpid()), host=socket.gethostname())
         if description:
-            tags["mlflow.note.content"] = description
+            tags["mlflow.note.content"] = public(description)
         self._append(key, {"do": "start", "uri": self.uri, "experiment": experiment, "name": name,
                            "parent": parent, "tags": tags})
         return key
@@ -89,14 +89,15 @@ class Journal:
     # --- data
 
     def params(self, key: str, params: dict[str, Any]) -> None:
-        self._append(key, {"do": "params", "params": {k: "null" if v is None else str(v) for k, v in params.items()}})
+        self._append(key, {"do": "params", "params": {k: "null" if v is None else public(str(v))
+                                                      for k, v in params.items()}})
 
     def metrics(self, key: str, metrics: dict[str, float], step: int | None = None) -> None:
         self._append(key, {"do": "metrics", "step": step or 0,
                            "ms": int(time.time() * 1000), "metrics": {k: float(v) for k, v in metrics.items()}})
 
     def tags(self, key: str, tags: dict[str, Any]) -> None:
-        self._append(key, {"do": "tags", "tags": {k: str(v) for k, v in tags.items()}})
+        self._append(key, {"do": "tags", "tags": {k: public(str(v)) for k, v in tags.items()}})
 
     def _keep(self, key: str, path: str | os.PathLike) -> dict:
         """A copy of `path` in the journal (it outlives a queued experiment's workspace,
@@ -117,7 +118,7 @@ class Journal:
         self._append(key, {"do": "model", **self._keep(key, checkpoint), "which": which})
 
     def dataset(self, key: str, *, name: str, digest: str, source: str, context: str, rows: int) -> None:
-        self._append(key, {"do": "dataset", "name": name, "digest": digest, "source": source,
+        self._append(key, {"do": "dataset", "name": name, "digest": digest, "source": public(source),
                            "context": context, "rows": rows})
 
     def register(self, key: str, which: str, registered_name: str) -> None:
@@ -198,8 +199,8 @@ class Journal:
             return None
         if status.get("uri") != self.uri or not status.get("error"):
             return None
-        return (f"tracking store {self.uri} unavailable ({status['error']}); {status.get('pending', 'its')} "
-                f"record(s) kept in {self.dir} and sent at the next run (or `python -m pipeline.tracking flush`)")
+        return public(f"tracking store {self.uri} unavailable ({status['error']}); {status.get('pending', 'its')} "
+                      f"record(s) kept in {self.dir} and sent at the next run (or `python -m pipeline.tracking flush`)")
 
 
 def _flusher_env() -> dict:

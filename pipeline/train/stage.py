@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import importlib
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -26,7 +27,7 @@ import threading
 from pathlib import Path
 
 from pipeline.core import dataset
-from pipeline.core.config import Params, load_params
+from pipeline.core.config import LARGE_RUNS, Params, fit_to_data, load_params, too_large
 from pipeline.core.contracts import HISTORY_FIELDS, RunMetrics, read_history, run_dir
 from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path, write_json
@@ -140,9 +141,16 @@ def main(argv=None) -> None:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--retrain", action="store_true",
                     help="train every arm even when the arm cache holds a finished one")
+    ap.add_argument("--large", action="store_true",
+                    help=f"train a study of more than {LARGE_RUNS:,} runs (also: CIFAR_ABLATE_LARGE=1)")
     args = ap.parse_args(argv)
 
     params = load_params(args.params)  # every arm is validated before anything trains
+    counts = dataset.load_manifest(args.data).splits
+    params = fit_to_data(params, counts["train"].count, counts["test"].count)
+    large = too_large(params, counts["train"].count)
+    if large and not (args.large or os.environ.get("CIFAR_ABLATE_LARGE") == "1"):
+        raise PipelineError(large)
     from pipeline.core.analysis import check_study
 
     strays = check_study(repo_root(), params)  # said first: this run is not what the study's plan registered
@@ -257,6 +265,9 @@ def main(argv=None) -> None:
               for a in arm_names for s in seeds.seeds])
     with atomic_path(runs / "study.json") as tmp:
         tmp.write_text(study.model_dump_json(indent=1) + "\n")
+    for old in runs.iterdir():  # runs/ shows this study: an earlier study's arms go (the store keeps them)
+        if old.is_dir() and old.name not in arm_names and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
     if journal is not None:
         journal.artifact(parent, args.metrics)
         journal.tags(parent, {"seeds": seeds.seeds, "seeds_reason": seeds.reason})
