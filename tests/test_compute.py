@@ -236,7 +236,7 @@ def test_a_fresh_clone_with_an_empty_store_renders_the_report_from_committed_rec
 
 
 def test_a_record_edited_or_bound_to_another_run_is_refused(tmp_path):
-    from pipeline.core.contracts import CorruptFile
+    from pipeline.core.schema import CorruptFile
     from pipeline.core.jobs import Evaluated, Finished, HistoryRow
     from pipeline.core.config import parse_params
     from pipeline.core.record import ArmRecord, fingerprint_of

@@ -125,6 +125,17 @@ def _copy(folder, tmp_path):
     return dst
 
 
+def _replace(folder, name: str, write) -> None:
+    """Replace a prepared file and record its checksum in the manifest, as a consistent
+    rewrite would: the checks after the checksum's still have to catch it."""
+    from pipeline.core.io import sha256_file
+
+    write(folder / name)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["arrays"][name] = sha256_file(folder / name)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_arrays_must_match_the_manifest(prepared, tmp_path):
     folder = _copy(prepared[0], tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -133,17 +144,17 @@ def test_arrays_must_match_the_manifest(prepared, tmp_path):
     with pytest.raises(PipelineError, match=r"train_x.npy holds uint8 \(20, 3, 32, 32\), expected uint8 "
                                             r"\(21, 3, 32, 32\)"):
         data.load_split(folder, "train")
-    np.save(folder / "test_y.npy", np.zeros(20, np.int32))
+    _replace(folder, "test_y.npy", lambda p: np.save(p, np.zeros(20, np.int32)))
     with pytest.raises(PipelineError, match="test_y.npy holds int32"):
         data.load_split(folder, "test")
 
 
 def test_pickled_or_broken_arrays_are_refused(prepared, tmp_path):
     folder = _copy(prepared[0], tmp_path)
-    np.save(folder / "test_y.npy", np.array([object()] * 20), allow_pickle=True)
+    _replace(folder, "test_y.npy", lambda p: np.save(p, np.array([object()] * 20), allow_pickle=True))
     with pytest.raises(PipelineError, match="cannot read .*test_y.npy"):
         data.load_split(folder, "test")
-    (folder / "train_x.npy").write_bytes(b"junk")
+    _replace(folder, "train_x.npy", lambda p: p.write_bytes(b"junk"))
     with pytest.raises(PipelineError, match="cannot read .*train_x.npy"):
         data.load_split(folder, "train")
     (folder / "manifest.json").write_text("{")
@@ -153,7 +164,7 @@ def test_pickled_or_broken_arrays_are_refused(prepared, tmp_path):
 
 def test_labels_out_of_range_are_refused(prepared, tmp_path):
     folder = _copy(prepared[0], tmp_path)
-    np.save(folder / "test_y.npy", np.full(20, 10, np.int64))
+    _replace(folder, "test_y.npy", lambda p: np.save(p, np.full(20, 10, np.int64)))
     with pytest.raises(PipelineError, match="labels outside 0..9"):
         data.load_split(folder, "test")
 
@@ -183,3 +194,16 @@ def test_the_trained_and_held_out_images_split_the_study_subset(tmp_path):
     np.testing.assert_array_equal(ty, y[ti])
     (tx0, _, ti0), (_, _, vi0) = load_training(folder, 100, 0.0, 0)
     assert len(vi0) == 0 and np.array_equal(ti0, subset)  # no split: the subset as before
+
+
+def test_prepared_arrays_are_checked_against_their_manifest_when_read(prepared, tmp_path):
+    """A byte of a prepared array changed after the untar stage wrote it: refused with one
+    line, even where the shape and dtype still fit."""
+    folder = _copy(prepared[0], tmp_path)
+    data.load_split(folder, "train")
+    path = folder / "train_x.npy"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01  # one pixel
+    path.write_bytes(bytes(raw))
+    with pytest.raises(PipelineError, match=r"train_x.npy does not match the sha256 manifest.json records"):
+        data.load_split(folder, "train")

@@ -663,6 +663,11 @@ def test_fixed_before_any_result_is_said_only_when_git_says_so():
     for word in ("plan written after results", "records not committed", "no plan"):
         md = render(dataclasses.replace(fixed, precedence=(word, "why")))[0]
         assert "fixed before any result" not in md.lower(), word
+    # a withdrawn plan: the study was abandoned, and the report says which runs are void
+    md = render(dataclasses.replace(fixed, withdrawn="a bug in the loop; 4 of its 6 runs are void (never recorded, "
+                                                     "e.g. aug=none seed=3)"))[0]
+    assert "**Abandoned.** The analysis plan reports/made-up/plan.yaml was withdrawn: a bug in the loop; 4 of" in md
+    assert "fixed before any result" not in md.lower()
 
 
 def test_the_report_ships_every_seeds_results_for_an_audit():

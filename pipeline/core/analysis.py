@@ -26,7 +26,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from pipeline.core.config import Params, parse_params
-from pipeline.core.contracts import Contract, CorruptFile
+from pipeline.core.schema import Contract, CorruptFile
 from pipeline.core.record import record_path
 
 FILE = "plan.yaml"

@@ -13,38 +13,14 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict, ValidationError
 
-from pipeline.core.errors import PipelineError
+from pipeline.core.schema import Contract, CorruptFile
 from pipeline.core.jobs import HISTORY_FIELDS, HistoryRow
 
 CHECKPOINTS = {"last": "model.pt", "best": "best.pt"}  # which -> file name in a run's folder
-
-
-class Contract(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-M = TypeVar("M", bound=Contract)
-
-
-class CorruptFile(PipelineError):
-    """A stage output that is missing, truncated or not what its contract says."""
-
-
-def read_json(path: str | Path, cls: type[M], hint: str) -> M:
-    """`path` as a `cls`, or one line naming the file and what to do."""
-    path = Path(path)
-    try:
-        return cls.model_validate_json(path.read_bytes())
-    except FileNotFoundError:
-        raise CorruptFile(f"{path} is missing; {hint}") from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(map(str, err["loc"])) or "the file"
-        raise CorruptFile(f"{path} is not a valid {cls.__name__} ({where}: {err['msg']}); {hint}") from None
 
 
 def run_dir(runs: str | Path, arm: str, seed: int) -> Path:

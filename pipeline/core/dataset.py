@@ -9,6 +9,7 @@ numpy only, no torch, so the data stages start fast. The folder holds
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -17,8 +18,9 @@ from typing import Literal
 import numpy as np
 from pydantic import ValidationError
 
-from pipeline.core.contracts import Contract
+from pipeline.core.schema import Contract
 from pipeline.core.errors import PipelineError
+from pipeline.core.io import sha256_file
 
 # The official label order (batches.meta of the official archive; it is also
 # the alphabetical order of the class folders of ImageFolder mirrors).
@@ -90,6 +92,7 @@ def load_split(folder: str | Path, split: str, *, mmap: bool = True) -> tuple[np
     arrays = []
     for kind, dtype, shape in (("x", np.uint8, (n, *IMAGE_SHAPE)), ("y", np.int64, (n,))):
         path = folder / f"{split}_{kind}.npy"
+        _check_sum(path, manifest.arrays.get(path.name))
         try:
             a = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         except FileNotFoundError:
@@ -105,6 +108,23 @@ def load_split(folder: str | Path, split: str, *, mmap: bool = True) -> tuple[np
         raise PipelineError(f"{folder / f'{split}_y.npy'} holds labels outside 0..{len(CLASSES) - 1}; "
                             f"{_NOT_PREPARED}")
     return x, y
+
+
+def _check_sum(path: Path, expected: str | None) -> None:
+    """`path` holds what the manifest says it does (its sha256), else one line."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return  # said where it is read
+    if _sha256(str(path), st.st_size, st.st_mtime_ns) != expected:
+        raise PipelineError(f"{path} does not match the sha256 {MANIFEST} records for it (changed or damaged since "
+                            f"the untar stage wrote it); prepare it again: `dvc repro -f untar`")
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A file's sha256, hashed once per process while its size and modification time hold."""
+    return sha256_file(path)
 
 
 # --------------------------------------------------------------------------- subsets: quick runs

@@ -25,7 +25,8 @@ import numpy as np
 from pydantic import ConfigDict, ValidationError
 
 from pipeline.core.config import TrainConfig
-from pipeline.core.contracts import Contract, CorruptFile, DiagnosticsRecord
+from pipeline.core.contracts import DiagnosticsRecord
+from pipeline.core.schema import Contract, CorruptFile
 from pipeline.core.jobs import Finished, HistoryRow
 
 FORMAT = "cifar-ablate-record/1"

@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -312,3 +312,30 @@ def dotted(d: Any, prefix: str = "") -> dict[str, Any]:
     for k, v in d.items():
         out.update(dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
+
+
+# --------------------------------------------------------------------------- files between stages
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+M = TypeVar("M", bound=Contract)
+
+
+class CorruptFile(PipelineError):
+    """A stage output that is missing, truncated or not what its contract says."""
+
+
+def read_json(path: str | Path, cls: type[M], hint: str) -> M:
+    """`path` as a `cls`, or one line naming the file and what to do."""
+    path = Path(path)
+    try:
+        return cls.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise CorruptFile(f"{path} is missing; {hint}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(map(str, err["loc"])) or "the file"
+        raise CorruptFile(f"{path} is not a valid {cls.__name__} ({where}: {err['msg']}); {hint}") from None

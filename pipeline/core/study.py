@@ -1,7 +1,7 @@
 """runs/study.json: what the train stage ran, for the stages after it."""
 from __future__ import annotations
 
-from pipeline.core.contracts import Contract
+from pipeline.core.schema import Contract
 
 
 class StudyRun(Contract):

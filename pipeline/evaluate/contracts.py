@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.core.contracts import Contract
+from pipeline.core.schema import Contract
 from pipeline.core.stats import Bootstrap, ClassDiff, Contrast, Equivalence, McNemar, MeanCI, Power, Welch
 
 

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.config import fit_to_data, load_params
-from pipeline.core.contracts import read_json, run_dir
+from pipeline.core.contracts import run_dir
 from pipeline.core.dataset import load_manifest, load_subset
 from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path, write_json
 from pipeline.core.provenance import code_digest, repo_root
 from pipeline.core.record import FILE as RECORD, WHICH, ArmRecord
-from pipeline.core.schema import show
+from pipeline.core.schema import read_json, show
 from pipeline.core.study import StudyRecord
 from pipeline.evaluate import core
 from pipeline.evaluate.contracts import ModelFacts, Predictions, StudySummary

@@ -147,6 +147,7 @@ class Inputs:
     precedence: tuple[str, str] = ("no plan", "no analysis plan")
     plan: str | None = None  # its path, e.g. reports/dropout/plan.yaml
     supersedes: str | None = None  # what earlier reports this one replaces (the plan says)
+    withdrawn: str | None = None  # the plan was withdrawn: why, and which runs are void
 
 
 # --------------------------------------------------------------------------- formatting
@@ -309,6 +310,9 @@ def _plan_status(inp: Inputs) -> Para:
     """Whether the hypotheses, estimator and seeds were fixed before the results (git
     ancestry of the plan and of every record, pipeline.core.analysis.precedence)."""
     word, why = inp.precedence
+    if inp.withdrawn:
+        return para(("b", "Abandoned."), f" The analysis plan {inp.plan} was withdrawn: {inp.withdrawn}. Nothing "
+                    "here is a finding of the study it registered.", tone="bad")
     if word == "no plan":
         text = (f" This study's hypotheses, estimator and seeds were not registered before it ran ({why}): read "
                 "its p-values as those of an exploratory analysis.")

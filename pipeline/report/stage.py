@@ -25,12 +25,13 @@ import numpy as np
 
 from pipeline.core import analysis
 from pipeline.core.config import fit_to_data, load_params
-from pipeline.core.contracts import read_history, read_json, run_dir
+from pipeline.core.contracts import read_history, run_dir
 from pipeline.core.dataset import load_manifest, load_split, stratified_subset
 from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path
 from pipeline.core.provenance import code_version, dvc_experiment, public, repo_root
 from pipeline.core.record import FILE as RECORD, ArmRecord
+from pipeline.core.schema import read_json
 from pipeline.core.study import StudyRecord
 from pipeline.core.workspace import changed_under_run, params_for_run
 from pipeline.evaluate.contracts import CheckpointEval, Predictions, StudySummary
@@ -84,7 +85,14 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
     else:
         precedence = analysis.precedence(root, params.study, [(a, s) for a in record.arms for s in record.seeds])
     plan = root / "reports" / params.study / analysis.FILE
-    supersedes = analysis.read(plan).supersedes if plan.exists() and not params.variant else None
+    registered = analysis.read(plan) if plan.exists() and not params.variant else None
+    supersedes = registered.supersedes if registered else None
+    withdrawn = None
+    if registered is not None and registered.status == "withdrawn":
+        void = [k for k in registered.fingerprints if k not in analysis.recorded(root, registered)]
+        withdrawn = (f"{registered.withdrawn_because or 'no reason given'}; "
+                     f"{len(void)} of its {len(registered.fingerprints)} runs are void (never recorded"
+                     + (f", e.g. {void[0]})" if void else ")"))
     return Inputs(
         params=params, params_text=public(params_for_run(params_path).read_text()), record=record, summary=summary,
         histories=histories, diagnostics=diagnostics, predictions=predictions, per_seed=per_seed, filters=filters,
@@ -94,7 +102,7 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
         code_version=code_version(), dvc_experiment=dvc_experiment(),
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         precedence=precedence, plan=f"reports/{params.study}/{analysis.FILE}" if plan.exists() else None,
-        supersedes=supersedes)
+        supersedes=supersedes, withdrawn=withdrawn)
 
 
 class _Indexed:
