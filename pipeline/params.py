@@ -27,6 +27,8 @@ def _yaml():
     y = YAML()  # round trip: comments and layout kept
     y.preserve_quotes = True
     y.width = 4096
+    # null as `null`, as params.yaml writes it (ruamel's round trip would leave the value empty)
+    y.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     return y
 
 

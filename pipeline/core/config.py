@@ -360,7 +360,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         params = parse_params(raw, tuple(planned["seeds"]) if planned else STUDY_SEEDS)
         return as_planned(params, parse_params(planned["params"], tuple(planned["seeds"]))) if planned else params
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}{_since_commit(Path(path), raw)}") from None
+        refused = re.match(r"[\w.]+", str(exc))
+        raise ConfigError(f"{path}: {exc}{_since_commit(Path(path), raw, refused.group(0) if refused else None)}") \
+            from None
 
 
 def fit_to_data(params: Params, n_train: int, n_test: int) -> Params:
@@ -420,10 +422,11 @@ def _planned(path: Path, raw: Any) -> dict | None:
     return found if ok and isinstance(found.get("params"), dict) else None
 
 
-def _since_commit(path: Path, raw: Any) -> str:
-    """Where params.yaml differs from its last commit, how to get that back: `dvc exp
-    run -S key=value` writes the file before any stage runs, so a refused value stays
-    in it until restored."""
+def _since_commit(path: Path, raw: Any, refused: str | None = None) -> str:
+    """Where params.yaml differs from its last commit, how to put back only the refused
+    key (`refused`, where the error names one among them; else every key that differs):
+    `dvc exp run -S key=value` writes the file before any stage runs, so a refused value
+    stays in it until restored, beside the user's own edits."""
     import subprocess
 
     try:
@@ -441,8 +444,9 @@ def _since_commit(path: Path, raw: Any) -> str:
     changed = [k for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k)]
     if not changed:
         return ""
-    back = " ".join(f"'{k}={show(then[k]) if then.get(k) is not None else 'null'}'" for k in changed[:8])
+    undo = [k for k in changed if k == refused or k.startswith(f"{refused}.")] or changed[:8]
+    back = " ".join(f"'{k}={show(then[k]) if then.get(k) is not None else 'null'}'" for k in undo)
     return (f"; {path} now holds values its last commit does not ({', '.join(changed[:8])}"
             f"{', ...' if len(changed) > 8 else ''}: `dvc exp run -S` writes them before the stage runs); "
-            f"put back only those, with the committed comments and layout and your other edits kept: "
-            f"`python -m pipeline.params set --layout-from HEAD {back}`")
+            f"put back only {'that value' if len(undo) == 1 else 'those'}, with the committed comments and layout "
+            f"and your other edits kept: `python -m pipeline.params set --layout-from HEAD {back}`")
