@@ -750,3 +750,19 @@ def _answer_words(e) -> list[str]:
     from pipeline.results import _answer
 
     return _answer(100 * e.test_acc.diff, e.p_adjusted).split()
+
+
+def test_a_crossed_study_ends_on_its_hypotheses_family_by_family():
+    """The lines a run ends with: each arm's accuracy in %, then each family's effects and
+    interactions with their verdicts (not the baseline's comparisons with diagonal arms)."""
+    from pathlib import Path
+
+    from pipeline.report.stage import answer
+
+    inp = fake_inputs(CROSSED, primary="aug")
+    lines = answer(inp, Path("reports/x/report.html")).splitlines()
+    assert lines[0].startswith("aug=none,dropout=0.0: test accuracy ") and lines[0].endswith("% (3 seed(s))")
+    first = lines.index("primary family (2 hypotheses, Holm):")
+    assert lines[first + 1].startswith("  aug=standard vs aug=none at dropout=0.0: ") and " points (" in lines[first + 1]
+    assert "secondary family (3 hypotheses, Holm):" in lines and lines[-1] == "report: reports/x/report.html"
+    assert not [x for x in lines if "not a hypothesis" in x]

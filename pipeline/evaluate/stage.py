@@ -168,8 +168,8 @@ def main(argv=None) -> None:
         write_json(args.headline, core.headline(summary, record.arms))
     for arm in record.arms:
         m = summary.checkpoints["last"].arms[arm]
-        print(f"{arm}: test {m.test_acc.mean:.4f}, train clean {m.train_acc_clean.mean:.4f}, "
-              f"running {m.train_acc_running.mean:.4f} (mean of {m.test_acc.n} seed(s))", flush=True)
+        print(f"{arm}: test {100 * m.test_acc.mean:.2f}%, train clean {100 * m.train_acc_clean.mean:.2f}%, "
+              f"running {100 * m.train_acc_running.mean:.2f}% (mean of {m.test_acc.n} seed(s))", flush=True)
     if record.tracking_key is not None:
         from pipeline.evaluate.tracking import log_evaluation
 

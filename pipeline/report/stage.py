@@ -35,6 +35,7 @@ from pipeline.core.schema import read_json
 from pipeline.core.study import StudyRecord
 from pipeline.core.workspace import changed_under_run, params_for_run
 from pipeline.evaluate.contracts import CheckpointEval, Predictions, StudySummary
+from pipeline.evaluate.core import interaction_label
 from pipeline.report.build import Inputs, Report, build_report
 
 FIGURE_CACHE = Path(".cache") / "figures"
@@ -227,9 +228,18 @@ def answer(inputs: Inputs, report: Path) -> str:
     difference, its interval and the p the verdict decides on), and the report."""
     s = inputs.summary
     last = s.checkpoints["last"]
-    lines = [f"{arm}: test accuracy {100 * s.accuracy(arm).mean:.2f}% (baseline, {len(s.seeds)} seed(s))"
-             if arm == s.baseline else f"{arm} vs {s.baseline}: {last.comparisons[arm].verdict}"
-             for arm in inputs.record.arms]
+    if not s.effects:
+        lines = [f"{arm}: test accuracy {100 * s.accuracy(arm).mean:.2f}% (baseline, {len(s.seeds)} seed(s))"
+                 if arm == s.baseline else f"{arm} vs {s.baseline}: {last.comparisons[arm].verdict}"
+                 for arm in inputs.record.arms]
+    else:  # a crossed study: its hypotheses, family by family
+        lines = [f"{arm}: test accuracy {100 * s.accuracy(arm).mean:.2f}% ({len(s.seeds)} seed(s))"
+                 for arm in inputs.record.arms]
+        tested = [(e.label, e) for e in s.effects] + [(interaction_label(i), i) for i in s.interactions]
+        for f in s.families:
+            lines.append(f"{f.name} family ({len(f.hypotheses)} hypotheses, Holm):")
+            lines += [f"  {label}: {t.verdict}" + (f"; {t.answer} within +-{s.equivalence_margin:g}" if t.answer
+                                                   else "") for label, t in tested if t.family == f.name]
     return "\n".join(lines + [f"report: {report}"])
 
 

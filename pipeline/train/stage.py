@@ -275,8 +275,8 @@ def main(argv=None) -> None:
         journal.warn_if_unavailable()
     for name, entry in summary["arms"].items():
         split = "val" if "val_acc" in entry else "test"
-        print(f"{name}: {split} acc {entry[f'{split}_acc']:.4f} ± {entry[f'{split}_acc_std']:.4f} "
-              f"(std, n={entry['n_seeds']} seeds)")
+        print(f"{name}: {split} accuracy {100 * entry[f'{split}_acc']:.2f}% ± {100 * entry[f'{split}_acc_std']:.2f} "
+              f"(std over {entry['n_seeds']} seeds)")
 
 
 def _study_run(o, key: str | None, model_key: str | None) -> StudyRun:
