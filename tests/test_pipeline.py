@@ -30,6 +30,12 @@ pytestmark = pytest.mark.slow
 def test_repro_then_single_arm_experiment(tmp_path):
     proj = make_project(tmp_path)
     out = run("dvc repro", proj)
+    # the train stage's first line: the precision `auto` chose for this CPU, and why
+    from pipeline.core.hardware import native_bf16
+
+    first = out.stdout.split("> python -m pipeline.train")[1].splitlines()[1]
+    chosen = "bf16" if native_bf16() else "fp32"
+    assert first.startswith(f"precision: {chosen} (auto: this CPU, "), first
     assert "study simple_cnn: 2 arm(s) x 2 seed(s) x 2 epoch(s) on cpu" in out.stdout
     assert "4 to train, 0 in the arm cache" in out.stdout  # the plan, then the time it takes, measured
     assert re.search(r"^about \d+ s of training \([\d,]+ img/s measured on (its first steps|the first epoch) of "
