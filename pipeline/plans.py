@@ -3,6 +3,7 @@
     python -m pipeline.plans fill reports/dropout/plan.yaml   # arms, code, versions, data, fingerprints, power
     python -m pipeline.plans check                            # the freeze: exit 1 if code a plan needs moved
     python -m pipeline.plans status                           # each plan: runs recorded, precedence
+    python -m pipeline.plans run reports/dropout/plan.yaml    # train what is left; --report once complete
 
 Write a plan's question, params, families, margin and power inputs by hand, `fill`
 it on the machine with the data, commit it, and only then train the study.
@@ -103,6 +104,34 @@ def fill(path: Path, data: Path) -> analysis.AnalysisPlan:
         "fingerprints": {j.label: j.fp for j in jobs}, "power": power})
 
 
+def run_study(root: Path, path: Path, data: Path, report: bool) -> None:
+    """The plan's study through the stages, outside DVC (its outputs under
+    .cache/plans/<study>/): runs already recorded or in the arm store are not trained again,
+    an interrupted one resumes, and with `report` the evaluation and reports/<study>/ follow."""
+    from pipeline.evaluate.stage import main as evaluate
+    from pipeline.report.stage import main as write_report
+    from pipeline.train.stage import main as train
+
+    plan = analysis.read(path)
+    work = root / ".cache" / "plans" / plan.study
+    work.mkdir(parents=True, exist_ok=True)
+    params = work / "params.yaml"
+    write_text(params, yaml_text(plan.params))
+    common = ["--params", str(params), "--data", str(data), "--runs", str(work / "runs")]
+    train([*common, "--metrics", str(work / "train.json"), "--curves", str(work / "curves.csv"), "--no-mlflow",
+           "--no-progress"])
+    if report:
+        evaluate([*common, "--out", str(work / "evaluation"), "--metrics", str(work / "evaluate.json"),
+                  "--headline", str(work / "study.json")])
+        write_report([*common, "--evaluation", str(work / "evaluation"), "--out", str(root / "reports")])
+
+
+def yaml_text(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False)
+
+
 def dump(plan: analysis.AnalysisPlan) -> str:
     import yaml
 
@@ -121,8 +150,15 @@ def main(argv=None) -> None:
     p.add_argument("--data", type=Path, default=Path("data/prepared"))
     sub.add_parser("check", help="exit 1 if a registered, incomplete study's code or versions moved")
     sub.add_parser("status", help="each plan: runs recorded, and whether it came before them")
+    p = sub.add_parser("run", help="train the plan's study as registered: what its records and the arm store lack")
+    p.add_argument("plan", type=Path)
+    p.add_argument("--data", type=Path, default=Path("data/prepared"))
+    p.add_argument("--report", action="store_true", help="then evaluate it and write reports/<study>/")
     args = ap.parse_args(argv)
     root = repo_root()
+    if args.command == "run":
+        run_study(root, args.plan, args.data, args.report)
+        return
     if args.command == "fill":
         plan = fill(args.plan, args.data)
         write_text(args.plan, dump(plan))

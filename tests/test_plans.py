@@ -122,3 +122,32 @@ def test_a_run_that_differs_from_its_plan_says_so():
     assert analysis.differences(plan, k3) == ["report.mean_of_last 3 (the plan: 1)"]
     fewer = parse_params({**plan.params, "aug": "standard"}, tuple(plan.seeds))
     assert analysis.differences(plan, fewer)[0].startswith("arms aug=standard,dropout=0.0")
+
+
+def test_a_registered_study_runs_as_registered_and_reports_as_itself(tmp_path, prepared):
+    """`python -m pipeline.plans run`: the plan's params through the stages; a second run
+    trains nothing (the arm store), and --report writes reports/<study>/, the study's own
+    folder, not a variant's."""
+    import sys
+
+    import yaml
+
+    root = tmp_path / "repo"
+    for top in ("pipeline", "models"):
+        shutil.copytree(REPO / top, root / top, ignore=shutil.ignore_patterns("__pycache__"))
+    params = {"study": "tiny", "preset": "simple_cnn", "seeds": [3, 4], "epochs": 1, "batch_size": 32,
+              "device": "cpu"}
+    (root / "reports" / "tiny").mkdir(parents=True)
+    (root / "reports" / "tiny" / "plan.yaml").write_text(yaml.safe_dump({
+        "study": "tiny", "question": "q", "params": params, "estimator": "the last checkpoint's test accuracy",
+        "primary": {"name": "aug", "hypotheses": ["aug=standard vs aug=none"]}, "seeds": [3, 4]}))
+    cmd = [sys.executable, "-m", "pipeline.plans", "run", "reports/tiny/plan.yaml", "--data", str(prepared)]
+    e = env({"PYTHONPATH": str(root)})
+    first = subprocess.run(cmd, cwd=root, env=e, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("epoch 1/1") == 4
+    again = subprocess.run([*cmd, "--report"], cwd=root, env=e, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "epoch 1/1" not in again.stdout and again.stdout.count("restored from the arm cache") == 4
+    assert (root / "reports" / "tiny" / "report.md").exists()
+    assert not [p for p in (root / "reports").iterdir() if p.name != "tiny"]

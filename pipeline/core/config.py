@@ -407,12 +407,13 @@ def as_planned(params: Params, planned: Params) -> Params:
 
 
 def _planned(path: Path, raw: Any) -> dict | None:
-    """The study's analysis plan (reports/<study>/plan.yaml beside params.yaml), its
-    seeds and params, or None."""
+    """The study's analysis plan (reports/<study>/plan.yaml beside params.yaml, else in the
+    working directory's reports/), its seeds and params, or None."""
     if not isinstance(raw, dict):
         return None
     study = raw.get("study") or raw.get("preset") or "simple_cnn"
-    plan = path.resolve().parent / "reports" / str(study) / "plan.yaml"
+    plan = next((p for p in (path.resolve().parent / "reports" / str(study) / "plan.yaml",
+                             Path.cwd() / "reports" / str(study) / "plan.yaml") if p.is_file()), Path("-"))
     try:
         found = read_yaml(plan) if plan.is_file() else None
     except Exception:  # noqa: BLE001  a damaged plan is reported where plans are read
