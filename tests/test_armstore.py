@@ -331,3 +331,25 @@ def test_the_fingerprint_covers_the_datas_identity(prepared):
     assert len(fps) == len(ids)
     other = {**ids[0], "data_sha256": "0" * 64}  # the same subset of other arrays
     assert Identity(data_id=other, versions={}, device_type="cpu").fingerprint(cfg, 0) not in fps
+
+
+def test_an_entry_of_an_earlier_version_without_a_record_trains_again(small_project):
+    """An entry in the layout earlier versions wrote (history.csv, metrics.json, no
+    record.npz) under a fingerprint this code computes: set aside with one line and
+    trained again, never restored half."""
+    proj = small_project
+    first = _train(proj)
+    assert first.returncode == 0, first.stderr[-3000:]
+    import json
+
+    entry = sorted((proj / ".arm-cache").glob("*/done"))[0]
+    (entry / "record.npz").unlink()
+    manifest = entry / "manifest.json"
+    os.chmod(manifest, 0o644)
+    m = json.loads(manifest.read_text())
+    m["files"].pop("record.npz")
+    manifest.write_text(json.dumps(m))
+    again = _train(proj)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "has no record.npz (an earlier version)" in again.stderr
+    assert again.stdout.count("epoch 1/1") == 1 and again.stdout.count("restored from the arm cache") == 1

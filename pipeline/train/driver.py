@@ -108,6 +108,9 @@ class Driver:
             return False
         try:
             entry = None if self.retrain else self.store.done(spec.fp)
+            if entry is not None and not (entry[0] / RECORD).exists():  # an earlier version's entry, no record
+                self.store.quarantine(entry[0], f"arm cache entry {spec.fp[:12]} has no {RECORD} (an earlier version)")
+                entry = None
             if entry is not None:
                 self._restore(spec, entry[0])
                 lock.release()
