@@ -42,7 +42,7 @@ results: $(STAMP)
 # Browse every run: the address printed for a study opens its runs table in MLflow's
 # model-training view (http://127.0.0.1:5000/#/experiments/<id>?workflowType=machine_learning).
 mlflow-ui: $(STAMP)
-	$(PY) -m pipeline.tracking flush --timeout 5 || true
+	$(PY) -m pipeline.tracking publish || true
 	@echo "MLflow UI, each study's runs table (Ctrl-C to stop):"
 	@$(PY) -m pipeline.tracking urls --base http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -8,8 +8,8 @@
   `make_project(..., cached=trained)` copies its arm, evaluation and figure caches
   in, so a test that needs a study (not its training) restores it.
 - `run(cmd, cwd)`: a shell command in such a project, with the venv on PATH and
-  the tracking journal sent only when a test flushes it (TRACKING_ON: in the
-  background, as for users).
+  MLflow published only when a test asks (`publish_tracking`; TRACKING_ON: by
+  each stage as it ends, as for users).
 - `study_files`: a real 2-arm x 2-seed study through the stages' main()s (slow).
 """
 from __future__ import annotations
@@ -70,9 +70,8 @@ def prepared(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- projects
 
 
-# The stages send the tracking journal in the background (a flusher process each); in
-# the tests that is the exception, where it is what they test: the others flush when
-# they read the store, and their stages do not compete with flushers for the CPU.
+# The stages publish to MLflow as they end; in the tests that is the exception, where it
+# is what they test: the others publish when they read the store, once.
 TRACKING_ON = {"CIFAR_ABLATE_TRACKING": "on"}
 
 
@@ -139,9 +138,20 @@ def project(tmp_path):
     return lambda **params: make_project(tmp_path, **params)
 
 
-def flush_tracking(proj: Path) -> None:
-    """Send the tracking journal to the store now (the stages leave that to a background flusher)."""
-    run(f"{sys.executable} -m pipeline.tracking flush", proj)
+def publish_tracking(proj: Path) -> None:
+    """Publish the project's study to its MLflow store now (its stages did not: tracking off)."""
+    run(f"{sys.executable} -m pipeline.tracking publish", proj)
+
+
+def publish_study(files: dict, db: Path) -> None:
+    """Publish a study of `run_study` (its runs, evaluation and report) to the store `db`."""
+    from pipeline.tracking.__main__ import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(files["root"])
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+        main(["publish", "--params", str(files["params"]), "--runs", str(files["runs"]),
+              "--evaluation", str(files["evaluation"]), "--reports", str(files["reports"].parent)])
 
 
 def mlflow_runs(db: Path) -> list[dict]:
@@ -291,7 +301,7 @@ def study_files(tmp_path_factory, prepared):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.setenv("CIFAR_ABLATE_TRACKING", "off")  # no background flusher: a test flushes when it needs to
+        mp.setenv("CIFAR_ABLATE_TRACKING", "off")  # a test publishes when it needs to
         two = run_study(root, prepared, seeds=(0, 1), mlflow=True,
                         report={"bootstrap": 200, "register_model": "report-test-winner"})
         one = run_study(root, prepared, seeds=(0,), tag="1")

@@ -29,7 +29,7 @@ import pytest
 from pipeline.core.contracts import run_dir
 from pipeline.core.study import StudyRecord
 from pipeline.report.build import SECTIONS
-from tests.conftest import assert_same_predictions
+from tests.conftest import assert_same_predictions, publish_study
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +41,9 @@ SERVER_START_S = 75
 
 @pytest.fixture(scope="module")
 def study(study_files):
-    """The session's small study, with its tracking journal sent to its MLflow store."""
-    from pipeline.tracking import flusher
-
+    """The session's small study, published to its MLflow store."""
     root = study_files["root"]
-    assert flusher.run(root, f"sqlite:///{study_files['db']}", watch=None, linger_s=0, wait=True)
+    publish_study(study_files["two"], study_files["db"])
     return {**study_files["two"], "root": root, "db": study_files["db"]}
 
 
@@ -161,11 +159,11 @@ def test_mlflow_server_lists_the_study_and_its_ui_renders(study, browser, tmp_pa
         found = _api(base, "/api/2.0/mlflow/runs/search",
                      {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
         tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in found}
-        by_key = {tags[r["info"]["run_id"]]["tracking_key"]: r for r in found}
-        parent = by_key[record.tracking_key]
+        [parent] = [r for r in found if tags[r["info"]["run_id"]].get("study_key") == record.study_key]
         parent_id = parent["info"]["run_id"]
         assert parent["info"]["status"] == "FINISHED" and "mlflow.parentRunId" not in tags[parent_id]
-        children = {(r.arm, r.seed): by_key[r.tracking_key] for r in record.runs if r.tracking_key}
+        by_fp = {tags[r["info"]["run_id"]].get("fingerprint"): r for r in found}
+        children = {(r.arm, r.seed): by_fp[r.fingerprint] for r in record.runs}
         assert sorted(children) == [("aug=none", 0), ("aug=none", 1), ("aug=standard", 0), ("aug=standard", 1)]
         for name, run in children.items():
             assert run["info"]["status"] == "FINISHED", name

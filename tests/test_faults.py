@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pipeline.train.armstore import read_state
-from tests.conftest import (BIN, TRACKING_ON, assert_resumed, env, flush_tracking, make_project, mlflow_runs,
+from tests.conftest import (BIN, TRACKING_ON, assert_resumed, env, publish_tracking, make_project, mlflow_runs,
                             run)
 
 pytestmark = pytest.mark.slow
@@ -104,7 +104,7 @@ def test_kill_9_at_every_stage_and_at_the_end_of_an_arm(tmp_path, reference):
     # nothing a killed run left: no temporaries anywhere, no state of a finished arm
     assert not [p for p in proj.rglob("*.tmp") if ".dvc" not in p.parts]
     assert not list(proj.glob(".arm-cache/*/state.pt"))
-    flush_tracking(proj)
+    publish_tracking(proj)
     assert all(r["status"] != "RUNNING" for r in mlflow_runs(proj / "mlflow.db"))
 
 
@@ -162,7 +162,7 @@ def test_editing_an_output_never_reaches_a_cache(tmp_path, trained, reference):
 def test_a_locked_then_removed_tracking_store_never_costs_training(tmp_path, reference):
     proj = make_project(tmp_path)
     run("dvc repro untar", proj)
-    run("python -m pipeline.tracking flush", proj)  # nothing yet; but the store must exist to be locked
+    run("python -m pipeline.tracking publish", proj)  # nothing yet; but the store must exist to be locked
     db = proj / "mlflow.db"
     proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=proj, env=env(TRACKING_ON), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -186,16 +186,9 @@ def test_a_locked_then_removed_tracking_store_never_costs_training(tmp_path, ref
     assert locked.is_set() and proc.returncode == 0, out
     _no_traceback(out)
     assert _results(proj) == reference
-    # A flusher that still had the removed file open may have written its rollback journal
-    # (mlflow.db-journal, named by path) beside whatever file took the name, and SQLite then
-    # replays it there (sqlite.org/howtocorrupt.html, 2.4): what stands at that path now is
-    # no store to check. Once no flusher runs, the store is replaced whole, as a user would.
-    from filelock import FileLock
-
-    with FileLock(str(proj / ".cache" / "tracking" / "flusher.lock"), timeout=300):
-        for f in proj.glob("mlflow.db*"):
-            f.unlink()
-    flush_tracking(proj)  # the journal is sent again to the new store, whole
+    for f in proj.glob("mlflow.db*"):  # the store is replaced whole, as a user would
+        f.unlink()
+    publish_tracking(proj)  # the study is published again to the new store, whole
     runs = mlflow_runs(db)
     assert len([r for r in runs if r["parent"] is not None]) == 4
     assert all(r["status"] == "FINISHED" for r in runs)
@@ -205,14 +198,15 @@ def test_a_locked_then_removed_tracking_store_never_costs_training(tmp_path, ref
 def test_a_store_replaced_after_everything_was_sent_gets_the_runs_again(tmp_path):
     proj = make_project(tmp_path, seeds=[0], epochs=1, batch_size=32, aug="none")
     run("dvc repro train", proj)
-    flush_tracking(proj)
+    publish_tracking(proj)
     db = proj / "mlflow.db"
     before = mlflow_runs(db)
     assert len(before) == 2 and all(r["status"] == "FINISHED" for r in before)
     for f in proj.glob("mlflow.db*"):  # nothing is pending now: only asking the store finds the loss
         f.unlink()
-    flush_tracking(proj)
-    flush_tracking(proj)  # and a second flush sends nothing twice
+    publish_tracking(proj)
+    publish_tracking(proj)  # and a second publication sends nothing twice,
+    run("dvc repro -f train", proj, extra_env=TRACKING_ON)  # nor does a forced rerun, which publishes as it ends
     after = mlflow_runs(db)
     assert sorted((r["name"], r["status"], r["epochs"]) for r in after) == \
         sorted((r["name"], r["status"], r["epochs"]) for r in before)
@@ -229,12 +223,12 @@ def test_an_unreachable_tracking_store_is_one_line_and_catches_up_later(tmp_path
     for stage in ("train", "evaluate", "report"):  # each says it once
         out = run(f"dvc repro --single-item {stage}", proj, extra_env={**extra, **TRACKING_ON})
         _no_traceback(out.stdout, out.stderr)
-        lines = [line for line in out.stderr.splitlines() if "tracking store" in line]
-        assert len(lines) == 1 and "unavailable" in lines[0] and "sent at the next run" in lines[0], (stage, out.stderr)
+        lines = [line for line in out.stderr.splitlines() if "MLflow at" in line]
+        assert len(lines) == 1 and "did not take" in lines[0] and "nothing is lost" in lines[0], (stage, out.stderr)
     store = tmp_path / "server.db"
     _, stop = start_mlflow_server(f"sqlite:///{store}", tmp_path / "artifacts", tmp_path / "server.log", port=port)
     try:  # the server is back
-        run("python -m pipeline.tracking flush", proj, extra_env=extra)
+        run("python -m pipeline.tracking publish", proj, extra_env=extra)
     finally:
         stop()
     runs = mlflow_runs(store)
@@ -242,17 +236,17 @@ def test_an_unreachable_tracking_store_is_one_line_and_catches_up_later(tmp_path
 
 
 def test_editing_the_files_you_work_on_never_changes_a_logged_record(tmp_path):
-    """runs/, the arm cache, the journal and the MLflow store share no file: saving a
+    """runs/, the arm cache and the MLflow store share no file: saving a
     fine-tuned model over runs/.../model.pt or appending to its history.csv changes
     no logged model or artifact; and a store's own copy changed after it was logged
-    is caught: `flush` names the file, loading the model refuses its weights."""
+    is caught: `publish` names the file, loading the model refuses its weights."""
     import hashlib
 
     proj = make_project(tmp_path, seeds=[0], epochs=1, aug="none")
     run("dvc repro train", proj)
-    flush_tracking(proj)
+    publish_tracking(proj)
     run_dir = proj / "runs" / "aug=none" / "seed=0"
-    stores = [proj / ".arm-cache", proj / ".cache" / "tracking", proj / "mlartifacts"]
+    stores = [proj / ".arm-cache", proj / "mlartifacts"]
     inodes = {f.stat().st_ino for store in stores for f in store.rglob("*") if f.is_file()}
     assert not {f.stat().st_ino for f in run_dir.iterdir()} & inodes, "runs/ shares a file with a store"
     original = torch.load(run_dir / "model.pt", weights_only=True)
@@ -275,7 +269,7 @@ def test_editing_the_files_you_work_on_never_changes_a_logged_record(tmp_path):
     assert all(torch.equal(logged[k], v) for k, v in original["model"].items())
     [store_history] = [f for f in (proj / "mlartifacts").rglob("history.csv")]
     assert store_history.read_bytes() == history
-    assert "warning" not in run("python -m pipeline.tracking flush", proj).stderr
+    assert "warning" not in run("python -m pipeline.tracking publish", proj).stderr
     # the store's own copies, changed after they were logged
     with open(store_history, "a") as f:
         f.write("edited\n")
@@ -283,7 +277,7 @@ def test_editing_the_files_you_work_on_never_changes_a_logged_record(tmp_path):
         saved = torch.load(weights, weights_only=True)
         saved["model"] = tuned["model"]
         torch.save(saved, weights)
-    out = run("python -m pipeline.tracking flush", proj)
+    out = run("python -m pipeline.tracking publish", proj)
     warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
     shown = store_history.relative_to(proj)  # paths under the repository are shown relative to it
     assert len(warnings) == 1 and f"{shown} (run aug=none seed=0" in warnings[0], out.stderr
@@ -292,9 +286,9 @@ def test_editing_the_files_you_work_on_never_changes_a_logged_record(tmp_path):
     assert refused.returncode != 0 and "were changed after it was logged" in refused.stderr
     [child] = [r for r in mlflow_runs(proj / "mlflow.db") if r["parent"] is not None]
     with sqlite3.connect(proj / "mlflow.db") as db:
-        [(logged_sha,)] = db.execute("select value from tags where run_uuid = ? and key = 'sha256:history.csv'",
-                                     (child["id"],)).fetchall()
-    assert logged_sha == hashlib.sha256(history).hexdigest()
+        [(logged,)] = db.execute("select value from tags where run_uuid = ? and key = 'checksums'",
+                                 (child["id"],)).fetchall()
+    assert json.loads(logged)["history.csv"] == hashlib.sha256(history).hexdigest()
 
 
 def _stage_with_a_full_disk(proj, stage: str, patch: str = "", extra_env: dict | None = None):

@@ -50,7 +50,7 @@ def test_a_study_is_recorded_on_a_team_server_with_postgresql(tmp_path, team_ser
     proj = make_project(tmp_path, seeds=[0, 1], epochs=1, study=study)
     extra = {"MLFLOW_TRACKING_URI": team_server}
     run("dvc repro", proj, extra_env=extra)
-    run("python -m pipeline.tracking flush", proj, extra_env=extra)
+    run("python -m pipeline.tracking publish", proj, extra_env=extra)
     assert not (proj / "mlflow.db").exists()  # nothing went to the embedded store
 
     exp = _api(team_server, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={study}")["experiment"]
@@ -87,7 +87,7 @@ def test_a_study_is_recorded_on_a_team_server_with_postgresql(tmp_path, team_ser
 def test_a_server_with_authentication_takes_a_study_with_its_credentials_and_refuses_others(tmp_path):
     """MLflow's basic-auth app in front of the store: with the account's credentials in
     MLFLOW_TRACKING_USERNAME/PASSWORD the study arrives; with a wrong password the
-    flush stops at once with one line, and nothing is sent."""
+    publication stops at once with one line, and nothing is sent."""
     from tests.services import start_mlflow_server
 
     uri = os.environ.get("CIFAR_ABLATE_TEST_POSTGRES")
@@ -105,13 +105,13 @@ def test_a_server_with_authentication_takes_a_study_with_its_credentials_and_ref
         wrong = {"MLFLOW_TRACKING_URI": base, "MLFLOW_TRACKING_USERNAME": "team-admin",
                  "MLFLOW_TRACKING_PASSWORD": "not-it"}
         run("dvc repro", proj, extra_env=wrong)
-        refused = run("python -m pipeline.tracking flush --timeout 30", proj, check=False, extra_env=wrong)
+        refused = run("python -m pipeline.tracking publish", proj, check=False, extra_env=wrong)
         lines = [x for x in refused.stderr.splitlines() if x.strip()]
         assert refused.returncode == 1 and len(lines) == 1, refused.stdout + refused.stderr
         assert "refused these credentials" in lines[0] and "MLFLOW_TRACKING_PASSWORD" in lines[0]
         assert password not in refused.stdout + refused.stderr
         right = {**wrong, "MLFLOW_TRACKING_PASSWORD": password}
-        run("python -m pipeline.tracking flush", proj, extra_env=right)
+        run("python -m pipeline.tracking publish", proj, extra_env=right)
         req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={study}")
         import base64
 

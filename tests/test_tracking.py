@@ -1,7 +1,7 @@
 """What a study leaves in MLflow's embedded store, beyond the runs' layout: records
 that are their own copies, with their checksums; the winning arm's model
-registered, system metrics per epoch, and the study's answer as the parent run's
-description."""
+registered once, however often it is published; and the study's answer as the
+parent run's description."""
 from __future__ import annotations
 
 import hashlib
@@ -14,18 +14,16 @@ import pytest
 from pipeline.core.contracts import run_dir
 from pipeline.core.study import StudyRecord
 from pipeline.evaluate.contracts import StudySummary as Summary
-from tests.conftest import assert_same_predictions
+from tests.conftest import assert_same_predictions, publish_study
 
 
 @pytest.fixture(scope="module")
 def store(study_files):
-    """The session's small study (2 arms x 2 seeds), its journal sent to its store."""
+    """The session's small study (2 arms x 2 seeds), published to its store."""
     import mlflow
 
-    from pipeline.tracking import flusher
-
     uri = f"sqlite:///{study_files['db']}"
-    assert flusher.run(study_files["root"], uri, watch=None, linger_s=0, wait=True)
+    publish_study(study_files["two"], study_files["db"])
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("report-test")
@@ -34,7 +32,8 @@ def store(study_files):
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     files = study_files["two"]
     record = StudyRecord.model_validate_json((files["runs"] / "study.json").read_text())
-    return {"client": client, "parent": parent, "children": children, "files": files, "record": record}
+    return {"client": client, "parent": parent, "children": children, "files": files, "record": record,
+            "db": study_files["db"]}
 
 
 @pytest.mark.slow
@@ -42,6 +41,8 @@ def test_each_logged_record_is_its_own_copy_with_its_checksum(store):
     """The logged model's weights and the run's artifacts share no file with runs/ or
     the arm cache; each artifact's sha256 is a tag of its run; and the model loads as
     the network that predicts what the checkpoint predicts."""
+    import json
+
     import mlflow
 
     checked = 0
@@ -53,7 +54,7 @@ def test_each_logged_record_is_its_own_copy_with_its_checksum(store):
         assert not os.path.samefile(weights, folder / "model.pt") and os.stat(weights).st_nlink == 1
         history = Path(unquote(urlparse(run.info.artifact_uri).path)) / "history.csv"
         assert not os.path.samefile(history, folder / "history.csv")
-        assert tags["sha256:history.csv"] == hashlib.sha256(history.read_bytes()).hexdigest()
+        assert json.loads(tags["checksums"])["history.csv"] == hashlib.sha256(history.read_bytes()).hexdigest()
         assert_same_predictions(mlflow.pytorch.load_model(f"models:/{model.model_id}"), folder / "model.pt",
                                 store["files"]["data"])
         checked += 1
@@ -81,14 +82,21 @@ def test_the_winning_arm_is_registered_as_asked(store):
 
 
 @pytest.mark.slow
-def test_system_metrics_are_logged_each_epoch(store):
+def test_publishing_again_changes_nothing(store):
+    """Each arm x seed is one run, found by its fingerprint: a second publication of the
+    same study adds no run, no metric step, no model version and no artifact."""
     client = store["client"]
-    for run in store["children"]:
-        for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-            assert steps == [1], key  # the study trains 1 epoch
-        used = client.get_metric_history(run.info.run_id, "system/system_memory_usage_megabytes")[0].value
-        assert 0 < used < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def snapshot():
+        runs = client.search_runs([store["parent"].info.experiment_id])
+        return sorted((r.info.run_name, r.info.status, r.data.tags.get("published"), len(client.get_metric_history(
+            r.info.run_id, "test_acc")), len(client.list_artifacts(r.info.run_id))) for r in runs), \
+            len(client.search_model_versions("name = 'report-test-winner'"))
+
+    before = snapshot()
+    publish_study(store["files"], store["db"])
+    assert snapshot() == before
+    assert len(before[0]) == 5 and before[1] == 1  # a parent, four children; one version
 
 
 @pytest.mark.slow
@@ -119,11 +127,3 @@ def test_a_copy_is_independent_of_its_source(tmp_path):
     with open(dest, "r+b") as f:
         f.write(b"W")
     assert src.read_bytes() == b"weights" * 1000
-
-
-def test_a_store_that_refuses_writes_is_told_from_one_that_refuses_an_event():
-    from pipeline.tracking.flusher import _store_fault
-
-    assert _store_fault(RuntimeError("(sqlite3.OperationalError) attempt to write a readonly database"))
-    assert _store_fault(RuntimeError("(sqlite3.OperationalError) database is locked"))
-    assert not _store_fault(RuntimeError("INVALID_PARAMETER_VALUE: Changing param values is not allowed"))

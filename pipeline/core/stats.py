@@ -66,10 +66,6 @@ class Interval(_Result):
     def half_width(self) -> float | None:
         return (self.high - self.low) / 2 if self.defined else None
 
-    @property
-    def excludes_zero(self) -> bool:
-        return self.defined and (self.low > 0.0 or self.high < 0.0)
-
 
 class MeanCI(_Result):
     """Mean over seeds with its Student-t interval (`ci.estimate` is the mean)."""
@@ -453,10 +449,6 @@ def adjust(pvalues: Sequence[float | None], method: str = "holm") -> list[float 
     filled = [1.0 if p is None else float(p) for p in pvalues]
     adjusted = multipletests(filled, method=method)[1]
     return [None if p is None else float(q) for p, q in zip(pvalues, adjusted)]
-
-
-def holm(pvalues: Sequence[float | None]) -> list[float | None]:
-    return adjust(pvalues, "holm")
 
 
 # --------------------------------------------------------------------------- per class, over seeds

@@ -14,8 +14,21 @@ class StudyRun(Contract):
     trained_at: str
     code_version: str  # of the code that trained it
     machine: str = ""  # the CPU (and GPU) that trained it
-    tracking_key: str | None = None  # the run's key in the tracking journal
-    model_key: str | None = None  # the run holding its logged models (the one that trained it)
+
+
+class StudyFacts(Contract):
+    """Where a study's results come from, as MLflow shows them (no secret, no local path)."""
+
+    preset: str
+    git_commit: str
+    dvc_experiment: str
+    data_name: str  # "CIFAR-10 (JPEG mirror)"
+    data_source: str  # data.url
+    data_sha256: str  # of the prepared arrays
+    archive_sha256: str  # of the downloaded archive
+    n_train: int
+    n_test: int
+    data_params: dict  # data.* of params.yaml, as `data.<key>`
 
 
 class StudyRecord(Contract):
@@ -26,6 +39,10 @@ class StudyRecord(Contract):
     seeds: list[int]
     seeds_reason: str  # why this many seeds
     runs: list[StudyRun]
-    tracking_key: str | None = None  # the parent run's key in the tracking journal
+    # whether its stages publish to MLflow (pipeline.tracking.publish; not with --no-mlflow), under
+    # the parent run named by study_key (its name and first jobs' fingerprints), with these facts
+    published: bool = False
+    study_key: str = ""
+    facts: StudyFacts | None = None
     device: str
     precision: dict[str, str] = {}  # arm -> what it trained in (precision: auto resolved for the device)

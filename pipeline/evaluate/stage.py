@@ -170,11 +170,12 @@ def main(argv=None) -> None:
         m = summary.checkpoints["last"].arms[arm]
         print(f"{arm}: test {100 * m.test_acc.mean:.2f}%, train clean {100 * m.train_acc_clean.mean:.2f}%, "
               f"running {100 * m.train_acc_running.mean:.2f}% (mean of {m.test_acc.n} seed(s))", flush=True)
-    if record.tracking_key is not None:
-        from pipeline.evaluate.tracking import log_evaluation
+    if record.published:
+        from pipeline.evaluate.tracking import evaluation
+        from pipeline.tracking.publish import publish
 
-        log_evaluation(record, summary, evals, Path(args.out) / "summary.json",
-                       f"reports/{params.report_name}/report.html")
+        publish(record, Path(args.runs), evaluation=evaluation(record, Path(args.out),
+                                                               f"reports/{params.report_name}/report.html"))
 
 
 if __name__ == "__main__":

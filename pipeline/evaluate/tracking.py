@@ -1,22 +1,18 @@
-"""The evaluation in MLflow: each arm x seed's numbers on its run, the study's
-headline on the parent run (metrics and tags the runs table can sort by)."""
+"""The evaluation as MLflow shows it (pipeline.tracking.publish): each arm x seed's numbers
+on its run, the study's headline on the parent run (metrics and tags the runs table can sort by)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from pipeline.core.stats import format_p
 from pipeline.core.study import StudyRecord
-from pipeline.evaluate.contracts import StudySummary
+from pipeline.core.contracts import run_dir
+from pipeline.evaluate.contracts import CheckpointEval, StudySummary
 from pipeline.evaluate.core import headline
-from pipeline.tracking.journal import Journal
+from pipeline.tracking.publish import Evaluation, mlflow_name
 
 
 DESCRIPTION_MAX = 5000  # characters of a tag's value every MLflow store keeps
-
-
-def mlflow_name(arm: str) -> str:
-    """An arm's name as MLflow takes it in a metric or tag name (no '=', ',' or '@')."""
-    return arm.replace("=", ":").replace(",", " ").replace("@", " at ")
 
 
 def parent_headline(summary: StudySummary, arms: list[str]) -> tuple[dict[str, float], dict[str, str]]:
@@ -74,18 +70,17 @@ def parent_description(summary: StudySummary, record: StudyRecord, report: str) 
     return body + report
 
 
-def log_evaluation(record: StudyRecord, summary: StudySummary, evals: dict, summary_path: Path, report: str) -> None:
-    journal = Journal()
-    keys = {(r.arm, r.seed): r.tracking_key for r in record.runs}
-    for (arm, seed, which), (ev, _, _) in evals.items():
-        key = keys.get((arm, seed))
-        if key:
-            journal.metrics(key, {f"eval_{which}_{k}": getattr(ev, k) for k in (
+def evaluation(record: StudyRecord, out: Path, report: str) -> Evaluation:
+    """What MLflow shows of the evaluation in `out` (evaluation/): each run's numbers
+    (evaluation/<arm>/seed=<k>/<which>.json), the headline on the parent."""
+    summary = StudySummary.model_validate_json((out / "summary.json").read_text())
+    per_run: dict[str, dict[str, float]] = {}
+    for r in record.runs:
+        for which in summary.checkpoints:
+            ev = CheckpointEval.model_validate_json((run_dir(out, r.arm, r.seed) / f"{which}.json").read_text())
+            per_run.setdefault(r.fingerprint, {}).update({f"eval_{which}_{k}": getattr(ev, k) for k in (
                 "test_acc", "test_loss", "train_acc_clean", "gap_clean", "gap_running")})
     metrics, tags = parent_headline(summary, record.arms)
-    journal.metrics(record.tracking_key, metrics)
-    journal.tags(record.tracking_key, {**tags, "mlflow.runName": parent_name(summary, record.study),
-                                       "mlflow.note.content": parent_description(summary, record, report)})
-    journal.artifact(record.tracking_key, summary_path, "evaluation")
-    journal.flush_in_background()
-    journal.warn_if_unavailable()
+    tags.update({"mlflow.runName": parent_name(summary, record.study),
+                 "mlflow.note.content": parent_description(summary, record, report)})
+    return Evaluation(metrics=metrics, tags=tags, summary=out / "summary.json", runs=per_run)

@@ -879,7 +879,8 @@ def _provenance(ctx: _Ctx) -> list:
         blocks.append(para("Not logged to MLflow (trained with --no-mlflow)."))
         return blocks
     blocks.append(Table(["Item", "Value"], [[k, v] for k, v in inp.tracking.items()], set(), "mlflow-table"))
-    blocks.append(para("The runs carry a ", ("code", "tracking_key"), " tag with the keys of runs/study.json. "
-                       "This report is logged to the parent run under ", ("code", "report/"), ". Browse with ",
-                       ("code", "make mlflow-ui"), "."))
+    blocks.append(para("Each arm x seed is one run, found by its ", ("code", "fingerprint"), " tag (as in "
+                       "runs/study.json); the parent by its ", ("code", "study_key"), " tag. This report is logged "
+                       "to the parent run under ", ("code", "report/"), ". Browse with ", ("code", "make mlflow-ui"),
+                       "."))
     return blocks

@@ -118,13 +118,12 @@ class _Indexed:
 
 
 def _tracking(study: str, record: StudyRecord) -> dict[str, str]:
-    if record.tracking_key is None:
+    if not record.published:
         return {}
-    from pipeline.tracking.journal import Journal
+    from pipeline.tracking.publish import tracking_uri
 
-    journal = Journal()
-    return {"Tracking URI": public(journal.uri), "Experiment": study,
-            "Parent run (tracking key)": record.tracking_key}
+    return {"Tracking URI": public(tracking_uri()), "Experiment": study,
+            "Parent run (tag study_key)": record.study_key}
 
 
 def draw_figures(report: Report, cache: Path | None) -> dict[str, bytes]:
@@ -201,18 +200,13 @@ def main(argv=None) -> None:
     # a study's report stays beside those of earlier studies; a quick or partial run of it beside them
     out = Path(args.out) / inputs.params.report_name
     write_report(report, out, repo_root() / FIGURE_CACHE)
-    if inputs.record.tracking_key is not None:
-        from pipeline.tracking.journal import Journal
+    if inputs.record.published:
+        from pipeline.tracking.publish import publish
 
-        journal = Journal()
-        for name in ("report.md", "report.html", *report.files):
-            journal.artifact(inputs.record.tracking_key, out / name, "report")
-        for png in sorted((out / "figures").glob("*.png")):
-            journal.artifact(inputs.record.tracking_key, png, "report/figures")
-        if inputs.params.report.register_model:
-            register_winner(journal, inputs, inputs.params.report.register_model)
-        journal.flush_in_background()
-        journal.warn_if_unavailable()
+        name = inputs.params.report.register_model
+        files = [out / f for f in ("report.md", "report.html", *report.files)]
+        publish(inputs.record, Path(args.runs), report=(out, files + sorted((out / "figures").glob("*.png"))),
+                register=(name, *winner(inputs)) if name else None)
     print(answer(inputs, out / "report.html"))
     moved = changed_under_run(args.params)
     if moved:
@@ -244,23 +238,15 @@ def answer(inputs: Inputs, report: Path) -> str:
 
 
 def winner(inputs: Inputs) -> tuple[str, int]:
-    """The arm with the highest mean test accuracy (as tested), and its median seed:
-    a representative model, not the luckiest one."""
-    arm = max(inputs.record.arms, key=lambda a: inputs.summary.accuracy(a).mean)
-    accs = sorted((h[-1].chosen_on, s) for s, h in inputs.histories[arm].items())
+    return winner_of(inputs.record.arms, inputs.summary, inputs.histories)
+
+
+def winner_of(arms: list[str], summary: StudySummary, histories: dict) -> tuple[str, int]:
+    """The arm with the highest mean test accuracy (as tested), and its median seed by
+    its histories ({arm: {seed: history}}): a representative model, not the luckiest one."""
+    arm = max(arms, key=lambda a: summary.accuracy(a).mean)
+    accs = sorted((h[-1].chosen_on, s) for s, h in histories[arm].items())
     return arm, accs[(len(accs) - 1) // 2][1]
-
-
-def register_winner(journal, inputs: Inputs, name: str) -> None:
-    arm, seed = winner(inputs)
-    run = next(r for r in inputs.record.runs if r.arm == arm and r.seed == seed)
-    if run.model_key is None:
-        print(f"warning: {arm} seed={seed} has no logged model to register (trained without MLflow)",
-              file=sys.stderr)
-        return
-    journal.register(run.model_key, "last", name)
-    journal.tags(inputs.record.tracking_key, {"registered_model": f"{name}: {arm} seed={seed}"})
-    print(f"registering {arm} seed={seed} (last checkpoint) as model '{name}'")
 
 
 if __name__ == "__main__":

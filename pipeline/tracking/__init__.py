@@ -1,8 +1,8 @@
-"""Tracking: the stages write a journal (journal.py); a flusher sends it to MLflow
-(flusher.py), building MLflow models from checkpoints (models.py).
+"""Tracking: MLflow as a publisher of what the stages wrote (publish.py), with
+checkpoints as MLflow models (models.py).
 
-    python -m pipeline.tracking flush    send what is pending now, and wait
+    python -m pipeline.tracking publish    publish this workspace's study now
 """
-from pipeline.tracking.journal import Journal, tracking_uri
+from pipeline.tracking.publish import Publisher, publish, tracking_uri
 
-__all__ = ["Journal", "tracking_uri"]
+__all__ = ["Publisher", "publish", "tracking_uri"]

@@ -1,4 +1,4 @@
-"""Checkpoints as MLflow models (run by the flusher, which alone loads torch and MLflow).
+"""Checkpoints as MLflow models (logged by pipeline.tracking.publish).
 
 The logged model takes what the data set holds, uint8 images (N, 3, 32, 32),
 and returns logits: the checkpoint's network behind the normalisation it was
@@ -55,13 +55,6 @@ def log_checkpoint_model(run_id: str, checkpoint: Path, which: str) -> str:
             metadata={"checkpoint_epoch": ckpt.epoch, "arm": ckpt.arm, "seed": ckpt.seed})
         mlflow.set_tag(f"model_id.{which}", info.model_id)
     return info.model_id
-
-
-def register(run_id: str, which: str, registered_name: str) -> None:
-    import mlflow
-
-    model_id = mlflow.MlflowClient().get_run(run_id).data.tags[f"model_id.{which}"]
-    mlflow.register_model(f"models:/{model_id}", registered_name)
 
 
 def _requirements() -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline.core.contracts import Checkpoint, RunMetrics, history_csv, run_dir
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import atomic_path, clone_file
-from pipeline.core.jobs import Epoch, Failed, Finished, JobSpec, Lost, Placed, Usage
+from pipeline.core.jobs import Epoch, Failed, Finished, JobSpec, Lost, Placed
 from pipeline.core.provenance import Provenance
 from pipeline.core.record import FILE as RECORD, ArmRecord
 from pipeline.train.armstore import ArmStore, StateWriter
@@ -141,8 +141,6 @@ class Driver:
                 job.writer.save(state)  # on disk before anything else
                 job.saved_epoch = state.epoch
                 self.observers.epoch(spec, row)
-            case Usage(metrics):  # of the machine that trained that epoch
-                self.observers.usage(spec, job.saved_epoch, metrics)
             case Finished():
                 job.writer.wait()
                 self._finish(job, event)

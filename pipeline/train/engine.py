@@ -2,8 +2,7 @@
 
 An engine takes `JobSpec`s with their resume states and hands back, as they
 happen, `(spec, event)` pairs (pipeline.core.jobs): `Placed` (where the job
-runs, once a worker has it), each `Epoch` (with the state to save) followed by
-the `Usage` of the machine that trained it, then `Finished`; or `Failed` (the
+runs, once a worker has it), each `Epoch` (with the state to save), then `Finished`; or `Failed` (the
 job's own error) or `Lost` (its worker or node died: the driver resubmits it
 from its last saved state). The driver does everything else, so the data and
 results cross the network and nothing else.
@@ -27,45 +26,17 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.jobs import Data, Epoch, Event, Failed, Finished, JobSpec, Lost, Placed, TrainState, Usage
+from pipeline.core.jobs import Data, Event, Failed, Finished, JobSpec, Lost, Placed, TrainState
 
 GPU_JOBS_MAX = 8  # jobs sharing one GPU at most
-GIB = 1 << 30
 
 
-def system_metrics(device: str) -> dict[str, float]:
-    """What MLflow's system-metrics tab shows (its metric names), sampled in the
-    process that trains (on a Ray worker, there: the driver's GPU holds no job)."""
-    import psutil
-
-    mem = psutil.virtual_memory()
-    out = {"system/cpu_utilization_percentage": psutil.cpu_percent(interval=None),
-           "system/system_memory_usage_megabytes": (mem.total - mem.available) / 2**20,
-           "system/system_memory_usage_percentage": mem.percent}
-    if device.startswith("cuda"):
-        import torch
-
-        out["system/gpu_0_memory_usage_megabytes"] = torch.cuda.memory_allocated(device) / 2**20
-        out["system/gpu_0_max_memory_usage_megabytes"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
-
-
-def with_usage(events: Iterator, device: str) -> Iterator:
-    """A job's events, each `Epoch` followed by the `Usage` of the process training it.
-    Before the first: psutil's CPU use is measured from one call to the next, and the
-    GPU's memory peak is made the job's own (not an earlier job's in this process)."""
-    import psutil
-
-    psutil.cpu_percent(interval=None)
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        torch.cuda.reset_peak_memory_stats()
+def with_machine(events: Iterator, device: str) -> Iterator:
+    """A job's events, its `Finished` naming the machine that trained it."""
     for event in events:
         if isinstance(event, Finished):
             event.machine = machine(device)
         yield event
-        if isinstance(event, Epoch):
-            yield Usage(system_metrics(device))
 
 
 def machine(device: str) -> str:
@@ -96,7 +67,7 @@ class LocalEngine:
 
     def submit(self, spec: JobSpec, resume: TrainState | None) -> None:
         assert self._job is None, "the local engine runs one job at a time"
-        self._job = (spec, with_usage(self._run(spec, self.data, resume, self.on_step), spec.device))
+        self._job = (spec, with_machine(self._run(spec, self.data, resume, self.on_step), spec.device))
 
     def events(self, timeout: float | None = None) -> Iterator[tuple[JobSpec, Event]]:
         """The next event of the running job (blocks while it trains; with one job at
@@ -159,7 +130,7 @@ def _remote_job(spec: JobSpec, data: Data, resume: TrainState | None,
     where = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:6]}"
     yield Placed(where)  # first: where it runs
     check_build(spec, expected, where)
-    yield from with_usage(run_job(spec, data, resume), spec.device)
+    yield from with_machine(run_job(spec, data, resume), spec.device)
 
 
 @dataclass(frozen=True)

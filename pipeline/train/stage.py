@@ -4,13 +4,14 @@ Reads params.yaml once (pipeline.core.config) and the prepared arrays (stage
 `untar`); writes, per arm x seed, `runs/<arm>/seed=<k>/` with the last (and
 best) checkpoint, the per-epoch history and the final metrics; `runs/study.json`
 (what ran, for the later stages); a per-arm summary for `dvc metrics`/`dvc exp
-show`; and learning curves for `dvc plots`. Every run is also an MLflow child
-run under one parent run per execution, through the tracking journal.
+show`; and learning curves for `dvc plots`. As it ends, it publishes the study to
+MLflow (pipeline.tracking.publish): a child run per arm x seed under the study's
+parent run.
 
 plan -> run -> observers: the plan (pipeline.train.plan) says which jobs are
 restored, resumed or trained; the driver (pipeline.train.driver) runs them on an
 engine (in this process, or on Ray: pipeline.train.engine) and alone writes
-their files; the progress lines, MLflow and seeds on demand are observers
+their files; the progress lines and seeds on demand are observers
 (pipeline.train.observers, pipeline.train.progress).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import json
 import os
 import shutil
 import signal
@@ -32,8 +34,9 @@ from pipeline.core.contracts import HISTORY_FIELDS, RunMetrics, read_history, ru
 from pipeline.core.errors import PipelineError, cli
 from pipeline.core.io import atomic_path, write_json
 from pipeline.core.jobs import Data
-from pipeline.core.provenance import Provenance, code_version, dvc_experiment, library_versions, repo_root
-from pipeline.core.study import StudyRecord, StudyRun
+from pipeline.core.provenance import Provenance, code_version, dvc_experiment, library_versions, public, repo_root
+from pipeline.core.study import StudyFacts, StudyRecord, StudyRun
+from pipeline.tracking.publish import publish
 
 _SIGNALLED: list[int] = []  # the signals that stopped the study (Ray may re-raise a plain KeyboardInterrupt)
 
@@ -162,7 +165,7 @@ def main(argv=None) -> None:
     from pipeline.train.armstore import LEGACY, ArmStore, store_path
     from pipeline.train.driver import Driver
     from pipeline.train.engine import cluster_address, make_engine
-    from pipeline.train.observers import Observers, SeedsOnDemand, Tracking
+    from pipeline.train.observers import Observers, SeedsOnDemand
     from pipeline.train.plan import Identity, jobs_for, plan
     from pipeline.train.progress import Progress
 
@@ -198,12 +201,9 @@ def main(argv=None) -> None:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     _SIGNALLED.clear()
     _set_signals(_on_signal)
-    journal = parent = engine = driver = progress = tracking = None
+    engine = driver = progress = None
     seeds = SeedsOnDemand(params, study_jobs)
     try:
-        if not args.no_mlflow:
-            journal, parent = _parent_run(root, params, provenance)
-            tracking = Tracking(journal, parent, params.study, {a.name: a for a in params.arms}, provenance, runs)
         if first.to_train and importing is None:
             importing = import_torch_beside()
         progress = Progress(params, device, len(data.train_y), len(data.test_y),
@@ -212,19 +212,13 @@ def main(argv=None) -> None:
                              progress.step, sizing=jobs)
         progress.engine = engine
         _set_signals(_on_signal)  # again: Ray's start sets a SIGTERM handler of its own
-        driver = Driver(store, runs, engine, Observers(progress, tracking, seeds), provenance, identity,
+        driver = Driver(store, runs, engine, Observers(progress, seeds), provenance, identity,
                         params.study, args.retrain, committed)
         driver.run(jobs)
     except BaseException as exc:
         _set_signals(_note_signal)  # a second Ctrl-C must not cut the clean-up short
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
-        stopped = []
-        try:
-            if driver is not None:
-                stopped = driver.abort(status)
-        finally:
-            if parent is not None:
-                journal.end(parent, status)
+        stopped = driver.abort(status) if driver is not None else []
         if not isinstance(exc, KeyboardInterrupt):
             raise
         if progress is not None:
@@ -257,33 +251,41 @@ def main(argv=None) -> None:
     summary = summarize(metrics, arm_names, seeds.seeds, params.study)
     write_json(args.metrics, summary)
     write_curves(Path(args.curves), runs, arm_names, seeds.seeds)
-    keys = tracking.keys if tracking is not None else {}
     study = StudyRecord(
-        study=params.study, arms=arm_names, seeds=seeds.seeds, seeds_reason=seeds.reason, tracking_key=parent,
+        study=params.study, arms=arm_names, seeds=seeds.seeds, seeds_reason=seeds.reason,
+        study_key=study_key(params.study, jobs), facts=_facts(params, provenance), published=not args.no_mlflow,
         device=device, precision={j.arm: j.cfg.precision for j in jobs},
-        runs=[_study_run(driver.outcomes[(a, s)], *keys.get((a, s), (None, None)))
-              for a in arm_names for s in seeds.seeds])
+        runs=[_study_run(driver.outcomes[(a, s)]) for a in arm_names for s in seeds.seeds])
     with atomic_path(runs / "study.json") as tmp:
         tmp.write_text(study.model_dump_json(indent=1) + "\n")
     for old in runs.iterdir():  # runs/ shows this study: an earlier study's arms go (the store keeps them)
         if old.is_dir() and old.name not in arm_names and not old.name.startswith("."):
             shutil.rmtree(old, ignore_errors=True)
-    if journal is not None:
-        journal.artifact(parent, args.metrics)
-        journal.tags(parent, {"seeds": seeds.seeds, "seeds_reason": seeds.reason})
-        journal.end(parent)
-        journal.warn_if_unavailable()
+    publish(study, runs)
     for name, entry in summary["arms"].items():
         split = "val" if "val_acc" in entry else "test"
         print(f"{name}: {split} accuracy {100 * entry[f'{split}_acc']:.2f}% ± {100 * entry[f'{split}_acc_std']:.2f} "
               f"(std over {entry['n_seeds']} seeds)")
 
 
-def _study_run(o, key: str | None, model_key: str | None) -> StudyRun:
+def _study_run(o) -> StudyRun:
     meta = o.record.meta
     return StudyRun(arm=o.spec.arm, seed=o.spec.seed, restored=o.restored, weights=o.weights, fingerprint=o.spec.fp,
                     wall_seconds=o.wall_seconds, trained_at=meta.trained_at, code_version=meta.code_version,
-                    machine=meta.machine, tracking_key=key, model_key=model_key)
+                    machine=meta.machine)
+
+
+def study_key(study: str, jobs) -> str:
+    """The study's parent run in MLflow: its name and its first jobs' fingerprints (seeds
+    on demand add runs to the same study)."""
+    return hashlib.sha256(json.dumps([study, sorted(j.fp for j in jobs)]).encode()).hexdigest()[:32]
+
+
+def _facts(params: Params, p: Provenance) -> StudyFacts:
+    return StudyFacts(preset=params.preset, git_commit=p.code_version, dvc_experiment=p.dvc_experiment,
+                      data_name=p.data_name, data_source=public(p.data_source), data_sha256=p.data_sha256,
+                      archive_sha256=p.archive_sha256, n_train=p.n_train, n_test=p.n_test,
+                      data_params={k: public(str(v)) if isinstance(v, str) else v for k, v in p.data_params.items()})
 
 
 def precision_line(params: Params, jobs, found) -> str:
@@ -303,23 +305,6 @@ def precision_line(params: Params, jobs, found) -> str:
         else:
             why = f" (auto: this CPU, {cpu_name()}, has no native bf16; -S precision=bf16 would emulate it)"
     return f"precision: {text}{why}"
-
-
-def _parent_run(root: Path, params: Params, p: Provenance):
-    """The journal, and the study's parent run in it (started; a flusher sends it)."""
-    from pipeline.tracking.journal import Journal
-
-    journal = Journal(root)
-    journal.reap()
-    arms = ", ".join(a.name for a in params.arms)
-    parent = journal.start(params.study, f"{params.study} {p.dvc_experiment}", tags={
-        "git_commit": p.code_version, "dvc_experiment": p.dvc_experiment, "data_sha256": p.data_sha256,
-        "preset": params.preset, "arms": arms, "seeds": list(params.seeds)},
-        description=f"Ablation study {params.study} (preset {params.preset}): arms {arms}; seeds "
-                    f"{list(params.seeds)}; data {p.data_name} ({p.n_train:,} train / {p.n_test:,} test images).")
-    journal.params(parent, {"preset": params.preset, "seeds": list(params.seeds), **p.data_params})
-    journal.flush_in_background()
-    return journal, parent
 
 
 if __name__ == "__main__":
