@@ -39,8 +39,8 @@ test: $(STAMP) $(CHROMIUM)
 results: $(STAMP)
 	$(PY) -m pipeline.results
 
-# Browse every run: the address printed for a study opens its runs table in MLflow's
-# model-training view (http://127.0.0.1:5000/#/experiments/<id>?workflowType=machine_learning).
+# Browse every run: the address printed for a study opens its runs table on the answer's
+# columns (http://127.0.0.1:5000/#/experiments/<id>/runs?viewStateShareKey=answer).
 mlflow-ui: $(STAMP)
 	$(PY) -m pipeline.tracking publish || true
 	@echo "MLflow UI, each study's runs table (Ctrl-C to stop):"

@@ -196,16 +196,19 @@ def test_mlflow_server_lists_the_study_and_its_ui_renders(study, browser, tmp_pa
         urls = subprocess.run([sys.executable, "-m", "pipeline.tracking", "urls", "--base", base], cwd=study["root"],
                               env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{study['db']}"},
                               capture_output=True, text=True, check=True).stdout.splitlines()
-        assert urls == [f"report-test: {base}/#/experiments/{exp['experiment_id']}?workflowType=machine_learning"]
+        assert urls == [f"report-test: {base}/#/experiments/{exp['experiment_id']}/runs?viewStateShareKey=answer"]
         page = browser.new_page()
+        page.set_viewport_size({"width": 2400, "height": 1000})  # the table draws the columns in view
         try:
             page.goto(urls[0].split(": ", 1)[1], wait_until="domcontentloaded", timeout=30_000)
-            # the runs table, the study's answer as its parent's name (MLflow 3 shows no metric column until
-            # one is chosen under "Columns"), and the pipeline as each run's source
+            # the runs table, the study's answer as its parent's name, and its columns without a click:
+            # each arm's accuracy, the difference and its adjusted p (a shared view the publisher wrote)
             page.get_by_text(parent["info"]["run_name"]).first.wait_for(timeout=60_000)
-            assert page.get_by_role("heading", name="Runs").count() >= 1
+            page.get_by_text("aug:standard/p_adj", exact=True).first.wait_for(timeout=30_000)
+            headers = page.inner_text("body")
+            for column in ("aug:none/test_acc", "aug:standard/test_acc", "aug:standard/delta", "final_test_acc"):
+                assert column in headers, column
             assert page.get_by_text("matching runs").count() >= 1
-            assert page.get_by_text("dvc repro (stage train)").count() >= 1
             # the parent shows the study's headline; a child its logged models and datasets
             page.goto(f"{base}/#/experiments/{exp['experiment_id']}/runs/{parent_id}", wait_until="domcontentloaded")
             page.get_by_text("aug:standard/delta", exact=True).first.wait_for(timeout=60_000)

@@ -200,6 +200,7 @@ def main(argv=None) -> None:
     # a study's report stays beside those of earlier studies; a quick or partial run of it beside them
     out = Path(args.out) / inputs.params.report_name
     write_report(report, out, repo_root() / FIGURE_CACHE)
+    print(answer(inputs, out / "report.html"), flush=True)
     if inputs.record.published:
         from pipeline.tracking.publish import publish
 
@@ -207,7 +208,6 @@ def main(argv=None) -> None:
         files = [out / f for f in ("report.md", "report.html", *report.files)]
         publish(inputs.record, Path(args.runs), report=(out, files + sorted((out / "figures").glob("*.png"))),
                 register=(name, *winner(inputs)) if name else None)
-    print(answer(inputs, out / "report.html"))
     moved = changed_under_run(args.params)
     if moved:
         back = " ".join(f"'{k}={v}'" for k, v in moved.items())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.core.errors import PipelineError, cli
 from pipeline.core.study import StudyRecord
-from pipeline.tracking.publish import Publisher, Unpublished
+from pipeline.tracking.publish import Publisher, Unpublished, view_url
 
 
 @cli
@@ -79,12 +79,11 @@ def parts(record: StudyRecord, args) -> dict:
 
 
 def study_urls(uri: str, base: str) -> list[str]:
-    """One line per study: its runs table in the MLflow UI's model-training view (without
-    `workflowType` MLflow 3 opens its GenAI pages)."""
+    """One line per study: its runs table on the answer's columns (view_url)."""
     from mlflow.tracking import MlflowClient
 
-    return [f"{e.name}: {base}/#/experiments/{e.experiment_id}?workflowType=machine_learning"
-            for e in MlflowClient(uri).search_experiments() if e.name != "Default"]
+    return [f"{e.name}: {view_url(base, e.experiment_id)}" for e in MlflowClient(uri).search_experiments()
+            if e.name != "Default"]
 
 
 if __name__ == "__main__":

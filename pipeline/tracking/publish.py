@@ -39,6 +39,7 @@ from pipeline.core.study import StudyRecord, StudyRun
 DB_NAME = "mlflow.db"
 ARTIFACTS = "mlartifacts"
 PUBLISHED = "published"  # tag: the digest of what the run holds, set last
+VIEW = "answer"  # the runs table's shared view (experiment tag mlflow.sharedViewState.answer): the answer's columns
 CHECKSUMS = "checksums"  # tag: {artifact path in the run: its sha256 when logged}, one JSON value
 SOURCE = "dvc repro (stage {stage})"
 _BATCH = 100  # MLflow's limit of params or tags per log_batch
@@ -222,6 +223,7 @@ class Publisher:
                 self._metrics(pid, e.metrics, 0, ms)
                 self._tags(pid, e.tags)
                 self._artifacts(self.client.get_run(pid), [(e.summary, "evaluation")])
+                self._answer_view(exp, e.metrics)
                 self.client.set_tag(pid, f"{PUBLISHED}.evaluation", key)
         if report is not None:
             folder, files = report
@@ -230,11 +232,30 @@ class Publisher:
                 self._artifacts(self.client.get_run(pid), [
                     (f, "report" if f.parent == folder else f"report/{f.parent.relative_to(folder)}") for f in files])
                 self.client.set_tag(pid, f"{PUBLISHED}.report", key)
+            if self.uri.startswith(("http://", "https://")):
+                lines.append(f"MLflow: {view_url(public(self.uri.rstrip('/')), exp)}")
+            else:
+                lines.append(f"MLflow: {view_url('http://127.0.0.1:5000', exp)} (`make mlflow-ui` serves it)")
         if register:
             lines += self._register(exp, pid, study, *register)
         if done and parent.info.status != "FINISHED":  # a parent ends when its children have
             self.client.set_terminated(pid, "FINISHED")
         return lines
+
+    def _answer_view(self, exp: str, metrics: dict[str, float]) -> None:
+        """The runs table opens (view_url) on each study's answer: its arms' accuracy, and each
+        tested difference's delta and adjusted p, as columns (those of earlier studies of
+        the experiment kept), runs by time, each study's arm x seed runs under its parent."""
+        tag = f"mlflow.sharedViewState.{VIEW}"
+        try:
+            old = json.loads(self.client.get_experiment(exp).tags.get(tag, "{}")).get("selectedColumns", [])
+        except ValueError:
+            old = []
+        new = [f"metrics.`{m}`" for m in metrics if m.endswith(("/test_acc", "/delta", "/p_adj", "/p_equiv"))]
+        columns = list(dict.fromkeys(old + new + ["metrics.`final_test_acc`"]))
+        self.client.set_experiment_tag(exp, tag, json.dumps({
+            "searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False,
+            "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL"}))
 
     def _parent(self, exp: str, study: StudyRecord):
         run = self._find(exp, study_key=study.study_key)
@@ -333,6 +354,12 @@ class Publisher:
                         out.append(public(f"{path} (run {run.info.run_name}, {run.info.run_id}) changed after it "
                                           f"was logged: its sha256 differs from the one logged with it"))
         return out
+
+
+def view_url(base: str, experiment_id: str) -> str:
+    """An experiment's runs table on the answer's columns (a shared view: MLflow 3.15+;
+    the /runs page, and no sort or filter in the address, or MLflow ignores the view)."""
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW}"
 
 
 def _log_datasets(client, run_id: str, facts) -> None:
