@@ -127,3 +127,36 @@ def test_a_copy_is_independent_of_its_source(tmp_path):
     with open(dest, "r+b") as f:
         f.write(b"W")
     assert src.read_bytes() == b"weights" * 1000
+
+
+@pytest.mark.slow
+def test_each_arm_is_in_mlflow_as_soon_as_it_finishes(tmp_path):
+    """While the study trains on, its finished arms are published (the parent RUNNING);
+    when the stage ends, the parent is FINISHED with every arm."""
+    import subprocess
+    import time
+
+    from tests.conftest import BIN, TRACKING_ON, env, make_project, mlflow_runs, run
+
+    proj = make_project(tmp_path, per_class=60, seeds=[0, 1], epochs=20, aug="none")  # a second arm of ~10 s
+    run("dvc repro untar", proj)
+    db = proj / "mlflow.db"
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro", "train"], cwd=proj, env=env(TRACKING_ON),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    while proc.poll() is None:
+        try:
+            runs = mlflow_runs(db) if db.exists() else []
+        except Exception:  # sqlite3: the store is being created
+            runs = []
+        state = sorted((r["parent"] is None, r["status"]) for r in runs)
+        training = bool(list(proj.glob(".arm-cache/*/state.pt")))  # the second arm trains on
+        if state and (state, training) not in seen:
+            seen.append((state, training))
+        time.sleep(0.05)
+    assert proc.returncode == 0, proc.stdout.read()
+    # the first arm's run, finished, under a parent still running, while the second arm trains;
+    # then both, under a finished parent
+    assert ([(False, "FINISHED"), (True, "RUNNING")], True) in seen, seen
+    seen = [state for state, _ in seen]
+    assert seen[-1] == [(False, "FINISHED"), (False, "FINISHED"), (True, "FINISHED")], seen

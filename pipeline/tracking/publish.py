@@ -186,15 +186,16 @@ class Publisher:
     # --- a study
 
     def publish(self, study: StudyRecord, runs: Path, *, evaluation: Evaluation | None = None,
-                report: tuple[Path, list[Path]] | None = None,
-                register: tuple[str, str, int] | None = None) -> list[str]:
+                report: tuple[Path, list[Path]] | None = None, register: tuple[str, str, int] | None = None,
+                status: str = "FINISHED") -> list[str]:
         """Publish what the store lacks of `study` (runs/study.json, its runs' folders in
         `runs`) and, given, of its evaluation and its report ((folder, files)); register
-        `register` ((name, arm, seed): that run's last checkpoint) once. Returns lines to
-        print; raises Unpublished."""
+        `register` ((name, arm, seed): that run's last checkpoint) once; end the parent with
+        `status` (RUNNING: the study trains on, and `study` holds the runs finished so far).
+        Returns lines to print; raises Unpublished."""
         try:
             with self._lock():
-                return self._publish(study, runs, evaluation, report, register)
+                return self._publish(study, runs, evaluation, report, register, status)
         except Unpublished:
             raise
         except Exception as exc:
@@ -205,7 +206,7 @@ class Publisher:
         return public(f"MLflow at {self.uri} did not take {what} ({refused(exc) or _reason(exc)}); nothing is lost: "
                       f"the next stage, or `python -m pipeline.tracking publish`, publishes it")
 
-    def _publish(self, study, runs, evaluation, report, register) -> list[str]:
+    def _publish(self, study, runs, evaluation, report, register, status) -> list[str]:
         exp = self.experiment(study.study)
         parent = self._parent(exp, study)
         done = True
@@ -213,9 +214,9 @@ class Publisher:
             done &= self._child(exp, parent.info.run_id, study, r, runs)
         pid = parent.info.run_id
         lines = []
-        ms = _ms(max(r.trained_at for r in study.runs))
         if evaluation is not None:
             e = evaluation
+            ms = _ms(max(r.trained_at for r in study.runs))
             key = _digest([e.metrics, e.tags, e.runs, sha256_file(e.summary)])
             if parent.data.tags.get(f"{PUBLISHED}.evaluation") != key:
                 for fp, metrics in e.runs.items():
@@ -238,8 +239,8 @@ class Publisher:
                 lines.append(f"MLflow: {view_url('http://127.0.0.1:5000', exp)} (`make mlflow-ui` serves it)")
         if register:
             lines += self._register(exp, pid, study, *register)
-        if done and parent.info.status != "FINISHED":  # a parent ends when its children have
-            self.client.set_terminated(pid, "FINISHED")
+        if status != "RUNNING" and done and parent.info.status != status:  # a parent ends when its children have
+            self.client.set_terminated(pid, status)
         return lines
 
     def _answer_view(self, exp: str, metrics: dict[str, float]) -> None:

@@ -51,6 +51,38 @@ class Observers:
         return [j for o in self.all for j in o.more()]
 
 
+class Publishing(Observer):
+    """Each arm x seed published to MLflow as it finishes (pipeline.tracking.publish), in a
+    thread of its own, so that training never waits for the store; the study's parent
+    stays RUNNING until the stage publishes the study whole (or ends it KILLED or FAILED).
+    A store that cannot take a run is said once, when the stage ends."""
+
+    def __init__(self, study_of: Callable, runs):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.study_of, self.runs = study_of, runs  # study_of(outcome): a StudyRecord of that run alone
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="publish")
+        self.failed: str | None = None
+
+    def done(self, outcome) -> None:
+        self.pool.submit(self._publish, self.study_of(outcome), "RUNNING")
+
+    def _publish(self, study, status: str) -> None:
+        from pipeline.tracking.publish import Publisher, Unpublished
+
+        if self.failed is None:
+            try:
+                Publisher().publish(study, self.runs, status=status)
+            except Unpublished as exc:
+                self.failed = str(exc)
+
+    def close(self, study=None, status: str = "FINISHED") -> None:
+        """Wait for what is being published; with `study`, end its parent with `status`."""
+        if study is not None:
+            self.pool.submit(self._publish, study, status)
+        self.pool.shutdown(wait=True)
+
+
 class SeedsOnDemand(Observer):
     """Adds seeds until every difference to the baseline is as precise as asked, or
     the maximum ran (pipeline.train.plan.more_seeds)."""

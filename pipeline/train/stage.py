@@ -165,7 +165,7 @@ def main(argv=None) -> None:
     from pipeline.train.armstore import LEGACY, ArmStore, store_path
     from pipeline.train.driver import Driver
     from pipeline.train.engine import cluster_address, make_engine
-    from pipeline.train.observers import Observers, SeedsOnDemand
+    from pipeline.train.observers import Observers, Publishing, SeedsOnDemand
     from pipeline.train.plan import Identity, jobs_for, plan
     from pipeline.train.progress import Progress
 
@@ -196,8 +196,20 @@ def main(argv=None) -> None:
     print(precision_line(params, jobs, found), flush=True)
     first = plan(jobs, store.done_fps(), store.saved_fps(), args.retrain, committed)
 
+    arm_names = [a.name for a in params.arms]
+    key, facts = study_key(params.study, jobs), _facts(params, provenance)
+
+    def study_record(done: list[StudyRun], seeds_run: list[int], reason: str) -> StudyRecord:
+        return StudyRecord(study=params.study, arms=arm_names, seeds=seeds_run, seeds_reason=reason, study_key=key,
+                           facts=facts, published=not args.no_mlflow, device=device,
+                           precision={j.arm: j.cfg.precision for j in jobs}, runs=done)
+
+    from pipeline.tracking.publish import enabled
+
+    publishing = Publishing(lambda o: study_record([_study_run(o)], list(params.seeds), "as the study trains"),
+                            runs) if enabled() and not args.no_mlflow else None
     # a signal ends the study with one line, the jobs cancelled, their saved states kept and
-    # the MLflow runs ended as KILLED
+    # its MLflow parent run ended as KILLED
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     _SIGNALLED.clear()
     _set_signals(_on_signal)
@@ -212,13 +224,15 @@ def main(argv=None) -> None:
                              progress.step, sizing=jobs)
         progress.engine = engine
         _set_signals(_on_signal)  # again: Ray's start sets a SIGTERM handler of its own
-        driver = Driver(store, runs, engine, Observers(progress, seeds), provenance, identity,
+        driver = Driver(store, runs, engine, Observers(progress, publishing, seeds), provenance, identity,
                         params.study, args.retrain, committed)
         driver.run(jobs)
     except BaseException as exc:
         _set_signals(_note_signal)  # a second Ctrl-C must not cut the clean-up short
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
         stopped = driver.abort(status) if driver is not None else []
+        if publishing is not None:
+            publishing.close(study_record([], list(params.seeds), "interrupted"), status)
         if not isinstance(exc, KeyboardInterrupt):
             raise
         if progress is not None:
@@ -240,7 +254,6 @@ def main(argv=None) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
-    arm_names = [a.name for a in params.arms]
     no_weights = [o.spec.label for o in driver.outcomes.values() if not o.weights]
     if no_weights:
         print(f"{len(no_weights)} run(s) have no weights on this machine, only their committed records "
@@ -251,16 +264,15 @@ def main(argv=None) -> None:
     summary = summarize(metrics, arm_names, seeds.seeds, params.study)
     write_json(args.metrics, summary)
     write_curves(Path(args.curves), runs, arm_names, seeds.seeds)
-    study = StudyRecord(
-        study=params.study, arms=arm_names, seeds=seeds.seeds, seeds_reason=seeds.reason,
-        study_key=study_key(params.study, jobs), facts=_facts(params, provenance), published=not args.no_mlflow,
-        device=device, precision={j.arm: j.cfg.precision for j in jobs},
-        runs=[_study_run(driver.outcomes[(a, s)]) for a in arm_names for s in seeds.seeds])
+    study = study_record([_study_run(driver.outcomes[(a, s)]) for a in arm_names for s in seeds.seeds], seeds.seeds,
+                         seeds.reason)
     with atomic_path(runs / "study.json") as tmp:
         tmp.write_text(study.model_dump_json(indent=1) + "\n")
     for old in runs.iterdir():  # runs/ shows this study: an earlier study's arms go (the store keeps them)
         if old.is_dir() and old.name not in arm_names and not old.name.startswith("."):
             shutil.rmtree(old, ignore_errors=True)
+    if publishing is not None:
+        publishing.close()
     publish(study, runs)
     for name, entry in summary["arms"].items():
         split = "val" if "val_acc" in entry else "test"
