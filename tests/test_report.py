@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -344,6 +345,23 @@ def test_figures_are_drawn_once(tmp_path, monkeypatch):
         monkeypatch.setattr(figures, name, lambda *a, _n=name, **k: calls.append(_n))
     again = stage.draw_figures(report, tmp_path)
     assert calls == [] and again == first
+
+
+def test_a_new_report_keeps_the_studys_plan_and_records_and_nothing_else(tmp_path):
+    """reports/<study>/ is replaced whole by a new report, except what the study committed
+    beside it: its analysis plan and its runs' records (the same files, not copies)."""
+    report = build.build_report(fake_inputs({"aug=none": [0.7, 0.71], "aug=standard": [0.72, 0.73]}))
+    out = tmp_path / "reports" / "study"
+    (out / "records" / "aug=none").mkdir(parents=True)
+    (out / "plan.yaml").write_text("study: study\n")
+    (out / "records" / "aug=none" / "seed=0.npz").write_bytes(b"record")
+    (out / "stale.md").write_text("an earlier report's file")
+    before = {f.relative_to(out): f.stat().st_ino for f in out.rglob("*") if f.is_file() and f.name != "stale.md"}
+    stage.write_report(report, out, tmp_path / "figures")
+    after = {f.relative_to(out): f.stat().st_ino for f in out.rglob("*") if f.is_file()}
+    assert {k: after[k] for k in before} == before
+    assert "stale.md" not in {f.name for f in after} and Path("report.md") in after
+    assert sorted(p.name for p in out.parent.iterdir()) == ["study"]  # no temporary left
 
 
 def test_markdown_escapes_and_html_escapes():

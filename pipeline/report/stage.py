@@ -169,14 +169,28 @@ def _canonical(v):
     return v
 
 
+# what a study's folder holds besides its report, which a new report keeps: the study's
+# analysis plan and its runs' committed records
+KEPT = (analysis.FILE, "records")
+
+
 def write_report(report: Report, out: Path, cache: Path | None = None) -> None:
     """reports/{report.md, report.html, results.csv, figures/*.png}, atomically: all of it
-    or the previous folder."""
+    or the previous folder; the study's plan and records (KEPT) stay as they were."""
+    import os
+    import shutil
+
     from pipeline.report.render import render_html, render_markdown
 
     images = draw_figures(report, cache)
     with atomic_path(out) as tmp:
-        (tmp / "figures").mkdir(parents=True)
+        tmp.mkdir(parents=True)
+        for name in KEPT:  # linked, not copied: the same files, in the folder that replaces this one
+            if (out / name).is_dir():
+                shutil.copytree(out / name, tmp / name, copy_function=os.link)
+            elif (out / name).is_file():
+                os.link(out / name, tmp / name)
+        (tmp / "figures").mkdir()
         for name, png in images.items():
             (tmp / "figures" / f"{name}.png").write_bytes(png)
         (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
