@@ -364,6 +364,20 @@ def test_a_new_report_keeps_the_studys_plan_and_records_and_nothing_else(tmp_pat
     assert sorted(p.name for p in out.parent.iterdir()) == ["study"]  # no temporary left
 
 
+def test_a_studys_own_run_says_its_seeds_are_its_plans():
+    from types import SimpleNamespace as NS
+
+    def reason(plan, variant):
+        return build._seeds_reason(NS(plan=plan, params=NS(variant=variant),
+                                      record=NS(seeds_reason="as listed in params.yaml")))
+
+    assert reason("reports/s/plan.yaml", ()) == "as registered in reports/s/plan.yaml"
+    assert reason("reports/s/plan.yaml", ("epochs=3",)) == "as listed in params.yaml"  # not the study's own run
+    assert reason(None, ()) == "as listed in params.yaml"
+    inp = fake_inputs({"aug=none": [0.7, 0.71], "aug=standard": [0.72, 0.73]})
+    assert f"Seeds: {build._seeds_reason(inp)}." in render_markdown(build.build_report(inp))
+
+
 def test_markdown_escapes_and_html_escapes():
     assert md_escape("a|b_c*<x> p < 0.001") == r"a\|b\_c\*\<x> p < 0.001"
     report = build.Report("t", [build.Section("1. S", "s", [build.Table(["a|b"], [["<script>"]])])])
@@ -569,6 +583,9 @@ def test_an_equivalence_margin_adds_a_three_way_answer_to_each_tested_difference
         c = inp.summary.checkpoints["last"].comparisons["aug=standard"]
         assert c.answer == answer, (answer, c)
         assert c.equivalence.margin == 0.01 and c.equivalence_p_adjusted == pytest.approx(c.equivalence.p)
+        from pipeline.report.stage import answer as closing  # the run's closing lines say it too
+
+        assert closing(inp, Path("r.html")).splitlines()[1].endswith(f"; {answer} within +-1 point(s)")
         md, _ = render(inp)
         assert f"Within +-1 point: **{answer}**" in md and "within +-1 point" in md, md[:3000]
 

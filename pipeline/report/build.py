@@ -277,7 +277,7 @@ def _headline(ctx: _Ctx) -> list:
                    "baseline ", ("b", base), f", each trained {_budget(ctx)} in {precisions} on "
                    f"{inp.record.device}. Each run's accuracy is "
                    f"{inp.summary.estimate}, on {count(len(inp.predictions[base].label))} test images; differences "
-                   f"over seeds with {ctx.clabel.replace('CI', 'intervals')}. Seeds: {inp.record.seeds_reason}."),
+                   f"over seeds with {ctx.clabel.replace('CI', 'intervals')}. Seeds: {_seeds_reason(inp)}."),
               _plan_status(inp)]
     if inp.params.rationale:
         blocks.append(para(("b", "The preset's choices."), " " + inp.params.rationale))
@@ -304,6 +304,13 @@ PLAN_WORDS = {
     "records not committed": "Preregistration not yet checkable",
     "no plan": "No analysis plan",
 }
+
+
+def _seeds_reason(inp: Inputs) -> str:
+    """Why these seeds: a study's own run has those its plan registered."""
+    if inp.plan and not inp.params.variant and inp.record.seeds_reason == "as listed in params.yaml":
+        return f"as registered in {inp.plan}"
+    return inp.record.seeds_reason
 
 
 def _plan_status(inp: Inputs) -> Para:

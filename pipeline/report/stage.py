@@ -239,6 +239,8 @@ def answer(inputs: Inputs, report: Path) -> str:
     if not s.effects:
         lines = [f"{arm}: test accuracy {100 * s.accuracy(arm).mean:.2f}% (baseline, {len(s.seeds)} seed(s))"
                  if arm == s.baseline else f"{arm} vs {s.baseline}: {last.comparisons[arm].verdict}"
+                 + (f"; {last.comparisons[arm].answer} within +-{s.equivalence_margin:g} point(s)"
+                    if last.comparisons[arm].answer else "")
                  for arm in inputs.record.arms]
     else:  # a crossed study: its hypotheses, family by family
         lines = [f"{arm}: test accuracy {100 * s.accuracy(arm).mean:.2f}% ({len(s.seeds)} seed(s))"
