@@ -112,6 +112,55 @@ def test_the_parent_run_describes_the_answer(store):
     assert store["files"]["reports"].name == "report-test,epochs=1,seeds=0+1"  # what differs is named
 
 
+@pytest.mark.slow
+def test_a_deleted_experiment_and_a_lost_answer_cost_no_run_and_make_none_twice(study_files, tmp_path, monkeypatch,
+                                                                                request):
+    """Into a new store: a run whose creation MLflow did but whose answer was lost (the
+    publication fails, one line) is found by its tag the next time, not made again; an
+    experiment deleted in the UI is restored with its runs when the study is published again."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.publish import Unpublished
+
+    db = tmp_path / "mlflow.db"
+    made = MlflowClient.create_run
+    lost = []
+
+    def create_then_lose_the_answer(self, *a, **k):
+        run = made(self, *a, **k)
+        if not lost:
+            lost.append(run.info.run_id)
+            raise ConnectionError("the connection dropped before the answer came")
+        return run
+
+    monkeypatch.setattr(MlflowClient, "create_run", create_then_lose_the_answer)
+    uri = mlflow.get_tracking_uri()  # this test's store is not the module's: set back at the end
+    request.addfinalizer(lambda: mlflow.set_tracking_uri(uri))
+    with pytest.raises(Unpublished, match="did not take study report-test"):
+        _publish(study_files["two"], db)
+    publish_study(study_files["two"], db)
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("report-test")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 5 and lost[0] in {r.info.run_id for r in runs}  # the parent whose answer was lost
+    assert all(r.info.status == "FINISHED" for r in runs)
+    client.delete_experiment(exp.experiment_id)
+    publish_study(study_files["two"], db)
+    again = client.search_runs([exp.experiment_id])
+    assert client.get_experiment(exp.experiment_id).lifecycle_stage == "active"
+    assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)
+
+
+def _publish(files: dict, db: Path) -> None:
+    """Publisher.publish itself, which raises where the command prints one line."""
+    from pipeline.core.study import StudyRecord
+    from pipeline.tracking.publish import Publisher
+
+    record = StudyRecord.model_validate_json((files["runs"] / "study.json").read_text())
+    Publisher(files["root"], f"sqlite:///{db}").publish(record, files["runs"])
+
+
 def test_a_copy_is_independent_of_its_source(tmp_path):
     """clone_file: copy-on-write where the file system has it, else a copy; either way
     writing one side leaves the other as it was, and the mode is kept."""
