@@ -151,3 +151,29 @@ def test_a_registered_study_runs_as_registered_and_reports_as_itself(tmp_path, p
     assert "epoch 1/1" not in again.stdout and again.stdout.count("restored from the arm cache") == 4
     assert (root / "reports" / "tiny" / "report.md").exists()
     assert not [p for p in (root / "reports").iterdir() if p.name != "tiny"]
+
+
+def test_a_slice_of_a_larger_family_says_its_p_is_not_the_registered_one(tmp_path):
+    """The default study's plan registers the crossed family's Holm p for its one
+    hypothesis: its report says that its own p may be smaller, and where the registered
+    one is (the plan whose runs include its runs), until then and after."""
+    from pipeline.report import build
+    from pipeline.report.render import render_markdown
+    from pipeline.report.stage import answer
+    from tests.test_report import fake_inputs
+
+    for study in ("simple_cnn", "dropout", "precision"):
+        (tmp_path / "reports" / study).mkdir(parents=True)
+        shutil.copy2(REPO / "reports" / study / "plan.yaml", tmp_path / "reports" / study / "plan.yaml")
+    _, plan = analysis.for_study(tmp_path, "simple_cnn")
+    line = analysis.family_elsewhere(tmp_path, plan)
+    assert "primary family of reports/dropout/plan.yaml (3 hypotheses; 0 of its 72 runs recorded so far)" in line
+    assert "over 1 of them, and may be smaller than the registered p" in line
+    assert analysis.family_elsewhere(tmp_path, analysis.for_study(tmp_path, "dropout")[1]) is None
+    assert analysis.family_elsewhere(tmp_path, analysis.for_study(tmp_path, "precision")[1]) is None
+    shutil.rmtree(tmp_path / "reports" / "dropout")  # no plan holds the family
+    assert "a family of 3 hypotheses that no registered plan here holds" in analysis.family_elsewhere(tmp_path, plan)
+    inp = fake_inputs({"aug=none": [0.7, 0.71], "aug=standard": [0.72, 0.73]})
+    inp.family = line
+    assert f"Provisional: {line}." in render_markdown(build.build_report(inp))
+    assert f"provisional: {line}" in answer(inp, Path("r.html")).splitlines()

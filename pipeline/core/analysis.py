@@ -128,6 +128,27 @@ def recorded(root: Path, plan: AnalysisPlan) -> dict[str, Path]:
     return out
 
 
+def family_elsewhere(root: Path, plan: AnalysisPlan) -> str | None:
+    """Where `plan`'s primary hypotheses belong to a larger family (primary.size), one line
+    for the report: the registered p is that family's Holm p, held by the registered study
+    whose runs include all of this plan's, and the p this study computes alone (over its
+    own hypotheses) overstates. None where the plan's family is its own."""
+    size = plan.primary.size if plan.primary else None
+    own = len(plan.primary.hypotheses) if plan.primary else 0
+    if not size or size <= own:
+        return None
+    mine = set(plan.fingerprints.values())
+    where = f"a family of {size} hypotheses that no registered plan here holds"
+    for path, other in committed(root):
+        if other.study != plan.study and other.status == "registered" and mine <= set(other.fingerprints.values()):
+            done, total = len(recorded(root, other)), len(other.fingerprints)
+            where = (f"the primary family of {path.relative_to(root).as_posix()} ({size} hypotheses; "
+                     + ("its report quotes it" if done == total else f"{done} of its {total} runs recorded so far")
+                     + ")")
+    return (f"the p this plan registers is the Holm-adjusted p of {where}; the p here is this study's own, "
+            f"over {own} of them, and may be smaller than the registered p, never larger")
+
+
 # --------------------------------------------------------------------------- precedence
 
 

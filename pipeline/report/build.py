@@ -148,6 +148,7 @@ class Inputs:
     plan: str | None = None  # its path, e.g. reports/dropout/plan.yaml
     supersedes: str | None = None  # what earlier reports this one replaces (the plan says)
     withdrawn: str | None = None  # the plan was withdrawn: why, and which runs are void
+    family: str | None = None  # the registered p is a larger family's, held by another study (analysis.family_elsewhere)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -279,6 +280,8 @@ def _headline(ctx: _Ctx) -> list:
                    f"{inp.summary.estimate}, on {count(len(inp.predictions[base].label))} test images; differences "
                    f"over seeds with {ctx.clabel.replace('CI', 'intervals')}. Seeds: {_seeds_reason(inp)}."),
               _plan_status(inp)]
+    if inp.family:
+        blocks.append(Warn(f"Provisional: {inp.family}."))
     if inp.params.rationale:
         blocks.append(para(("b", "The preset's choices."), " " + inp.params.rationale))
     if inp.params.variant:

@@ -88,6 +88,7 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
     plan = root / "reports" / params.study / analysis.FILE
     registered = analysis.read(plan) if plan.exists() and not params.variant else None
     supersedes = registered.supersedes if registered else None
+    family = analysis.family_elsewhere(root, registered) if registered is not None else None
     withdrawn = None
     if registered is not None and registered.status == "withdrawn":
         void = [k for k in registered.fingerprints if k not in analysis.recorded(root, registered)]
@@ -103,7 +104,7 @@ def load_inputs(params_path, data, runs, evaluation) -> Inputs:
         code_version=code_version(), dvc_experiment=dvc_experiment(),
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         precedence=precedence, plan=f"reports/{params.study}/{analysis.FILE}" if plan.exists() else None,
-        supersedes=supersedes, withdrawn=withdrawn)
+        supersedes=supersedes, withdrawn=withdrawn, family=family)
 
 
 class _Indexed:
@@ -250,6 +251,8 @@ def answer(inputs: Inputs, report: Path) -> str:
             lines.append(f"{f.name} family ({len(f.hypotheses)} hypotheses, Holm):")
             lines += [f"  {label}: {t.verdict}" + (f"; {t.answer} within +-{s.equivalence_margin:g}" if t.answer
                                                    else "") for label, t in tested if t.family == f.name]
+    if inputs.family:
+        lines.append(f"provisional: {inputs.family}")
     return "\n".join(lines + [f"report: {report}"])
 
 
