@@ -152,6 +152,37 @@ def test_a_deleted_experiment_and_a_lost_answer_cost_no_run_and_make_none_twice(
     assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in runs)
 
 
+@pytest.mark.slow
+def test_the_publish_command_sends_the_report_not_the_studys_plan_and_records(study_files, tmp_path, request):
+    """reports/<study>/ also holds the study's plan and committed records: `publish` logs
+    the report's own files, as the report stage does, and one checksums tag that parses."""
+    import json
+    import shutil
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = mlflow.get_tracking_uri()
+    request.addfinalizer(lambda: mlflow.set_tracking_uri(uri))
+    src = study_files["two"]
+    files = {k: tmp_path / Path(v).relative_to(src["root"]) for k, v in src.items()
+             if k in ("runs", "evaluation", "reports", "params")}
+    for k in ("runs", "evaluation", "reports"):
+        shutil.copytree(src[k], files[k])
+    shutil.copy2(src["params"], files["params"])
+    (files["reports"] / "records" / "aug=none").mkdir(parents=True)
+    for seed in range(100):  # as many records as a large study commits
+        (files["reports"] / "records" / "aug=none" / f"seed={seed}.npz").write_bytes(b"record")
+    (files["reports"] / "plan.yaml").write_text("study: report-test\n")
+    publish_study({**files, "root": tmp_path}, tmp_path / "mlflow.db")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [parent] = [r for r in client.search_runs([client.get_experiment_by_name("report-test").experiment_id])
+                if "mlflow.parentRunId" not in r.data.tags]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/report.md" in logged and not {"report/records", "report/plan.yaml"} & logged
+    assert "report/report.md" in json.loads(parent.data.tags["checksums"])
+
+
 def _publish(files: dict, db: Path) -> None:
     """Publisher.publish itself, which raises where the command prints one line."""
     from pipeline.core.study import StudyRecord

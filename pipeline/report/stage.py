@@ -175,10 +175,19 @@ def _canonical(v):
 KEPT = (analysis.FILE, "records")
 
 
+def _link_or_copy(src, dest) -> None:
+    import os
+    import shutil
+
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
 def write_report(report: Report, out: Path, cache: Path | None = None) -> None:
     """reports/{report.md, report.html, results.csv, figures/*.png}, atomically: all of it
     or the previous folder; the study's plan and records (KEPT) stay as they were."""
-    import os
     import shutil
 
     from pipeline.report.render import render_html, render_markdown
@@ -186,11 +195,11 @@ def write_report(report: Report, out: Path, cache: Path | None = None) -> None:
     images = draw_figures(report, cache)
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
-        for name in KEPT:  # linked, not copied: the same files, in the folder that replaces this one
+        for name in KEPT:  # linked (copied where the file system cannot), into the folder that replaces this one
             if (out / name).is_dir():
-                shutil.copytree(out / name, tmp / name, copy_function=os.link)
+                shutil.copytree(out / name, tmp / name, copy_function=_link_or_copy)
             elif (out / name).is_file():
-                os.link(out / name, tmp / name)
+                _link_or_copy(out / name, tmp / name)
         (tmp / "figures").mkdir()
         for name, png in images.items():
             (tmp / "figures" / f"{name}.png").write_bytes(png)

@@ -70,7 +70,10 @@ def parts(record: StudyRecord, args) -> dict:
     out["evaluation"] = evaluation(record, Path(args.evaluation), f"reports/{name}/report.html")
     folder = Path(args.reports) / name
     if params is not None and (folder / "report.html").exists():
-        out["report"] = (folder, sorted(f for f in folder.rglob("*") if f.is_file()))
+        from pipeline.report.stage import KEPT
+
+        out["report"] = (folder, sorted(f for f in folder.rglob("*") if f.is_file()
+                                        and f.relative_to(folder).parts[0] not in KEPT))
         if params.report.register_model:
             histories = {a: {s: read_history(run_dir(Path(args.runs), a, s) / "history.csv") for s in record.seeds}
                          for a in record.arms}

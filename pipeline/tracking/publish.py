@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -113,9 +114,15 @@ class Publisher:
         if self._client is None:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a dead server: one line, not minutes
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+            import logging
+
             import mlflow
             from mlflow.tracking import MlflowClient
 
+            # what fails is said in one line (Unpublished), not in MLflow's logged tracebacks; and
+            # the logged models' pickle module is this project's own safe one (tracking.checkpoint_pickle)
+            for name in ("mlflow.store", "mlflow.pytorch"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
             mlflow.set_tracking_uri(self.uri)
             self._client = MlflowClient(self.uri)
         return self._client
@@ -137,7 +144,7 @@ class Publisher:
             if exp is None:
                 location = None
                 if self.uri.startswith("sqlite:///") and self.uri.endswith(DB_NAME):
-                    location = (Path(self.uri[len("sqlite:///"):]).parent / ARTIFACTS / name).as_uri()
+                    location = (Path(self.uri[len("sqlite:///"):]).resolve().parent / ARTIFACTS / name).as_uri()
                 exp_id = c.create_experiment(name, artifact_location=location)
             else:
                 exp_id = exp.experiment_id
@@ -158,7 +165,7 @@ class Publisher:
 
         items = [RunTag(k, public(str(v))[:5000]) for k, v in tags.items()]
         for i in range(0, len(items), _BATCH):
-            self.client.log_batch(run_id, tags=items[i:i + _BATCH])
+            self.client.log_batch(run_id, tags=items[i:i + _BATCH], synchronous=True)
 
     def _params(self, run, params: dict) -> None:
         from mlflow.entities import Param
@@ -166,14 +173,17 @@ class Publisher:
         have = run.data.params
         items = [Param(k, "null" if v is None else public(str(v))[:6000]) for k, v in params.items() if k not in have]
         for i in range(0, len(items), _BATCH):
-            self.client.log_batch(run.info.run_id, params=items[i:i + _BATCH])
+            self.client.log_batch(run.info.run_id, params=items[i:i + _BATCH], synchronous=True)
 
     def _metrics(self, run_id: str, metrics: dict, step: int, ms: int) -> None:
         from mlflow.entities import Metric
 
         items = [Metric(k, float(v), ms, step) for k, v in metrics.items() if v is not None]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+            self.client.log_batch(run_id, metrics=items[i:i + 1000], synchronous=True)
+
+    def _set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value, synchronous=True)  # acknowledged, even with async logging on
 
     def _artifacts(self, run, files: list[tuple[Path, str | None]]) -> None:
         """Log each file (into its folder), with its sha256 in the run's one checksums tag."""
@@ -181,7 +191,7 @@ class Publisher:
         for path, folder in files:
             self.client.log_artifact(run.info.run_id, str(path), folder)
             sums[f"{folder}/{path.name}" if folder else path.name] = sha256_file(path)
-        self.client.set_tag(run.info.run_id, CHECKSUMS, json.dumps(sums, sort_keys=True))
+        self._set_tag(run.info.run_id, CHECKSUMS, json.dumps(sums, sort_keys=True))
 
     # --- a study
 
@@ -216,30 +226,33 @@ class Publisher:
         lines = []
         if evaluation is not None:
             e = evaluation
-            ms = _ms(max(r.trained_at for r in study.runs))
             key = _digest([e.metrics, e.tags, e.runs, sha256_file(e.summary)])
             if parent.data.tags.get(f"{PUBLISHED}.evaluation") != key:
+                ms = int(time.time() * 1000)  # later than any earlier evaluation's: MLflow shows the latest
+                trained = {r.fingerprint: r.trained_at for r in study.runs}
                 for fp, metrics in e.runs.items():
-                    self._metrics(self._find(exp, fingerprint=fp).info.run_id, metrics, 0, ms)
+                    self._metrics(self._find(exp, fingerprint=fp, trained_at=trained[fp]).info.run_id, metrics, 0, ms)
                 self._metrics(pid, e.metrics, 0, ms)
                 self._tags(pid, e.tags)
                 self._artifacts(self.client.get_run(pid), [(e.summary, "evaluation")])
                 self._answer_view(exp, e.metrics)
-                self.client.set_tag(pid, f"{PUBLISHED}.evaluation", key)
+                self._set_tag(pid, f"{PUBLISHED}.evaluation", key)
         if report is not None:
             folder, files = report
             key = _digest({str(f.relative_to(folder)): sha256_file(f) for f in files})
             if parent.data.tags.get(f"{PUBLISHED}.report") != key:
                 self._artifacts(self.client.get_run(pid), [
                     (f, "report" if f.parent == folder else f"report/{f.parent.relative_to(folder)}") for f in files])
-                self.client.set_tag(pid, f"{PUBLISHED}.report", key)
+                self._set_tag(pid, f"{PUBLISHED}.report", key)
             if self.uri.startswith(("http://", "https://")):
                 lines.append(f"MLflow: {view_url(public(self.uri.rstrip('/')), exp)}")
             else:
                 lines.append(f"MLflow: {view_url('http://127.0.0.1:5000', exp)} (`make mlflow-ui` serves it)")
         if register:
             lines += self._register(exp, pid, study, *register)
-        if status != "RUNNING" and done and parent.info.status != status:  # a parent ends when its children have
+        if status == "RUNNING" and parent.info.status != "RUNNING":  # a killed study that trains again
+            self.client.update_run(pid, status="RUNNING")
+        elif status != "RUNNING" and done and parent.info.status != status:  # it ends when its children have
             self.client.set_terminated(pid, status)
         return lines
 
@@ -283,7 +296,8 @@ class Publisher:
         folder = run_dir(runs, r.arm, r.seed)
         weights = [(which, folder / file) for which, file in CHECKPOINTS.items() if (folder / file).is_file()]
         key = _digest([r.fingerprint, sha256_file(folder / RECORD), [w for w, _ in weights]])
-        run = self._find(exp, fingerprint=r.fingerprint)
+        # one run per training: a run trained again (--retrain) is a run of its own
+        run = self._find(exp, fingerprint=r.fingerprint, trained_at=r.trained_at)
         if run is not None and run.data.tags.get(PUBLISHED) == key:
             return True
         meta = ArmRecord.load(folder / RECORD, r.fingerprint).meta
@@ -291,15 +305,16 @@ class Publisher:
         axes = dict(part.split("=", 1) for part in r.arm.split(",") if "=" in part)
         if run is None:
             tags = {"arm": r.arm, "seed": r.seed, **{f"axis.{k}": v for k, v in axes.items()},
-                    "fingerprint": r.fingerprint, "mlflow.parentRunId": parent,
+                    "fingerprint": r.fingerprint, "trained_at": r.trained_at, "mlflow.parentRunId": parent,
                     "mlflow.source.name": SOURCE.format(stage="train"), "mlflow.source.type": "LOCAL"}
             run = self.client.create_run(exp, run_name=f"{r.arm} seed={r.seed}", start_time=_ms(meta.trained_at),
-                                         tags={k: str(v) for k, v in tags.items()})
+                                         tags={k: public(str(v)) for k, v in tags.items()})
         rid = run.info.run_id
-        self._tags(rid, {"git_commit": meta.code_version, "trained_at": meta.trained_at, "machine": meta.machine,
-                         "data_sha256": facts.data_sha256, "dvc_experiment": facts.dvc_experiment,
-                         "weights": "on this machine" if weights else "not on this machine: only its committed "
-                                                                      "record (metrics, no logged model)"})
+        self._tags(rid, {"git_commit": meta.code_version, "machine": meta.machine, "data_sha256": facts.data_sha256,
+                         "dvc_experiment": facts.dvc_experiment})
+        if weights or "model_id.last" not in run.data.tags:  # a run logged with its models keeps saying so
+            self._tags(rid, {"weights": "on this machine" if weights else "not on this machine: only its committed "
+                                                                          "record (metrics, no logged model)"})
         self._params(run, {**_flat(meta.config.model_dump()), "seed": r.seed, "arm": r.arm, **facts.data_params})
         if not run.inputs.dataset_inputs:
             _log_datasets(self.client, rid, facts)
@@ -317,14 +332,14 @@ class Publisher:
                 from pipeline.tracking.models import log_checkpoint_model
 
                 log_checkpoint_model(rid, path, which)
-        self.client.set_tag(rid, PUBLISHED, key)
         self.client.set_terminated(rid, "FINISHED", end_time=ms)
+        self._set_tag(rid, PUBLISHED, key)  # last: the run is whole
         return True
 
     def _register(self, exp: str, parent: str, study: StudyRecord, name: str, arm: str, seed: int) -> list[str]:
         """Run (arm, seed)'s last checkpoint as a version of model `name`, once."""
         r = next(r for r in study.runs if r.arm == arm and r.seed == seed)
-        run = self._find(exp, fingerprint=r.fingerprint)
+        run = self._find(exp, fingerprint=r.fingerprint, trained_at=r.trained_at)
         model_id = run.data.tags.get("model_id.last") if run is not None else None
         if model_id is None:
             return [f"warning: {arm} seed={seed} has no logged model to register (its weights are not on this "
@@ -335,7 +350,7 @@ class Publisher:
         import mlflow
 
         mlflow.register_model(f"models:/{model_id}", name)
-        self.client.set_tag(parent, "registered_model", f"{name}: {arm} seed={seed}")
+        self._set_tag(parent, "registered_model", f"{name}: {arm} seed={seed}")
         return [f"registered {arm} seed={seed} (last checkpoint) as model '{name}'"]
 
     # --- what the store holds

@@ -70,7 +70,7 @@ class Publishing(Observer):
     def _publish(self, study, status: str) -> None:
         from pipeline.tracking.publish import Publisher, Unpublished
 
-        if self.failed is None:
+        if self.failed is None or status != "RUNNING":  # a store that failed once is not asked per arm again
             try:
                 Publisher().publish(study, self.runs, status=status)
             except Unpublished as exc:
